@@ -1,0 +1,134 @@
+"""The encoder protocol every model implements (HEAR-like).
+
+An encoder turns a batch of equal-length waveforms at its own `sample_rate` into frame
+features `(batch, frames, dim)`; the base class handles devices, precision, batching and
+pooling, so a new encoder only writes `__init__` (build + load weights) and `frames`.
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+POOLINGS = ("mean", "max", "meanmax", "meanstd")
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {device} asked for, but torch sees no CUDA device")
+    return torch.device(device)
+
+
+def resolve_precision(precision: str | None, device: torch.device) -> str:
+    """fp16 autocast by default on CUDA, fp32 on CPU."""
+    if precision in (None, "auto"):
+        return "fp16" if device.type == "cuda" else "fp32"
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return precision
+
+
+def pool(frames: torch.Tensor, method: str) -> torch.Tensor:
+    """Pool `(batch, frames, dim)` over time. `meanmax` is EVAR's mean + max sum."""
+    if method == "mean":
+        return frames.mean(dim=1)
+    if method == "max":
+        return frames.amax(dim=1)
+    if method == "meanmax":
+        return frames.mean(dim=1) + frames.amax(dim=1)
+    if method == "meanstd":
+        std = frames.std(dim=1, unbiased=False) if frames.shape[1] > 1 else torch.zeros_like(frames[:, 0])
+        return torch.cat([frames.mean(dim=1), std], dim=-1)
+    raise ValueError(f"pooling must be one of {POOLINGS}, got {method!r}")
+
+
+class Encoder:
+    """Base class for frozen audio encoders.
+
+    Subclasses set the class attributes, build `self.model` in `__init__` (calling
+    `super().__init__` first) and implement `frames`.
+    """
+
+    name: ClassVar[str] = ""
+    sample_rate: ClassVar[int] = 16000
+    feature_dim: ClassVar[int] = 0  # per-frame dimension before pooling
+    frame_hop_s: ClassVar[float] = 0.01  # seconds between frame centres, for timestamps
+    default_pooling: ClassVar[str] = "mean"
+    needs_checkpoint: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        checkpoint: str | Path | None = None,
+        *,
+        pooling: str | None = None,
+        device: str = "cpu",
+        precision: str | None = None,
+        trust_checkpoint: bool = False,
+    ) -> None:
+        if self.needs_checkpoint and checkpoint is None:
+            raise ValueError(f"encoder {self.name!r} needs --checkpoint PATH (its official weight file)")
+        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
+        self.pooling = pooling or self.default_pooling
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
+        self.trust_checkpoint = trust_checkpoint
+        self.model: torch.nn.Module | None = None
+
+    # -- to implement -------------------------------------------------------------------
+    def frames(self, audio: torch.Tensor) -> torch.Tensor:
+        """`(batch, samples)` float waveforms on `self.device` -> `(batch, frames, feature_dim)`."""
+        raise NotImplementedError
+
+    def config(self) -> dict:
+        """Everything besides the checkpoint that changes the embeddings (goes into the cache key)."""
+        return {}
+
+    # -- shared machinery -----------------------------------------------------------------
+    @property
+    def embedding_size(self) -> int:
+        return self.feature_dim * (2 if self.pooling == "meanstd" else 1)
+
+    def to_device(self) -> "Encoder":
+        if self.model is not None:
+            self.model.eval().to(self.device)
+            for p in self.model.parameters():
+                p.requires_grad_(False)
+        return self
+
+    def _autocast(self):
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    @torch.inference_mode()
+    def frame_embeddings(self, audio: np.ndarray | torch.Tensor) -> torch.Tensor:
+        x = torch.as_tensor(audio, dtype=torch.float32)
+        if x.ndim == 1:
+            x = x[None]
+        x = x.to(self.device, non_blocking=True)
+        with self._autocast():
+            out = self.frames(x)
+        return out.float()
+
+    def embed(self, audio: np.ndarray | torch.Tensor) -> np.ndarray:
+        """`(batch, samples)` -> pooled `(batch, embedding_size)` float32 numpy."""
+        frames = self.frame_embeddings(audio)
+        return pool(frames, self.pooling).cpu().numpy().astype(np.float32)
+
+    def describe(self) -> dict:
+        return {
+            "encoder": self.name,
+            "sample_rate": self.sample_rate,
+            "pooling": self.pooling,
+            "precision": self.precision,
+            **{f"cfg_{k}": v for k, v in self.config().items()},
+        }

@@ -1,0 +1,86 @@
+"""Safe checkpoint loading shared by every encoder.
+
+Files are read with `torch.load(weights_only=True)`; an official file that pickles more than
+tensors gets exactly the extra types it needs through `allowed_globals`, and anything else
+needs `trust_checkpoint=True` (the CLI's `--trust-checkpoint`).
+"""
+from __future__ import annotations
+
+import hashlib
+import pickle
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import torch
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used; the message names the file and the problem."""
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_checkpoint(
+    path: str | Path,
+    *,
+    allowed_globals: Iterable = (),
+    trust_checkpoint: bool = False,
+) -> object:
+    """Load a torch checkpoint on the CPU, weights-only unless the user said to trust it."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    if trust_checkpoint:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        with torch.serialization.safe_globals(list(allowed_globals)):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"{path}: refused by the weights-only loader, it holds more than tensors ({err}). "
+            "Only if you trust where this file came from, rerun with --trust-checkpoint."
+        ) from err
+    except (RuntimeError, EOFError, OSError) as err:
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({err})") from err
+
+
+def extract_state_dict(obj: object, keys: Iterable[str] = ("state_dict", "model", "module")) -> dict:
+    """Unwrap the common nesting of training checkpoints to the tensor dict."""
+    for key in keys:
+        if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
+            return extract_state_dict(obj[key], keys)
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"expected a dict of tensors, got {type(obj).__name__}")
+    return dict(obj)
+
+
+def strip_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> dict:
+    """Keep only keys starting with `prefix`, with it removed (e.g. 'module.', 'encoder.')."""
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def load_strict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str | Path) -> None:
+    """Load with exact key and shape matching; on failure list everything that is off."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or mismatched:
+        parts = [f"{source}: checkpoint does not match the model"]
+        for title, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                             ("shape mismatches", mismatched)):
+            if items:
+                shown = ", ".join(items[:20]) + (f", ... ({len(items) - 20} more)" if len(items) > 20 else "")
+                parts.append(f"{title} ({len(items)}): {shown}")
+        raise CheckpointError("\n  ".join(parts))
+    model.load_state_dict(state, strict=True)
