@@ -1,0 +1,100 @@
+"""Probes: scikit-learn estimators over frozen embeddings, each with a small search grid.
+
+Classes are imbalanced (most patients have no murmur), so every probe weights samples by
+inverse class frequency.
+"""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.class_weight import compute_sample_weight
+
+
+class LinearProbe(ClassifierMixin, BaseEstimator):
+    """Standardised multinomial logistic regression: the linear evaluation."""
+
+    def __init__(self, C: float = 0.1, max_iter: int = 2000, class_weight: str | None = "balanced") -> None:
+        self.C = C
+        self.max_iter = max_iter
+        self.class_weight = class_weight
+
+    def fit(self, X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None) -> "LinearProbe":
+        self.model_ = make_pipeline(StandardScaler(), LogisticRegression(
+            C=self.C, max_iter=self.max_iter, class_weight=self.class_weight))
+        self.model_.fit(X, y, logisticregression__sample_weight=sample_weight)
+        self.classes_ = self.model_.classes_
+        return self
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        return self.model_.predict_proba(X)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self.classes_[self.predict_proba(X).argmax(axis=1)]
+
+
+class XGBoostProbe(ClassifierMixin, BaseEstimator):
+    """Gradient-boosted trees (hist), class-balanced sample weights."""
+
+    def __init__(self, n_estimators: int = 300, max_depth: int = 4, learning_rate: float = 0.05,
+                 subsample: float = 0.8, colsample_bytree: float = 0.5, n_jobs: int = 1,
+                 random_state: int = 0) -> None:
+        self.n_estimators = n_estimators
+        self.max_depth = max_depth
+        self.learning_rate = learning_rate
+        self.subsample = subsample
+        self.colsample_bytree = colsample_bytree
+        self.n_jobs = n_jobs
+        self.random_state = random_state
+
+    def fit(self, X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None) -> "XGBoostProbe":
+        from xgboost import XGBClassifier
+
+        self.classes_, y_idx = np.unique(y, return_inverse=True)
+        weight = compute_sample_weight("balanced", y_idx) if sample_weight is None else sample_weight
+        self.model_ = XGBClassifier(
+            n_estimators=self.n_estimators, max_depth=self.max_depth, learning_rate=self.learning_rate,
+            subsample=self.subsample, colsample_bytree=self.colsample_bytree, tree_method="hist",
+            n_jobs=self.n_jobs, random_state=self.random_state, verbosity=0)
+        self.model_.fit(X, y_idx, sample_weight=weight)
+        return self
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        return self.model_.predict_proba(X)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self.classes_[self.predict_proba(X).argmax(axis=1)]
+
+
+PROBES: dict[str, tuple[type, dict[str, list]]] = {
+    "linear": (LinearProbe, {"C": [1e-3, 1e-2, 1e-1, 1.0]}),
+    "xgboost": (XGBoostProbe, {"max_depth": [3, 6], "n_estimators": [200], "learning_rate": [0.1]}),
+}
+
+
+def register_probe(name: str, cls: type, grid: dict[str, list]) -> None:
+    PROBES[name] = (cls, grid)
+
+
+def probe_grid(name: str, seed: int = 0) -> list[BaseEstimator]:
+    """Every candidate estimator of the probe's hyper-parameter grid."""
+    if name not in PROBES:
+        raise KeyError(f"unknown probe {name!r}; available: {', '.join(PROBES)}")
+    cls, grid = PROBES[name]
+    keys = list(grid)
+    base = cls()
+    if "random_state" in base.get_params():
+        base.set_params(random_state=seed)
+    return [clone(base).set_params(**dict(zip(keys, values))) for values in itertools.product(*grid.values())]
+
+
+def full_proba(model: BaseEstimator, X: np.ndarray, n_classes: int = 3) -> np.ndarray:
+    """predict_proba with a column for every class, even ones absent from training."""
+    proba = model.predict_proba(X)
+    out = np.zeros((len(X), n_classes), dtype=np.float64)
+    out[:, np.asarray(model.classes_, int)] = proba
+    return out

@@ -1,0 +1,255 @@
+"""CirCor DigiScope v1.0.3: patients, recordings, segmentations, and the problems found on the way.
+
+Layout: `DIR/training_data.csv` and `DIR/training_data/{PID.txt, PID_LOC[_N].{wav,hea,tsv}}`.
+`DIR` may also be the `training_data` folder itself. Parsing never stops at a bad patient: each
+problem is recorded (file + message) and the patient is kept when it is still usable.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+MURMUR_CLASSES = ("Present", "Unknown", "Absent")  # official PhysioNet 2022 order
+OUTCOME_CLASSES = ("Abnormal", "Normal")
+LOCATIONS = ("AV", "PV", "TV", "MV", "Phc")
+RECORDING_NAME = re.compile(r"^(?P<pid>\d+)_(?P<loc>AV|PV|TV|MV|Phc)(?:_(?P<n>\d+))?$")
+TSV_LABELS = {0: "unannotated", 1: "S1", 2: "systole", 3: "S2", 4: "diastole"}
+TXT_FIELDS = (
+    "Age", "Sex", "Height", "Weight", "Pregnancy status", "Murmur", "Murmur locations",
+    "Most audible location", "Systolic murmur timing", "Systolic murmur shape",
+    "Systolic murmur grading", "Systolic murmur pitch", "Systolic murmur quality",
+    "Diastolic murmur timing", "Diastolic murmur shape", "Diastolic murmur grading",
+    "Diastolic murmur pitch", "Diastolic murmur quality", "Outcome", "Campaign", "Additional ID",
+)
+KNOWN_VALUES = {
+    "Age": {"Neonate", "Infant", "Child", "Adolescent", "Young Adult"},
+    "Sex": {"Male", "Female"},
+    "Pregnancy status": {"True", "False"},
+    "Murmur": set(MURMUR_CLASSES),
+    "Outcome": set(OUTCOME_CLASSES),
+    "Campaign": {"CC2014", "CC2015"},
+}
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str
+    message: str
+    severity: str = "error"  # "error": the item was dropped; "warning": kept, fixed or noted
+
+    def __str__(self) -> str:
+        return f"{self.severity}: {self.path}: {self.message}"
+
+
+@dataclass
+class Recording:
+    recording_id: str  # e.g. "50782_MV_1"
+    patient_id: str
+    location: str
+    wav: Path
+    hea: Path | None = None
+    tsv: Path | None = None
+
+    def segmentation(self) -> np.ndarray:
+        """The .tsv as an `(n, 3)` array of (start_s, end_s, label 0-4)."""
+        if self.tsv is None:
+            raise FileNotFoundError(f"{self.wav}: no .tsv segmentation")
+        return read_tsv(self.tsv)
+
+
+@dataclass
+class Patient:
+    patient_id: str
+    recordings: list[Recording]
+    murmur: str
+    outcome: str
+    campaign: str = ""
+    age: str = ""
+    sex: str = ""
+    height: float = math.nan
+    weight: float = math.nan
+    pregnant: bool = False
+    murmur_locations: tuple[str, ...] = ()
+    fields: dict[str, str] = field(default_factory=dict)  # every header field, raw
+
+    @property
+    def label(self) -> int:
+        return MURMUR_CLASSES.index(self.murmur)
+
+
+@dataclass
+class CirCor:
+    root: Path
+    patients: dict[str, Patient]
+    problems: list[Problem] = field(default_factory=list)
+
+    def recordings(self) -> list[Recording]:
+        return [r for p in self.patients.values() for r in p.recordings]
+
+    def patient_ids(self) -> list[str]:
+        return sorted(self.patients, key=int)
+
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+
+def _float(value: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def read_tsv(path: Path) -> np.ndarray:
+    rows = []
+    with open(path) as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            parts = line.split()
+            if len(parts) != 3:
+                raise ValueError(f"{path}:{n}: expected 'start end label', got {line.strip()!r}")
+            start, end, label = float(parts[0]), float(parts[1]), int(float(parts[2]))
+            if label not in TSV_LABELS or end < start:
+                raise ValueError(f"{path}:{n}: bad segment {line.strip()!r}")
+            rows.append((start, end, label))
+    return np.asarray(rows, dtype=np.float64).reshape(-1, 3)
+
+
+def find_root(data_dir: str | Path) -> tuple[Path, Path]:
+    """Return (dataset root holding training_data.csv or None, folder holding the .txt files)."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"{data_dir}: data folder not found")
+    if (data_dir / "training_data").is_dir():
+        return data_dir, data_dir / "training_data"
+    if any(data_dir.glob("*.txt")):
+        return data_dir.parent if (data_dir.parent / "training_data.csv").exists() else data_dir, data_dir
+    raise FileNotFoundError(
+        f"{data_dir}: no CirCor data here (expected training_data.csv and a training_data/ folder)")
+
+
+def parse_patient_txt(path: Path, problems: list[Problem]) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """Header fields and (location, recording stem) pairs of one `PID.txt`."""
+    text = path.read_text(errors="replace").replace("\r", "")
+    lines = [line for line in text.split("\n") if line.strip()]
+    if not lines:
+        raise ValueError("empty patient file")
+    head = lines[0].split()
+    if len(head) < 3 or not head[0].isdigit():
+        raise ValueError(f"first line should be 'PID N_RECORDINGS SAMPLE_RATE', got {lines[0]!r}")
+    pid, n_rec = head[0], int(head[1])
+    if pid != path.stem:
+        problems.append(Problem(str(path), f"patient ID {pid} in the file differs from the file name"))
+    entries = []
+    for line in lines[1:n_rec + 1]:
+        parts = line.split()
+        if line.startswith("#") or len(parts) < 3:
+            problems.append(Problem(str(path), f"recording line malformed: {line!r}", "warning"))
+            continue
+        entries.append((parts[0], Path(parts[2]).stem))
+    if len(entries) != n_rec:
+        problems.append(Problem(str(path), f"header says {n_rec} recordings, {len(entries)} listed", "warning"))
+    fields = {}
+    for line in lines:
+        if line.startswith("#") and ":" in line:
+            key, value = line[1:].split(":", 1)
+            fields[key.strip()] = value.strip()
+    return fields, entries
+
+
+def read_training_csv(path: Path, problems: list[Problem]) -> dict[str, dict[str, str]]:
+    rows: dict[str, dict[str, str]] = {}
+    with open(path, newline="") as fh:
+        for row in csv.DictReader(fh):
+            pid = (row.get("Patient ID") or "").strip()
+            if not pid:
+                continue
+            if pid in rows:
+                problems.append(Problem(str(path), f"duplicate patient ID {pid}; first row kept"))
+                continue
+            rows[pid] = row
+    return rows
+
+
+def load_circor(data_dir: str | Path) -> CirCor:
+    """Parse the dataset; every inconsistency goes into `.problems`."""
+    root, folder = find_root(data_dir)
+    problems: list[Problem] = []
+    csv_path = root / "training_data.csv"
+    csv_rows = read_training_csv(csv_path, problems) if csv_path.exists() else {}
+    if not csv_path.exists():
+        problems.append(Problem(str(csv_path), "training_data.csv missing; using the .txt files alone", "warning"))
+    patients: dict[str, Patient] = {}
+    for txt in sorted(folder.glob("*.txt"), key=lambda p: (len(p.stem), p.stem)):
+        if not txt.stem.isdigit():
+            continue
+        try:
+            patient = _build_patient(txt, folder, csv_rows.get(txt.stem), problems)
+        except (ValueError, OSError) as err:
+            problems.append(Problem(str(txt), str(err)))
+            continue
+        if patient is not None:
+            patients[patient.patient_id] = patient
+    for pid in sorted(set(csv_rows) - set(patients), key=lambda s: (len(s), s)):
+        if not (folder / f"{pid}.txt").exists():
+            problems.append(Problem(str(csv_path), f"patient {pid} is in the csv but has no {pid}.txt", "warning"))
+    listed = {r.wav.name for p in patients.values() for r in p.recordings}
+    for wav in sorted(folder.glob("*.wav")):
+        if wav.name not in listed and RECORDING_NAME.match(wav.stem) and wav.stem.split("_")[0] in patients:
+            problems.append(Problem(str(wav), "recording not listed in its patient's .txt; ignored", "warning"))
+    return CirCor(root, patients, problems)
+
+
+def _build_patient(txt: Path, folder: Path, csv_row: dict | None, problems: list[Problem]) -> Patient | None:
+    fields, entries = parse_patient_txt(txt, problems)
+    pid = txt.stem
+    for key in TXT_FIELDS:
+        if key not in fields:
+            problems.append(Problem(str(txt), f"field '#{key}' missing", "warning"))
+    for key, allowed in KNOWN_VALUES.items():
+        value = fields.get(key, "nan")
+        if value != "nan" and value not in allowed:
+            problems.append(Problem(str(txt), f"unknown value {value!r} for '{key}'", "warning"))
+    if csv_row is not None:
+        for key in TXT_FIELDS:
+            a, b = fields.get(key, "nan"), (csv_row.get(key) or "nan").strip()
+            if a != b and not (_float(a) == _float(b)):
+                problems.append(Problem(str(txt), f"'{key}' is {a!r} here but {b!r} in training_data.csv",
+                                        "warning"))
+    murmur = fields.get("Murmur", "nan")
+    if murmur not in MURMUR_CLASSES:
+        raise ValueError(f"murmur label {murmur!r} is not one of {MURMUR_CLASSES}; patient dropped")
+    recordings = []
+    for location, stem in entries:
+        match = RECORDING_NAME.match(stem)
+        wav = folder / f"{stem}.wav"
+        if match is None or match["pid"] != pid:
+            problems.append(Problem(str(txt), f"recording name {stem!r} does not fit PID_LOC[_N]", "warning"))
+        if not wav.exists():
+            problems.append(Problem(str(wav), "listed in the patient's .txt but missing; skipped"))
+            continue
+        hea, tsv = folder / f"{stem}.hea", folder / f"{stem}.tsv"
+        for extra in (hea, tsv):
+            if not extra.exists():
+                problems.append(Problem(str(extra), "missing (recording kept)", "warning"))
+        recordings.append(Recording(stem, pid, location, wav, hea if hea.exists() else None,
+                                    tsv if tsv.exists() else None))
+    if not recordings:
+        problems.append(Problem(str(txt), "patient has no usable recording; dropped"))
+        return None
+    locations = fields.get("Murmur locations", "nan")
+    return Patient(
+        patient_id=pid, recordings=recordings, murmur=murmur,
+        outcome=fields.get("Outcome", "nan"), campaign=fields.get("Campaign", ""),
+        age=fields.get("Age", "nan"), sex=fields.get("Sex", "nan"),
+        height=_float(fields.get("Height")), weight=_float(fields.get("Weight")),
+        pregnant=fields.get("Pregnancy status") == "True",
+        murmur_locations=tuple(locations.split("+")) if locations != "nan" else (),
+        fields=fields,
+    )

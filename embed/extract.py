@@ -1,0 +1,194 @@
+"""Run an encoder over every recording's windows and fill the cache.
+
+Decoding and resampling run in a thread pool ahead of the encoder, windows from several
+recordings share a batch, and finished recordings are flushed to the cache in shards, so a
+bad recording or an interruption loses nothing already computed.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .audio import AudioError, read_audio, resample
+from .cache import CachedRecording, EmbeddingCache
+from .circor import Problem, Recording
+from .encoders import Encoder
+from .encoders.checkpoint import file_sha256
+from .segments import SegmentConfig, cut_windows, plan_segments
+
+
+def cache_config(encoder: Encoder, segments: SegmentConfig) -> dict:
+    """Everything that changes the embeddings; the cache key is its hash."""
+    return {
+        **encoder.describe(),
+        "checkpoint_sha256": file_sha256(encoder.checkpoint) if encoder.checkpoint else None,
+        "segments": segments.as_dict(),
+    }
+
+
+def open_cache(encoder: Encoder, segments: SegmentConfig, cache_dir: str | Path) -> EmbeddingCache:
+    return EmbeddingCache(cache_dir, encoder.name, cache_config(encoder, segments))
+
+
+@dataclass
+class _Prepared:
+    recording: Recording
+    windows: np.ndarray | None
+    plan: object = None
+    notes: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass
+class ExtractReport:
+    cache_path: Path
+    done: int = 0
+    skipped: int = 0
+    windows: int = 0
+    seconds: float = 0.0
+    problems: list[Problem] = field(default_factory=list)
+
+    def summary(self) -> str:
+        rate = self.windows / self.seconds if self.seconds else 0.0
+        return (f"{self.done} recordings embedded ({self.windows} windows, {self.seconds:.1f} s, "
+                f"{rate:.1f} windows/s), {self.skipped} already cached, "
+                f"{sum(p.severity == 'error' for p in self.problems)} failed, "
+                f"{sum(p.severity == 'warning' for p in self.problems)} warnings -> {self.cache_path}")
+
+
+def _prepare(recording: Recording, encoder: Encoder, segments: SegmentConfig) -> _Prepared:
+    try:
+        audio = read_audio(recording.wav)
+        samples = resample(audio.samples, audio.sample_rate, encoder.sample_rate)
+        plan = plan_segments(len(samples), encoder.sample_rate, segments)
+        window = int(round(segments.window_s * encoder.sample_rate))
+        return _Prepared(recording, cut_windows(samples, plan.starts, window), plan, audio.notes)
+    except AudioError as err:
+        return _Prepared(recording, None, error=err.problem)
+    except Exception as err:  # one bad file must never end a run over thousands
+        return _Prepared(recording, None, error=f"{type(err).__name__}: {err}")
+
+
+def extract(
+    encoder: Encoder,
+    recordings: list[Recording],
+    cache_dir: str | Path,
+    segments: SegmentConfig = SegmentConfig(),
+    batch_size: int = 32,
+    flush_every: int = 64,
+    workers: int = 2,
+    lock_timeout_s: float = 0.0,
+    progress: bool = True,
+) -> ExtractReport:
+    cache = open_cache(encoder, segments, cache_dir)
+    report = ExtractReport(cache.path)
+    cache.lock(lock_timeout_s)
+    try:
+        cache.clean_partial()
+        have = cache.recording_ids()
+        todo = [r for r in recordings if r.recording_id not in have]
+        report.skipped = len(recordings) - len(todo)
+        if todo:
+            _run(encoder, todo, cache, segments, batch_size, flush_every, workers, progress, report)
+        cache.consolidate()
+    finally:
+        cache.unlock()
+    return report
+
+
+def _run(encoder, todo, cache, segments, batch_size, flush_every, workers, progress, report) -> None:
+    finished: list[CachedRecording] = []
+    pending: deque = deque()  # (prepared, filled rows) awaiting embeddings
+    queue: list[tuple[_Prepared, int]] = []  # (prepared, row) windows not yet embedded
+    outputs: dict[str, np.ndarray] = {}
+    consumed = 0  # windows taken off the queue (embedded or failed), in queue order
+    start = time.perf_counter()
+    bar = tqdm(total=len(todo), unit="rec", desc=f"extract {encoder.name}", disable=not progress,
+               file=sys.stderr, dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 10.0)
+
+    def run_batch(items: list[tuple[_Prepared, int]]) -> None:
+        batch = np.stack([prep.windows[row] for prep, row in items])
+        try:
+            embs = encoder.embed(batch)
+        except Exception as err:
+            # a batch failure should blame only its recordings: retry them one by one
+            if len(items) == 1:
+                prep = items[0][0]
+                prep.error = f"encoder failed: {type(err).__name__}: {err}"
+                return
+            for item in items:
+                run_batch([item])
+            return
+        for (prep, row), emb in zip(items, embs):
+            rid = prep.recording.recording_id
+            if rid not in outputs:
+                outputs[rid] = np.zeros((len(prep.windows), len(emb)), np.float32)
+            outputs[rid][row] = emb
+        report.windows += len(items)
+
+    def drain(force: bool) -> None:
+        nonlocal consumed
+        while len(queue) >= batch_size or (force and queue):
+            items, queue[:] = queue[:batch_size], queue[batch_size:]
+            run_batch(items)
+            consumed += len(items)
+        # a recording is complete once every window queued up to its last one is consumed
+        while pending and pending[0][1] <= consumed:
+            prep, _ = pending.popleft()
+            complete(prep)
+
+    def complete(prep: _Prepared) -> None:
+        rid = prep.recording.recording_id
+        for note in prep.notes:
+            report.problems.append(Problem(str(prep.recording.wav), note, "warning"))
+        if prep.error is not None:
+            report.problems.append(Problem(str(prep.recording.wav), prep.error))
+            outputs.pop(rid, None)
+        else:
+            plan = prep.plan
+            finished.append(CachedRecording(rid, outputs.pop(rid), plan.starts, plan.train_index,
+                                            plan.eval_index))
+            report.done += 1
+        bar.update(1)
+        elapsed = time.perf_counter() - start
+        bar.set_postfix_str(f"{report.windows / max(elapsed, 1e-9):.1f} seg/s")
+        if len(finished) >= flush_every:
+            cache.write_shard(finished)
+            finished.clear()
+
+    queued_total = 0
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            futures: deque[Future] = deque()
+            lookahead = max(4, 2 * workers)
+            it = iter(todo)
+            for rec in it:
+                futures.append(pool.submit(_prepare, rec, encoder, segments))
+                if len(futures) >= lookahead:
+                    break
+            while futures:
+                prep = futures.popleft().result()
+                nxt = next(it, None)
+                if nxt is not None:
+                    futures.append(pool.submit(_prepare, nxt, encoder, segments))
+                if prep.windows is None:
+                    pending.append((prep, queued_total))
+                else:
+                    queue.extend((prep, row) for row in range(len(prep.windows)))
+                    queued_total += len(prep.windows)
+                    pending.append((prep, queued_total))
+                drain(force=False)
+            drain(force=True)
+    finally:
+        # whatever finished is kept even when interrupted
+        if finished:
+            cache.write_shard(finished)
+        bar.close()
+        report.seconds = time.perf_counter() - start

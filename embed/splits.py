@@ -1,0 +1,124 @@
+"""Patient-level splits: the paper's three splits, stratified k-fold, leave-one-campaign-out.
+
+Every split maps patient ID -> "train" | "val" | "test".
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from sklearn.model_selection import StratifiedKFold, train_test_split
+
+from .circor import CirCor
+
+PAPER_SEEDS = (14, 42, 84)
+SPLIT_VALUES = ("train", "val", "test")
+
+
+def stratify_key(circor: CirCor, pid: str) -> str:
+    """One-hot (Outcome Normal, Abnormal, Murmur Absent, Present, Unknown) as a string, as the paper does."""
+    p = circor.patients[pid]
+    bits = [p.outcome == "Normal", p.outcome == "Abnormal",
+            p.murmur == "Absent", p.murmur == "Present", p.murmur == "Unknown"]
+    return "".join(str(int(b)) for b in bits)
+
+
+def mergeable_keys(keys: list[str], minimum: int = 2) -> list[str]:
+    """Strata too small to split (small subsets only) fall back to their murmur part, then merge.
+
+    On the full CirCor every stratum is large enough, so the paper's splits are unchanged.
+    """
+    def rare(ks: list[str]) -> set[str]:
+        return {k for k in set(ks) if ks.count(k) < minimum}
+    small = rare(keys)
+    keys = [k[2:] if k in small else k for k in keys]
+    small = rare(keys)
+    keys = ["rare" if k in small else k for k in keys]
+    if rare(keys):  # a lone leftover joins the largest stratum
+        largest = max(set(keys), key=keys.count)
+        keys = [largest if k == "rare" else k for k in keys]
+    return keys
+
+
+def paper_split(circor: CirCor, seed: int) -> dict[str, str]:
+    """75 % train+val / 25 % test, then 10 % of the whole for val (patients sorted by ID)."""
+    pids = circor.patient_ids()
+    keys = mergeable_keys([stratify_key(circor, p) for p in pids])
+    trainval, test, key_trainval, _ = train_test_split(pids, keys, test_size=0.25, random_state=seed,
+                                                       stratify=keys)
+    train, val = train_test_split(trainval, test_size=0.1 / 0.75, random_state=seed + 1,
+                                  stratify=mergeable_keys(key_trainval))
+    out = {p: "train" for p in train}
+    out.update({p: "val" for p in val})
+    out.update({p: "test" for p in test})
+    return out
+
+
+def paper_splits(circor: CirCor) -> dict[str, dict[str, str]]:
+    return {f"split{i}": paper_split(circor, seed) for i, seed in enumerate(PAPER_SEEDS, 1)}
+
+
+def kfold_splits(circor: CirCor, k: int = 5, seed: int = 0, val_fraction: float = 0.1) -> dict[str, dict[str, str]]:
+    """Stratified k-fold over patients; each fold's training part gives up a stratified val part."""
+    pids = circor.patient_ids()
+    keys = mergeable_keys([stratify_key(circor, p) for p in pids], k)
+    folds = {}
+    for i, (train_idx, test_idx) in enumerate(StratifiedKFold(k, shuffle=True, random_state=seed).split(pids, keys), 1):
+        train_ids = [pids[j] for j in train_idx]
+        train, val = train_test_split(train_ids, test_size=val_fraction, random_state=seed + i,
+                                      stratify=mergeable_keys([keys[j] for j in train_idx]))
+        split = {p: "train" for p in train}
+        split.update({p: "val" for p in val})
+        split.update({pids[j]: "test" for j in test_idx})
+        folds[f"fold{i}"] = split
+    return folds
+
+
+def campaign_splits(circor: CirCor, seed: int = 0, val_fraction: float = 0.1) -> dict[str, dict[str, str]]:
+    """Leave-one-campaign-out: train on one campaign (minus a val part), test on the other."""
+    out = {}
+    campaigns = sorted({p.campaign for p in circor.patients.values()})
+    for held_out in campaigns:
+        train_ids = [p for p in circor.patient_ids() if circor.patients[p].campaign != held_out]
+        keys = mergeable_keys([stratify_key(circor, p) for p in train_ids])
+        train, val = train_test_split(train_ids, test_size=val_fraction, random_state=seed, stratify=keys)
+        split = {p: "train" for p in train}
+        split.update({p: "val" for p in val})
+        split.update({p: "test" for p in circor.patient_ids() if circor.patients[p].campaign == held_out})
+        out[f"test_{held_out}"] = split
+    return out
+
+
+def make_splits(circor: CirCor, scheme: str = "paper", seed: int = 0, folds: int = 5) -> dict[str, dict[str, str]]:
+    if scheme == "paper":
+        return paper_splits(circor)
+    if scheme == "kfold":
+        return kfold_splits(circor, folds, seed)
+    if scheme == "campaign":
+        return campaign_splits(circor, seed)
+    raise ValueError(f"unknown split scheme {scheme!r} (paper, kfold, campaign)")
+
+
+def write_splits(splits: dict[str, dict[str, str]], path: str | Path) -> None:
+    names = list(splits)
+    pids = sorted(next(iter(splits.values())), key=int)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["patient_id", *names])
+        for pid in pids:
+            writer.writerow([pid, *(splits[n].get(pid, "") for n in names)])
+
+
+def read_splits(path: str | Path) -> dict[str, dict[str, str]]:
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        names = [n for n in reader.fieldnames or [] if n != "patient_id"]
+        splits: dict[str, dict[str, str]] = {n: {} for n in names}
+        for row in reader:
+            for n in names:
+                if row[n]:
+                    if row[n] not in SPLIT_VALUES:
+                        raise ValueError(f"{path}: patient {row['patient_id']}: split value {row[n]!r}")
+                    splits[n][row["patient_id"]] = row[n]
+    return splits

@@ -1,0 +1,194 @@
+#!/usr/bin/env python
+"""heartprobe command line: frozen audio encoders + probes for heart-murmur detection on CirCor.
+
+    python pipeline.py demo                      # synthetic data, end to end, no downloads
+    python pipeline.py extract --data DIR --encoder logmel
+    python pipeline.py probe   --data DIR --encoder logmel --probe linear --splits paper --out runs/x
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+DEFAULT_CACHE = Path(__file__).resolve().parent / "cache"
+
+
+def _print_problems(problems, limit: int = 30) -> None:
+    if not problems:
+        return
+    errors = sum(p.severity == "error" for p in problems)
+    print(f"\n{len(problems)} problems ({errors} errors, {len(problems) - errors} warnings):", file=sys.stderr)
+    for p in problems[:limit]:
+        print(f"  {p}", file=sys.stderr)
+    if len(problems) > limit:
+        print(f"  ... {len(problems) - limit} more", file=sys.stderr)
+
+
+def cmd_verify(args) -> int:
+    from embed.download import verify_checksums
+    bad, n = verify_checksums(args.data)
+    print(f"{n - len(bad)}/{n} files match SHA256SUMS.txt")
+    for line in bad[:50]:
+        print(f"  {line}", file=sys.stderr)
+    from embed.circor import load_circor
+    circor = load_circor(args.data)
+    print(f"{len(circor.patients)} patients, {len(circor.recordings())} recordings parsed")
+    _print_problems(circor.problems)
+    return 1 if bad or circor.errors() else 0
+
+
+def cmd_download(args) -> int:
+    from embed.download import DEFAULT_URL, download_circor
+    root = download_circor(args.dest, args.url or DEFAULT_URL)
+    print(f"CirCor ready in {root}")
+    return 0
+
+
+def cmd_splits(args) -> int:
+    from embed.circor import load_circor
+    from embed.splits import make_splits, write_splits
+    circor = load_circor(args.data)
+    splits = make_splits(circor, args.scheme, args.seed, args.folds)
+    write_splits(splits, args.out)
+    for name, split in splits.items():
+        counts = {v: list(split.values()).count(v) for v in ("train", "val", "test")}
+        print(f"{name}: {counts}")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_extract(args) -> int:
+    from embed.circor import load_circor
+    from embed.encoders import create
+    from embed.extract import extract
+    from embed.segments import SegmentConfig
+    circor = load_circor(args.data)
+    segments = SegmentConfig(args.window, args.train_stride, args.eval_stride)
+    status = 0
+    for name in args.encoder.split(","):
+        encoder = create(name, args.checkpoint, pooling=args.pooling, device=args.device,
+                         precision=args.precision, trust_checkpoint=args.trust_checkpoint)
+        print(f"{name}: {encoder.embedding_size}-d, {encoder.sample_rate} Hz, {encoder.precision} on "
+              f"{encoder.device}; {len(circor.recordings())} recordings")
+        report = extract(encoder, circor.recordings(), args.cache, segments, args.batch_size,
+                         workers=args.workers, lock_timeout_s=args.lock_timeout)
+        print(report.summary())
+        _print_problems(report.problems)
+        if args.strict and report.problems:
+            status = 1
+    _print_problems(circor.problems)
+    if args.strict and circor.problems:
+        status = 1
+    return status
+
+
+def cmd_probe(args) -> int:
+    from classify.run import load_splits, run_probe
+    from embed.circor import load_circor
+    circor = load_circor(args.data)
+    splits = load_splits(circor, args.splits, args.seed)
+    table = run_probe(circor, args.encoder.split(","), args.probe.split(","), splits, args.cache, args.out,
+                      decision=args.decision, seed=args.seed)
+    print(table.to_string(index=False))
+    print(f"\nwrote {Path(args.out) / 'scores.csv'} and {Path(args.out) / 'predictions.csv'}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from classify.run import load_splits, run_probe
+    from embed.circor import load_circor
+    from embed.encoders import create
+    from embed.extract import extract
+    from embed.synthetic import make_dataset
+    start = time.perf_counter()
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="heartprobe-demo-"))
+    data = make_dataset(work / "data", n_patients=args.patients, seed=args.seed)
+    circor = load_circor(data)
+    print(f"synthetic CirCor: {len(circor.patients)} patients, {len(circor.recordings())} recordings in {data}")
+    encoder = create("logmel")
+    report = extract(encoder, circor.recordings(), work / "cache")
+    print(report.summary())
+    splits = load_splits(circor, "paper")
+    table = run_probe(circor, ["logmel"], ["linear", "xgboost"], splits, work / "cache", work / "out")
+    print(table.to_string(index=False))
+    print(f"\nwrote {work / 'out'}/scores.csv and predictions.csv in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pipeline.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("verify", help="check files against SHA256SUMS.txt and parse the dataset")
+    p.add_argument("--data", required=True)
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("download", help="download the official CirCor v1.0.3 release zip (resumable)")
+    p.add_argument("--dest", required=True)
+    p.add_argument("--url", default=None)
+    p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser("splits", help="write patient-level splits as CSV")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--scheme", choices=["paper", "kfold", "campaign"], default="paper")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--folds", type=int, default=5)
+    p.set_defaults(func=cmd_splits)
+
+    p = sub.add_parser("extract", help="embed every recording's windows into the HDF5 cache")
+    p.add_argument("--data", required=True)
+    p.add_argument("--encoder", default="logmel", help="registry name(s), comma-separated")
+    p.add_argument("--checkpoint", default=None, help="official weight file")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow full pickle loading (only for files you trust)")
+    p.add_argument("--cache", default=str(DEFAULT_CACHE))
+    p.add_argument("--pooling", default=None, choices=["mean", "max", "meanmax", "meanstd"])
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    p.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16"],
+                   help="default: fp16 autocast on CUDA, fp32 on CPU")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=2, help="decode/resample threads")
+    p.add_argument("--window", type=float, default=5.0)
+    p.add_argument("--train-stride", type=float, default=2.5)
+    p.add_argument("--eval-stride", type=float, default=None, help="default: the window (no overlap)")
+    p.add_argument("--lock-timeout", type=float, default=0.0,
+                   help="seconds to wait for another run holding the same cache")
+    p.add_argument("--strict", action="store_true", help="exit non-zero if any recording had a problem")
+    p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("probe", help="train probes on cached embeddings, score per patient")
+    p.add_argument("--data", required=True)
+    p.add_argument("--encoder", default="logmel", help="name(s) or NAME@KEY, comma-separated")
+    p.add_argument("--probe", default="linear", help="linear | xgboost (comma-separated for several)")
+    p.add_argument("--splits", default="paper", help="paper | kfold | campaign | CSV file")
+    p.add_argument("--decision", default="any", choices=["any", "mean"],
+                   help="patient rule: any = the paper's hierarchy, mean = argmax of mean probabilities")
+    p.add_argument("--cache", default=str(DEFAULT_CACHE))
+    p.add_argument("--out", default="runs/probe")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_probe)
+
+    p = sub.add_parser("demo", help="synthetic CirCor-format data -> extract -> probe, no downloads")
+    p.add_argument("--patients", type=int, default=60)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workdir", default=None)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
