@@ -125,6 +125,40 @@ def test_frontend_is_normalised_log_mel(enc) -> None:
     np.testing.assert_allclose(silent.numpy(), expected, rtol=1e-5)
 
 
+def ref_log_mel(wave: np.ndarray) -> np.ndarray:
+    """nnAudio MelSpectrogram as used by M2D, in float64 numpy: periodic Hann, centred reflect-padded
+    STFT (n_fft 400, hop 160), power 2, librosa Slaney mel (80 bands, 50-8000 Hz, area-normalised)."""
+    sr, n_fft, hop, n_mels = 16000, 400, 160, 80
+
+    def hz2mel(f):
+        f = np.asarray(f, dtype=np.float64)
+        return np.where(f < 1000, f * 3 / 200, 15 + np.log(np.maximum(f, 1e-9) / 1000) * 27 / np.log(6.4))
+
+    def mel2hz(m):
+        return np.where(m < 15, m * 200 / 3, 1000 * np.exp((m - 15) * np.log(6.4) / 27))
+
+    edges = mel2hz(np.linspace(hz2mel(50), hz2mel(8000), n_mels + 2))
+    freqs = np.linspace(0, sr / 2, n_fft // 2 + 1)
+    fb = np.zeros((n_mels, freqs.size))
+    for m in range(n_mels):
+        lo, c, hi = edges[m:m + 3]
+        fb[m] = np.maximum(0, np.minimum((freqs - lo) / (c - lo), (hi - freqs) / (hi - c))) * 2 / (hi - lo)
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)
+    padded = np.pad(wave, n_fft // 2, mode="reflect")
+    frames = [padded[i * hop:i * hop + n_fft] * window for i in range(1 + len(wave) // hop)]
+    power = np.abs(np.fft.rfft(np.array(frames), axis=1)) ** 2
+    return np.log(power @ fb.T + np.finfo(np.float32).eps).T
+
+
+def test_log_mel_matches_numpy_reference(enc) -> None:
+    rng = np.random.default_rng(3)
+    wave = 0.1 * rng.standard_normal(16000 + 123)
+    got = enc.model.log_mel(torch.tensor(wave[None], dtype=torch.float32))[0, 0].numpy()
+    ref = (ref_log_mel(wave) + 7.1) / 4.2
+    assert got.shape == ref.shape == (80, 1 + wave.size // 160)
+    np.testing.assert_allclose(got, ref, atol=2e-3)
+
+
 def encoder_only_copy(state: dict, path: Path, change) -> Path:
     """Encoder-only key layout (official `to_encoder_only_weight.py` format), altered; values are
     expanded constants since the key/shape check happens before any value is used."""
