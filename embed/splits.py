@@ -40,14 +40,22 @@ def mergeable_keys(keys: list[str], minimum: int = 2) -> list[str]:
     return keys
 
 
+def stratified_split(ids: list[str], keys: list[str], test_size: float, seed: int) -> tuple[list, list]:
+    """train_test_split stratified by `keys`; on data too small for that, by murmur alone, then not at all."""
+    for stratify in (mergeable_keys(keys), mergeable_keys([k[2:] for k in keys]), None):
+        try:
+            return train_test_split(ids, test_size=test_size, random_state=seed, stratify=stratify)
+        except ValueError:
+            continue
+    raise ValueError(f"cannot split {len(ids)} patients with test_size={test_size}")
+
+
 def paper_split(circor: CirCor, seed: int) -> dict[str, str]:
     """75 % train+val / 25 % test, then 10 % of the whole for val (patients sorted by ID)."""
     pids = circor.patient_ids()
-    keys = mergeable_keys([stratify_key(circor, p) for p in pids])
-    trainval, test, key_trainval, _ = train_test_split(pids, keys, test_size=0.25, random_state=seed,
-                                                       stratify=keys)
-    train, val = train_test_split(trainval, test_size=0.1 / 0.75, random_state=seed + 1,
-                                  stratify=mergeable_keys(key_trainval))
+    keys = {p: stratify_key(circor, p) for p in pids}
+    trainval, test = stratified_split(pids, [keys[p] for p in pids], 0.25, seed)
+    train, val = stratified_split(trainval, [keys[p] for p in trainval], 0.1 / 0.75, seed + 1)
     out = {p: "train" for p in train}
     out.update({p: "val" for p in val})
     out.update({p: "test" for p in test})
@@ -65,8 +73,7 @@ def kfold_splits(circor: CirCor, k: int = 5, seed: int = 0, val_fraction: float 
     folds = {}
     for i, (train_idx, test_idx) in enumerate(StratifiedKFold(k, shuffle=True, random_state=seed).split(pids, keys), 1):
         train_ids = [pids[j] for j in train_idx]
-        train, val = train_test_split(train_ids, test_size=val_fraction, random_state=seed + i,
-                                      stratify=mergeable_keys([keys[j] for j in train_idx]))
+        train, val = stratified_split(train_ids, [keys[j] for j in train_idx], val_fraction, seed + i)
         split = {p: "train" for p in train}
         split.update({p: "val" for p in val})
         split.update({pids[j]: "test" for j in test_idx})
@@ -80,8 +87,8 @@ def campaign_splits(circor: CirCor, seed: int = 0, val_fraction: float = 0.1) ->
     campaigns = sorted({p.campaign for p in circor.patients.values()})
     for held_out in campaigns:
         train_ids = [p for p in circor.patient_ids() if circor.patients[p].campaign != held_out]
-        keys = mergeable_keys([stratify_key(circor, p) for p in train_ids])
-        train, val = train_test_split(train_ids, test_size=val_fraction, random_state=seed, stratify=keys)
+        keys = [stratify_key(circor, p) for p in train_ids]
+        train, val = stratified_split(train_ids, keys, val_fraction, seed)
         split = {p: "train" for p in train}
         split.update({p: "val" for p in val})
         split.update({p: "test" for p in circor.patient_ids() if circor.patients[p].campaign == held_out})

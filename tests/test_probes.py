@@ -1,0 +1,47 @@
+import numpy as np
+import pytest
+from sklearn.base import clone
+
+from classify.probes import LinearProbe, XGBoostProbe, full_proba, probe_grid
+
+
+def blobs(n=300, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    X = rng.standard_normal((n, 8)) + 3 * np.eye(3, 8)[y]
+    return X, y
+
+
+@pytest.mark.parametrize("probe", [LinearProbe(C=1.0), XGBoostProbe(n_estimators=30)])
+def test_probes_learn_separable_classes(probe):
+    X, y = blobs()
+    model = clone(probe).fit(X, y)
+    Xt, yt = blobs(seed=1)
+    proba = model.predict_proba(Xt)
+    assert proba.shape == (300, 3) and np.allclose(proba.sum(axis=1), 1)
+    assert (model.predict(Xt) == yt).mean() > 0.9
+
+
+def test_full_proba_fills_missing_classes():
+    X, y = blobs()
+    keep = y != 1
+    model = LinearProbe().fit(X[keep], y[keep])
+    proba = full_proba(model, X)
+    assert proba.shape == (300, 3) and (proba[:, 1] == 0).all()
+
+
+def test_grid_expands_all_combinations():
+    grid = probe_grid("xgboost", seed=5)
+    assert len(grid) == 2 and {g.max_depth for g in grid} == {3, 6}
+    assert all(g.random_state == 5 for g in grid)
+    with pytest.raises(KeyError, match="unknown probe"):
+        probe_grid("svm")
+
+
+def test_class_weighting_helps_the_minority():
+    rng = np.random.default_rng(0)
+    y = np.array([0] * 20 + [2] * 380)
+    X = rng.standard_normal((400, 4)) + 0.8 * (y == 0)[:, None]
+    weighted = LinearProbe(class_weight="balanced").fit(X, y)
+    plain = LinearProbe(class_weight=None).fit(X, y)
+    assert (weighted.predict(X) == 0).sum() > (plain.predict(X) == 0).sum()
