@@ -65,24 +65,25 @@ def cmd_extract(args) -> int:
     from embed.encoders import create
     from embed.extract import extract
     from embed.segments import SegmentConfig
+    from embed.problems import format_table, problem_rows, write_problems_csv
     circor = load_circor(args.data)
     segments = SegmentConfig(args.window, args.train_stride, args.eval_stride)
-    status = 0
+    rows = []
     for name in args.encoder.split(","):
         encoder = create(name, args.checkpoint, pooling=args.pooling, device=args.device,
                          precision=args.precision, trust_checkpoint=args.trust_checkpoint)
         print(f"{name}: {encoder.embedding_size}-d, {encoder.sample_rate} Hz, {encoder.precision} on "
               f"{encoder.device}; {len(circor.recordings())} recordings")
         report = extract(encoder, circor.recordings(), args.cache, segments, args.batch_size,
-                         workers=args.workers, lock_timeout_s=args.lock_timeout)
+                         flush_every=args.flush_every, workers=args.workers, lock_timeout_s=args.lock_timeout)
         print(report.summary())
-        _print_problems(report.problems)
-        if args.strict and report.problems:
-            status = 1
-    _print_problems(circor.problems)
-    if args.strict and circor.problems:
-        status = 1
-    return status
+        rows += problem_rows(report.problems, name)
+    rows = problem_rows(circor.problems, "dataset") + rows
+    if rows:  # the summary table, last, and as CSV next to the cache
+        print("\n" + format_table(rows), file=sys.stderr)
+        print(f"problems table: {write_problems_csv(rows, Path(args.cache) / 'extract-problems.csv')}",
+              file=sys.stderr)
+    return 1 if args.strict and rows else 0
 
 
 def cmd_probe(args) -> int:
@@ -153,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: fp16 autocast on CUDA, fp32 on CPU")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=2, help="decode/resample threads")
+    p.add_argument("--flush-every", type=int, default=64,
+                   help="write finished recordings to the cache every N recordings")
     p.add_argument("--window", type=float, default=5.0)
     p.add_argument("--train-stride", type=float, default=2.5)
     p.add_argument("--eval-stride", type=float, default=None, help="default: the window (no overlap)")

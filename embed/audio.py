@@ -3,9 +3,14 @@
 `read_audio` never guesses silently: anything it had to fix (another sample rate, stereo,
 non-finite samples) comes back as a note, and anything it cannot use raises `AudioError`
 naming the file and the problem.
+
+Recordings longer than `LONG_RECORDING_S` are never loaded whole: `open_resampled` scans them in
+blocks for the same checks, then reads and resamples each window on demand (`StreamedAudio`),
+so memory stays bounded by a block and a batch whatever the length.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -16,6 +21,8 @@ from scipy.signal import resample_poly
 
 CIRCOR_SAMPLE_RATE = 4000
 MIN_DURATION_S = 0.5
+LONG_RECORDING_S = 600.0  # longer recordings are streamed in blocks
+BLOCK_FRAMES = 1 << 16
 
 
 class AudioError(ValueError):
@@ -51,30 +58,197 @@ def read_audio(path: Path | str, min_duration_s: float = MIN_DURATION_S) -> Audi
         samples, sample_rate = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
         raise AudioError(path, f"not readable audio ({err})") from err
-    notes: list[str] = []
-    if samples.shape[1] > 1:
-        notes.append(f"{samples.shape[1]} channels downmixed to mono")
+    channels = samples.shape[1]
     samples = samples.mean(axis=1)
     bad = ~np.isfinite(samples)
     if bad.any():
-        if bad.all():
-            raise AudioError(path, "every sample is NaN or infinite")
-        notes.append(f"{int(bad.sum())} NaN/inf samples set to 0")
         samples = np.where(bad, 0.0, samples).astype(np.float32)
-    if len(samples) < min_duration_s * sample_rate:
-        raise AudioError(path, f"too short: {len(samples) / sample_rate:.3f} s < {min_duration_s} s")
-    peak = float(np.abs(samples).max()) if len(samples) else 0.0
-    if peak == 0.0:
-        notes.append("silent (all samples are zero)")
-    elif peak > 1.0:
-        # float wavs may exceed full scale; rescale rather than clip
-        notes.append(f"peak {peak:.2f} > 1, rescaled")
-        samples = samples / peak
-    elif np.mean(np.abs(samples) >= 0.999) > 0.01:
-        notes.append("clipping (over 1% of samples at full scale)")
-    if sample_rate != CIRCOR_SAMPLE_RATE:
-        notes.append(f"sample rate {sample_rate} Hz (CirCor is {CIRCOR_SAMPLE_RATE} Hz)")
+    stats = AudioStats(int(sample_rate), len(samples), channels, int(bad.sum()),
+                       float(np.abs(samples).max()) if len(samples) else 0.0,
+                       int(np.count_nonzero(np.abs(samples) >= 0.999)))
+    notes, scale = judge(path, stats, min_duration_s)
+    if scale != 1.0:
+        samples = samples * np.float32(scale)
     return Audio(np.ascontiguousarray(samples, dtype=np.float32), int(sample_rate), notes)
+
+
+@dataclass
+class AudioStats:
+    """What the checks need, gathered in one pass (whole file or block by block)."""
+    sample_rate: int
+    frames: int
+    channels: int
+    nonfinite: int  # NaN/inf samples after downmixing (set to 0)
+    peak: float  # max |sample| after downmixing and zeroing non-finite samples
+    full_scale: int  # samples with |x| >= 0.999
+
+    @property
+    def duration_s(self) -> float:
+        return self.frames / self.sample_rate
+
+
+def judge(path: Path | str, stats: AudioStats, min_duration_s: float = MIN_DURATION_S,
+          rate_out: int | None = None) -> tuple[list[str], float]:
+    """Notes for what was fixed and the gain to apply; raises AudioError for unusable audio."""
+    notes: list[str] = []
+    if stats.sample_rate <= 0:
+        raise AudioError(path, f"invalid sample rate {stats.sample_rate}")
+    if stats.channels > 1:
+        notes.append(f"{stats.channels} channels downmixed to mono")
+    if stats.nonfinite:
+        if stats.nonfinite >= stats.frames:
+            raise AudioError(path, "every sample is NaN or infinite")
+        notes.append(f"{stats.nonfinite} NaN/inf samples set to 0")
+    if stats.frames < min_duration_s * stats.sample_rate:
+        raise AudioError(path, f"too short: {stats.duration_s:.3f} s < {min_duration_s} s")
+    scale = 1.0
+    if stats.peak == 0.0:
+        notes.append("silent (all samples are zero)")
+    elif stats.peak > 1.0:
+        # float wavs may exceed full scale; rescale rather than clip
+        notes.append(f"peak {stats.peak:.2f} > 1, rescaled")
+        scale = 1.0 / stats.peak
+    elif stats.full_scale > 0.01 * stats.frames:
+        notes.append("clipping (over 1% of samples at full scale)")
+    if stats.sample_rate != CIRCOR_SAMPLE_RATE:
+        note = f"sample rate {stats.sample_rate} Hz (CirCor is {CIRCOR_SAMPLE_RATE} Hz)"
+        if rate_out is not None and rate_out != stats.sample_rate:
+            note += f", resampled to {rate_out} Hz"
+        notes.append(note)
+    return notes, scale
+
+
+def _open(path: Path) -> sf.SoundFile:
+    try:
+        size = path.stat().st_size
+    except OSError as err:
+        raise AudioError(path, f"cannot open ({err.strerror or err})") from err
+    if size == 0:
+        raise AudioError(path, "empty file (0 bytes)")
+    try:
+        return sf.SoundFile(str(path))
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
+        raise AudioError(path, f"not readable audio ({err})") from err
+
+
+def scan_audio(path: Path | str, block_frames: int = BLOCK_FRAMES) -> AudioStats:
+    """Stats of a file read block by block (memory: one block)."""
+    path = Path(path)
+    with _open(path) as fh:
+        rate, channels = int(fh.samplerate), int(fh.channels)
+        frames = nonfinite = full_scale = 0
+        peak = 0.0
+        try:
+            while True:
+                block = fh.read(block_frames, dtype="float32", always_2d=True)
+                if not len(block):
+                    break
+                mono = block.mean(axis=1)
+                bad = ~np.isfinite(mono)
+                if bad.any():
+                    nonfinite += int(bad.sum())
+                    mono = np.where(bad, 0.0, mono)
+                frames += len(mono)
+                peak = max(peak, float(np.abs(mono).max()))
+                full_scale += int(np.count_nonzero(np.abs(mono) >= 0.999))
+        except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
+            raise AudioError(path, f"not readable audio ({err})") from err
+    return AudioStats(rate, frames, channels, nonfinite, peak, full_scale)
+
+
+class InMemoryAudio:
+    """A recording at the encoder rate, held whole (short recordings)."""
+
+    def __init__(self, samples: np.ndarray, notes: list[str]) -> None:
+        self.samples = samples
+        self.notes = notes
+
+    @property
+    def n_samples(self) -> int:
+        return len(self.samples)
+
+    def windows(self, starts: np.ndarray, window: int) -> np.ndarray:
+        from .segments import cut_windows
+        return cut_windows(self.samples, starts, window)
+
+
+class StreamedAudio:
+    """A long recording read and resampled on demand, one span at a time.
+
+    Each span is read from the file with a margin of input samples on both sides, where the
+    margin covers the resampling filter and starts on a multiple of the decimation factor, so
+    a span equals the same stretch of a whole-file `resample` (up to float rounding).
+    """
+
+    def __init__(self, path: Path | str, stats: AudioStats, rate_out: int, scale: float,
+                 notes: list[str]) -> None:
+        self.path, self.stats, self.rate_out = Path(path), stats, int(rate_out)
+        self.scale, self.notes = scale, notes
+        ratio = Fraction(self.rate_out, stats.sample_rate)
+        self.up, self.down = ratio.numerator, ratio.denominator
+        # resample_poly's filter reaches 10 * max(up, down) taps each side at the upsampled rate
+        reach = 0 if self.up == self.down == 1 else math.ceil(10 * max(self.up, self.down) / self.up) + 2
+        self.margin = math.ceil(reach / self.down) * self.down
+
+    @property
+    def n_samples(self) -> int:
+        return math.ceil(self.stats.frames * self.up / self.down)
+
+    def span(self, start: int, length: int) -> np.ndarray:
+        """Output samples `[start, start + length)` at `rate_out`, zero past the end."""
+        first = (start // self.up) * self.down  # input sample aligned with output sample first/down*up
+        last = math.ceil((start + length) / self.up) * self.down
+        lo, hi = max(0, first - self.margin), min(self.stats.frames, last + self.margin)
+        out = np.zeros(length, dtype=np.float32)
+        if lo >= hi:
+            return out
+        try:
+            block = sf.read(str(self.path), start=lo, stop=hi, dtype="float32", always_2d=True)[0]
+        except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
+            raise AudioError(self.path, f"not readable audio ({err})") from err
+        mono = block.mean(axis=1)
+        mono = np.where(np.isfinite(mono), mono, 0.0).astype(np.float32) * np.float32(self.scale)
+        res = resample(mono, self.stats.sample_rate, self.rate_out)
+        offset = start - lo // self.down * self.up
+        piece = res[offset:offset + length]
+        # the file's end: whole-file resampling yields n_samples, nothing after
+        piece = piece[:max(0, min(len(piece), self.n_samples - start))]
+        out[:len(piece)] = piece
+        return out
+
+    def windows(self, starts: np.ndarray, window: int) -> "LazyWindows":
+        return LazyWindows(self, np.asarray(starts), window)
+
+
+class LazyWindows:
+    """Window rows of a StreamedAudio, made when indexed (what extract's batches take)."""
+
+    def __init__(self, audio: StreamedAudio, starts: np.ndarray, window: int) -> None:
+        self.audio, self.starts, self.window = audio, starts, window
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, row: int) -> np.ndarray:
+        return self.audio.span(int(self.starts[row]), self.window)
+
+
+def open_resampled(path: Path | str, rate_out: int, *, long_after_s: float = LONG_RECORDING_S,
+                   min_duration_s: float = MIN_DURATION_S) -> InMemoryAudio | StreamedAudio:
+    """A recording at `rate_out`: whole in memory, or streamed when longer than `long_after_s`."""
+    path = Path(path)
+    with _open(path) as fh:
+        frames, rate = fh.frames, fh.samplerate
+    if rate > 0 and frames > long_after_s * rate:
+        stats = scan_audio(path)
+        notes, scale = judge(path, stats, min_duration_s, rate_out)
+        notes.append(f"long recording ({stats.duration_s / 60:.1f} min > {long_after_s / 60:g} min): "
+                     "read and resampled in blocks")
+        return StreamedAudio(path, stats, rate_out, scale, notes)
+    audio = read_audio(path, min_duration_s)
+    notes = [f"{n}, resampled to {rate_out} Hz" if n.startswith("sample rate") and rate_out != audio.sample_rate
+             else n for n in audio.notes]
+    return InMemoryAudio(resample(audio.samples, audio.sample_rate, rate_out), notes)
 
 
 def resample(samples: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:

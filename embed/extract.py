@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .audio import AudioError, read_audio, resample
+from .audio import AudioError, open_resampled
 from .cache import CachedRecording, EmbeddingCache
 from .circor import Problem, Recording
 from .encoders import Encoder
 from .encoders.checkpoint import file_sha256
-from .segments import SegmentConfig, cut_windows, plan_segments
+from .segments import SegmentConfig, plan_segments
 
 
 def cache_config(encoder: Encoder, segments: SegmentConfig) -> dict:
@@ -65,11 +65,11 @@ class ExtractReport:
 
 def _prepare(recording: Recording, encoder: Encoder, segments: SegmentConfig) -> _Prepared:
     try:
-        audio = read_audio(recording.wav)
-        samples = resample(audio.samples, audio.sample_rate, encoder.sample_rate)
-        plan = plan_segments(len(samples), encoder.sample_rate, segments)
+        # long recordings come back streamed: windows are read and resampled when batched
+        audio = open_resampled(recording.wav, encoder.sample_rate)
+        plan = plan_segments(audio.n_samples, encoder.sample_rate, segments)
         window = int(round(segments.window_s * encoder.sample_rate))
-        return _Prepared(recording, cut_windows(samples, plan.starts, window), plan, audio.notes)
+        return _Prepared(recording, audio.windows(plan.starts, window), plan, audio.notes)
     except AudioError as err:
         return _Prepared(recording, None, error=err.problem)
     except Exception as err:  # one bad file must never end a run over thousands
@@ -114,8 +114,8 @@ def _run(encoder, todo, cache, segments, batch_size, flush_every, workers, progr
                file=sys.stderr, dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 10.0)
 
     def run_batch(items: list[tuple[_Prepared, int]]) -> None:
-        batch = np.stack([prep.windows[row] for prep, row in items])
-        try:
+        try:  # streamed windows are read here, so a read failure is handled like an encoder one
+            batch = np.stack([prep.windows[row] for prep, row in items])
             embs = encoder.embed(batch)
         except Exception as err:
             # a batch failure should blame only its recordings: retry them one by one
