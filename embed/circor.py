@@ -114,8 +114,12 @@ def read_tsv(path: Path) -> np.ndarray:
             parts = line.split()
             if len(parts) != 3:
                 raise ValueError(f"{path}:{n}: expected 'start end label', got {line.strip()!r}")
-            start, end, label = float(parts[0]), float(parts[1]), int(float(parts[2]))
-            if label not in TSV_LABELS or end < start:
+            try:
+                start, end, label_f = float(parts[0]), float(parts[1]), float(parts[2])
+            except ValueError:
+                raise ValueError(f"{path}:{n}: not numbers: {line.strip()!r}") from None
+            label = int(label_f) if math.isfinite(label_f) else -1
+            if label not in TSV_LABELS or not (math.isfinite(start) and math.isfinite(end)) or end < start:
                 raise ValueError(f"{path}:{n}: bad segment {line.strip()!r}")
             rows.append((start, end, label))
     return np.asarray(rows, dtype=np.float64).reshape(-1, 3)
@@ -182,7 +186,11 @@ def load_circor(data_dir: str | Path) -> CirCor:
     root, folder = find_root(data_dir)
     problems: list[Problem] = []
     csv_path = root / "training_data.csv"
-    csv_rows = read_training_csv(csv_path, problems) if csv_path.exists() else {}
+    try:
+        csv_rows = read_training_csv(csv_path, problems) if csv_path.exists() else {}
+    except (UnicodeDecodeError, csv.Error) as err:  # a damaged csv must not hide the .txt files
+        problems.append(Problem(str(csv_path), f"unreadable ({err}); using the .txt files alone"))
+        csv_rows = {}
     if not csv_path.exists():
         problems.append(Problem(str(csv_path), "training_data.csv missing; using the .txt files alone", "warning"))
     patients: dict[str, Patient] = {}
