@@ -1,0 +1,135 @@
+"""BYOL-A v1/v2 with generated checkpoints in the official layout (the real weights may not be redistributed).
+
+Set HEARTPROBE_BYOLA_D512 to a local copy of AudioNTT2020-BYOLA-64x96d512.pth to also check the real file.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from embed.encoders import create
+from embed.encoders.byola import AudioNTT, LogMel
+from embed.encoders.checkpoint import CheckpointError
+
+SR = 16000
+
+
+def tone(freq: float, seconds: float, amp: float = 0.3) -> np.ndarray:
+    return (amp * np.sin(2 * np.pi * freq * np.arange(int(seconds * SR)) / SR)).astype(np.float32)
+
+
+def _state(version: int, d: int, seed: int) -> dict:
+    torch.manual_seed(seed)
+    state = AudioNTT(version, d).state_dict()
+    for k, v in state.items():
+        if k.endswith("running_mean"):
+            v.copy_(0.1 * torch.randn(v.shape))
+        elif k.endswith("running_var"):
+            v.copy_(0.5 + torch.rand(v.shape))
+    return state
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("byola")
+    out = {}
+    for name, version, d in (("d512", 1, 512), ("d2048", 1, 2048), ("v2", 2, 3072)):
+        out[name] = (root / f"{name}.pth", _state(version, d, 0))
+        torch.save(out[name][1], out[name][0])  # official files are plain state dicts
+    # a training-style file: prefixed encoder plus a projector the loader must ignore
+    prefixed = {f"model.{k}": v for k, v in out["v2"][1].items()}
+    prefixed["projector.net.0.weight"] = torch.zeros(4, 4)
+    torch.save({"state_dict": prefixed}, root / "v2_train.pth")
+    out["v2_train"] = (root / "v2_train.pth", out["v2"][1])
+    return out
+
+
+def test_v1_frontend_matches_numpy_reference() -> None:
+    x = np.random.default_rng(0).standard_normal(SR + 99).astype(np.float32) * 0.1
+    got = LogMel(slaney=False)(torch.tensor(x[None]))[0].numpy()
+    y = np.pad(x.astype(np.float64), 512, mode="reflect")
+    win = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(1024) / 1024)  # periodic Hann
+    power = np.abs(np.fft.rfft(np.stack([y[i:i + 1024] * win for i in range(0, len(y) - 1023, 160)]), axis=1)) ** 2
+    mel = lambda f: 2595 * np.log10(1 + f / 700)  # noqa: E731  (HTK, torchaudio's default)
+    pts = 700 * (10 ** (np.linspace(mel(60), mel(7800), 66) / 2595) - 1)
+    freqs = np.linspace(0, 8000, 513)
+    fb = np.stack([np.maximum(0, np.minimum((freqs - pts[i]) / (pts[i + 1] - pts[i]),
+                                            (pts[i + 2] - freqs) / (pts[i + 2] - pts[i + 1]))) for i in range(64)])
+    ref = np.log(fb @ power.T + np.finfo(np.float32).eps)
+    assert got.shape == ref.shape == (64, 1 + (SR + 99) // 160)
+    np.testing.assert_allclose(got, ref, atol=2e-3, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name,registered,dim", [("d512", "byola", 512), ("d2048", "byola", 2048),
+                                                 ("v2", "byola2", 3072), ("v2_train", "byola2", 3072)])
+def test_loads_strictly_and_detects_d(ckpts, name: str, registered: str, dim: int) -> None:
+    enc = create(registered, ckpts[name][0])
+    assert enc.feature_dim == enc.embedding_size == dim and enc.config()["d"] == dim
+    own = enc.model["net"].state_dict()
+    assert set(own) == set(ckpts[name][1]) and all(torch.equal(own[k], ckpts[name][1][k]) for k in own)
+
+
+def test_broken_checkpoints(ckpts, tmp_path: Path) -> None:
+    state = dict(ckpts["d512"][1])
+    del state["features.5.running_var"]
+    torch.save(state, tmp_path / "a.pth")
+    with pytest.raises(CheckpointError, match=r"features\.5\.running_var"):
+        create("byola", tmp_path / "a.pth")
+    state = dict(ckpts["d512"][1])
+    state["fc.3.weight"] = state["fc.3.weight"][:, :100]
+    torch.save(state, tmp_path / "b.pth")
+    with pytest.raises(CheckpointError, match=r"fc\.3\.weight"):
+        create("byola", tmp_path / "b.pth")
+    with pytest.raises(CheckpointError, match=r"fc\.3\.weight"):  # v1 file is not a v2 encoder
+        create("byola2", ckpts["d512"][0])
+
+
+@pytest.mark.parametrize("name,registered,hop", [("d512", "byola", 8), ("v2", "byola2", 4)])
+def test_embeddings(ckpts, name: str, registered: str, hop: int) -> None:
+    enc = create(registered, ckpts[name][0])
+    rng = np.random.default_rng(0)
+    for seconds in (1.0, 5.0, 3.37):
+        x = np.stack([tone(440, seconds), (0.1 * rng.standard_normal(int(seconds * SR))).astype(np.float32)])
+        a = enc.embed(x)
+        assert a.shape == (2, enc.feature_dim) and np.isfinite(a).all()
+        np.testing.assert_array_equal(a, enc.embed(x))
+        assert not np.allclose(a[0], a[1])
+        frames = enc.frame_embeddings(x).numpy()
+        assert frames.shape == (2, (1 + x.shape[1] // 160) // hop, enc.feature_dim)
+        np.testing.assert_allclose(a, frames.mean(1) + frames.max(1), rtol=1e-5, atol=1e-5)  # official mean+max
+    for pooling, dim in (("mean", enc.feature_dim), ("max", enc.feature_dim), ("meanstd", 2 * enc.feature_dim)):
+        enc.pooling = pooling
+        assert enc.embed(x).shape == (2, dim) == (2, enc.embedding_size)
+
+
+def test_normalisation_statistics(ckpts) -> None:
+    enc = create("byola", ckpts["d512"][0])
+    assert (enc.config()["norm_mean"], enc.config()["norm_std"]) == pytest.approx((-5.4919195, 5.0389895))
+    assert create("byola2", ckpts["v2"][0]).norm_stats == pytest.approx((-9.660292, 4.7219563))
+    waves = [tone(200, 1.0), tone(1000, 2.5, amp=0.05)]
+    x = np.stack([tone(300, 1.0), tone(2000, 1.0)])
+    before, cfg_before = enc.embed(x), enc.config()
+    mean, std = enc.fit_normalisation(waves)
+    with torch.no_grad():
+        values = torch.cat([enc.model["lms"](torch.tensor(w[None])).flatten() for w in waves]).double()
+    assert (mean, std) == pytest.approx((values.mean().item(), values.std(unbiased=False).item()), rel=1e-6)
+    assert enc.config() != cfg_before and enc.config()["norm_mean"] == mean
+    assert not np.allclose(enc.embed(x), before)
+    fixed = create("byola", ckpts["d512"][0], norm_stats=(mean, std))
+    np.testing.assert_array_equal(fixed.embed(x), enc.embed(x))
+
+
+REAL_D512 = os.environ.get("HEARTPROBE_BYOLA_D512")
+
+
+@pytest.mark.skipif(not REAL_D512 or not Path(REAL_D512).is_file(), reason="real BYOL-A d512 not given")
+def test_real_d512() -> None:
+    enc = create("byola", REAL_D512)
+    x = np.stack([tone(440, 2.0), tone(3000, 2.0)])
+    e = enc.embed(x)
+    assert enc.d == 512 and e.shape == (2, 512) and np.isfinite(e).all() and (e >= 0).all()
+    assert not np.allclose(e[0], e[1])
