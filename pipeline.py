@@ -95,7 +95,28 @@ def cmd_probe(args) -> int:
                       decision=args.decision, seed=args.seed)
     print(table.to_string(index=False))
     print(f"\nwrote {Path(args.out) / 'scores.csv'} and {Path(args.out) / 'predictions.csv'}")
+    if args.save_model:
+        from classify.model_io import save_probe_models
+        manifest = save_probe_models(circor, args.encoder.split(","), args.probe.split(","), splits, args.cache,
+                                     args.save_model, args.decision, args.seed, args.checkpoint)
+        print(f"saved models (fit on train+val of the first split) with {manifest}")
     return 0
+
+
+def cmd_predict(args) -> int:
+    import json
+    from classify.predict import predict
+    from embed.problems import format_table, problem_rows
+    results, problems = predict(args.model, args.input, args.out, checkpoint=args.checkpoint,
+                                encoder_name=args.encoder, probe=args.probe, patient_id=args.patient_id,
+                                device=args.device, trust_checkpoint=args.trust_checkpoint)
+    for result in results:
+        print(json.dumps(result, indent=2))
+    if problems:
+        print("\n" + format_table(problem_rows(problems, "predict")), file=sys.stderr)
+    print(f"{len(results)} patients -> {args.out}/PID.json", file=sys.stderr)
+    failed = any(r["class"] is None for r in results) or any(p.severity == "error" for p in problems)
+    return 1 if failed or (args.strict and problems) else 0
 
 
 def cmd_demo(args) -> int:
@@ -174,7 +195,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", default=str(DEFAULT_CACHE))
     p.add_argument("--out", default="runs/probe")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save-model", default=None, metavar="DIR",
+                   help="also fit each encoder x probe on the first split's train+val and save it for predict")
+    p.add_argument("--checkpoint", default=None, help="encoder weight file, recorded in the saved model")
     p.set_defaults(func=cmd_probe)
+
+    p = sub.add_parser("predict", help="murmur call per patient from a saved probe (any sample rate)")
+    p.add_argument("--model", required=True, help="folder written by probe --save-model")
+    p.add_argument("--input", required=True, nargs="+", help="patient folder(s) (PID.txt + wavs) or wav files")
+    p.add_argument("--out", default="predictions", help="one PID.json per patient goes here")
+    p.add_argument("--checkpoint", default=None, help="encoder weights (default: the path in the manifest)")
+    p.add_argument("--trust-checkpoint", action="store_true")
+    p.add_argument("--encoder", default=None, help="which saved model (default: the first)")
+    p.add_argument("--probe", default=None)
+    p.add_argument("--patient-id", default=None, help="treat all loose wav files as this one patient")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--strict", action="store_true", help="exit non-zero on any problem, warnings included")
+    p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("demo", help="synthetic CirCor-format data -> extract -> probe, no downloads")
     p.add_argument("--patients", type=int, default=60)
