@@ -158,7 +158,7 @@ def _run(encoder, todo, cache, segments, batch_size, flush_every, workers, progr
             report.done += 1
         bar.update(1)
         elapsed = time.perf_counter() - start
-        bar.set_postfix_str(f"{report.windows / max(elapsed, 1e-9):.1f} seg/s")
+        bar.set_postfix_str(f"{report.windows / max(elapsed, 1e-9):.1f} seg/s", refresh=False)
         if len(finished) >= flush_every:
             cache.write_shard(finished)
             finished.clear()
