@@ -4,6 +4,7 @@
     python pipeline.py demo                      # synthetic data, end to end, no downloads
     python pipeline.py extract --data DIR --encoder logmel
     python pipeline.py probe   --data DIR --encoder logmel --probe linear --splits paper --out runs/x
+    python pipeline.py report  --runs runs/x [runs/y ...] --out reports/x
 """
 from __future__ import annotations
 
@@ -140,6 +141,14 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from classify.report import report_table, write_report
+    path = write_report([Path(r) for r in args.runs], Path(args.out or args.runs[0]), not args.no_paper)
+    print(report_table(path))
+    print(f"\nwrote {path} and its PNGs")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pipeline.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -218,6 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", default=None)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("report", help="markdown table + PNG plots from one or more probe run folders")
+    p.add_argument("--runs", required=True, nargs="+", help="folder(s) with scores.csv and predictions.csv")
+    p.add_argument("--out", default=None, help="default: the first run folder")
+    p.add_argument("--no-paper", action="store_true", help="leave out the paper's fine-tuned reference rows")
+    p.set_defaults(func=cmd_report)
     return parser
 
 

@@ -1,0 +1,287 @@
+"""Markdown + PNG report over one or more `probe` run folders.
+
+Each run folder holds `scores.csv` (one row per encoder × probe × split) and `predictions.csv`
+(one row per test patient). The report gives mean ± std over splits per encoder × probe, a
+percentile bootstrap CI over the test patients pooled across splits, the seed paper's fine-tuned
+numbers for reference, and three plots (scores, confusion matrices, per-class recalls).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .evaluate import summary_table
+from .metrics import CLASSES, bootstrap_ci, confusion, uar, weighted_accuracy
+
+KEY = ["encoder", "probe", "split"]
+METRICS = ["weighted_accuracy", "uar", "recall_present", "recall_unknown", "recall_absent", "auroc"]
+HEADERS = {"weighted_accuracy": "W.acc", "uar": "UAR", "recall_present": "Rec. Present",
+           "recall_unknown": "Rec. Unknown", "recall_absent": "Rec. Absent", "auroc": "AUROC"}
+PAPER_LABEL = "fine-tuned (paper)"
+PAPER_SOURCE = "Niizumi et al., EMBC 2024; mean of 15 runs over 3 splits"
+# Fine-tuned W.acc / UAR from the seed paper (not probes: full fine-tuning of each encoder).
+PAPER_FINETUNED = {"M2D": (0.832, 0.713), "AST": (0.654, 0.672), "CNN14": (0.582, 0.548),
+                   "BYOL-A": (0.556, 0.556)}
+N_BOOT, BOOT_SEED = 1000, 0
+N_CONFUSION = 4  # how many of the best encoder × probe rows get a confusion matrix
+
+
+def load_runs(run_dirs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Concatenate the runs' scores and predictions; one encoder × probe × split kept once.
+
+    When the same encoder × probe × split occurs in several runs, the last run given wins (with a
+    warning if its numbers differ), and only that run's predictions are kept for it, so scores and
+    predictions always describe the same fits.
+    """
+    if not run_dirs:
+        raise ValueError("no run folders given")
+    text = {"encoder": str, "probe": str, "split": str, "patient_id": str, "params": str}
+    scores, preds = [], []
+    for i, run in enumerate(map(Path, run_dirs)):
+        if not run.is_dir():
+            raise FileNotFoundError(f"run folder {run} does not exist")
+        for name in ("scores.csv", "predictions.csv"):
+            if not (run / name).is_file():
+                raise FileNotFoundError(f"run folder {run} has no {name} (write it with `pipeline.py probe`)")
+        s = pd.read_csv(run / "scores.csv", dtype=text, keep_default_na=False, na_values=[""])
+        p = pd.read_csv(run / "predictions.csv", dtype=text, keep_default_na=False, na_values=[""])
+        missing = [c for c in KEY + METRICS if c not in s.columns]
+        missing += [c for c in KEY + ["label", "prediction"] if c not in p.columns]
+        if missing:
+            raise ValueError(f"{run}: missing columns {missing}")
+        scores.append(s.assign(_run=i))
+        preds.append(p.assign(_run=i))
+    scores, preds = pd.concat(scores, ignore_index=True), pd.concat(preds, ignore_index=True)
+    repeated = scores[scores.duplicated(KEY, keep=False)]
+    if len(repeated):
+        varying = repeated.groupby(KEY)[METRICS].nunique(dropna=False).gt(1).any(axis=1)
+        if varying.any():
+            names = [" × ".join(k) for k in varying[varying].index[:3]]
+            warnings.warn(f"{int(varying.sum())} encoder × probe × split rows differ between runs "
+                          f"(e.g. {names}); keeping the last run's", stacklevel=2)
+    scores = scores.drop_duplicates(KEY, keep="last")
+    preds = preds.merge(scores[KEY + ["_run"]], on=KEY + ["_run"])
+    return scores.drop(columns="_run").reset_index(drop=True), preds.drop(columns="_run")
+
+
+def summarise(scores: pd.DataFrame, predictions: pd.DataFrame) -> pd.DataFrame:
+    """One row per encoder × probe, best mean W.acc first: numeric mean/std, formatted cells, CIs."""
+    grouped = scores.groupby(["encoder", "probe"], sort=False)[METRICS]
+    table = summary_table(scores).set_index(["encoder", "probe"])  # the "mean ± std" cells
+    mean, std = grouped.mean().add_suffix("_mean"), grouped.std(ddof=0).add_suffix("_std")
+    table = table.join(mean).join(std)
+    pooled = predictions.groupby(["encoder", "probe"], sort=False)
+    for metric, name in ((weighted_accuracy, "weighted_accuracy"), (uar, "uar")):
+        cis = {k: bootstrap_ci(g["label"].to_numpy(int), g["prediction"].to_numpy(int), metric, N_BOOT, BOOT_SEED)
+               for k, g in pooled}
+        table[f"{name}_ci_low"] = [cis.get(k, (np.nan, np.nan))[0] for k in table.index]
+        table[f"{name}_ci_high"] = [cis.get(k, (np.nan, np.nan))[1] for k in table.index]
+    table["test_patients"] = pooled.size().reindex(table.index).fillna(0).astype(int)
+    table = table.sort_values("weighted_accuracy_mean", ascending=False, kind="stable")
+    return table.reset_index()
+
+
+def confusions(predictions: pd.DataFrame) -> dict[tuple[str, str], np.ndarray]:
+    """Patient confusion matrix per encoder × probe, summed over splits (= pooled predictions)."""
+    return {k: confusion(g["label"].to_numpy(int), g["prediction"].to_numpy(int))
+            for k, g in predictions.groupby(["encoder", "probe"], sort=False)}
+
+
+def markdown_table(summary: pd.DataFrame, paper_reference: bool = True) -> str:
+    head = ["encoder", "probe", "splits", HEADERS["weighted_accuracy"], "W.acc 95% CI", HEADERS["uar"],
+            "UAR 95% CI"] + [HEADERS[m] for m in METRICS[2:]]
+    rows = []
+    for r in summary.itertuples(index=False):
+        r = r._asdict()
+        cells = [_md(r["encoder"]), _md(r["probe"]), str(r["splits"]), _cell(r["weighted_accuracy"]),
+                 _ci(r["weighted_accuracy_ci_low"], r["weighted_accuracy_ci_high"]), _cell(r["uar"]),
+                 _ci(r["uar_ci_low"], r["uar_ci_high"])] + [_cell(r[m]) for m in METRICS[2:]]
+        rows.append((r["weighted_accuracy_mean"], cells))
+    if paper_reference:
+        for name, (wacc, u) in PAPER_FINETUNED.items():
+            cells = [name, f"**{PAPER_LABEL}**", "15 runs", f"{wacc:.3f}", "—", f"{u:.3f}", "—", "—", "—", "—",
+                     "—"]
+            rows.append((wacc, cells))
+    rows.sort(key=lambda item: -item[0] if np.isfinite(item[0]) else np.inf)  # stable: ties keep order
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * (len(head) - 3)) + "|"]
+    lines += ["| " + " | ".join(cells) + " |" for _, cells in rows]
+    return "\n".join(lines)
+
+
+def confusion_markdown(matrix: np.ndarray, title: str) -> str:
+    lines = [f"**{title}** (rows: true, columns: predicted; patients summed over splits)", "",
+             "| true \\ predicted | " + " | ".join(CLASSES) + " |", "|---|" + "---:|" * len(CLASSES)]
+    lines += [f"| {name} | " + " | ".join(str(int(v)) for v in row) + " |" for name, row in zip(CLASSES, matrix)]
+    return "\n".join(lines)
+
+
+def write_report(run_dirs: list[Path], out: Path, paper_reference: bool = True) -> Path:
+    """Read the runs, write `report.md`, `summary.csv` and the PNGs into `out`; returns report.md."""
+    run_dirs = [Path(r) for r in run_dirs]
+    scores, predictions = load_runs(run_dirs)
+    if scores.empty:
+        raise ValueError(f"no score rows in {', '.join(map(str, run_dirs))}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summarise(scores, predictions)
+    matrices = confusions(predictions)
+    best = [k for k in zip(summary["encoder"], summary["probe"]) if k in matrices][:N_CONFUSION]
+
+    summary.to_csv(out / "summary.csv", index=False, float_format="%.4f")
+    plot_scores(summary, out / "scores.png", paper_reference)
+    plot_confusions([(k, matrices[k]) for k in best], summary, out / "confusion.png")
+    plot_recalls(summary, out / "recalls.png")
+
+    runs = ", ".join(f"`{r}`" for r in run_dirs)
+    parts = [
+        "# heartprobe report", "",
+        f"Mean ± std (population, over splits) per encoder × probe, {len(scores)} encoder × probe × split rows, "
+        "best mean W.acc first. 95% CI: percentile bootstrap over the test patients pooled across splits "
+        f"({N_BOOT} resamples, seed {BOOT_SEED}). All metrics are per patient "
+        f"({', '.join(f'{i}={c}' for i, c in enumerate(CLASSES))}).", "",
+        markdown_table(summary, paper_reference), "",
+    ]
+    if paper_reference:
+        parts += [f"Rows marked **{PAPER_LABEL}** are not probes: they are the seed paper's fully fine-tuned "
+                  f"encoders ({PAPER_SOURCE}), given for reference only; W.acc and UAR only.", ""]
+    parts += ["## Plots", "", "![W.acc and UAR per encoder × probe](scores.png)", "",
+              "![Confusion matrices of the best encoder × probe rows](confusion.png)", "",
+              "![Per-class recall per encoder × probe](recalls.png)", "",
+              "Files: [scores.png](scores.png) · [confusion.png](confusion.png) · [recalls.png](recalls.png) · "
+              "[summary.csv](summary.csv)", "", "## Confusion matrices", ""]
+    for k in best:
+        parts += [confusion_markdown(matrices[k], f"{k[0]} × {k[1]}"), ""]
+    parts += ["---", f"Produced by `classify.report.write_report` (`python pipeline.py report`) from {runs} "
+              f"on {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}.", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(parts), encoding="utf-8")
+    return path
+
+
+# ---- plots ---------------------------------------------------------------------------------------
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")  # files only; never needs a display
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _labels(summary: pd.DataFrame, width: int = 34) -> list[str]:
+    """"encoder · probe"; long ones (ensembles) break before the probe to keep the axis narrow."""
+    return [f"{e} · {p}" if len(e) + len(p) <= width else f"{e}\n· {p}"
+            for e, p in zip(summary["encoder"], summary["probe"])]
+
+
+def _hbars(ax, summary: pd.DataFrame, metrics: list[str], names: list[str], colors: list[str]) -> None:
+    """Grouped horizontal bars (one group per encoder × probe, best at the top), std error bars
+    clipped to [0, 1], the mean written inside each bar."""
+    n, k = len(summary), len(metrics)
+    y = np.arange(n)
+    height = 0.8 / k
+    for j, (metric, name, color) in enumerate(zip(metrics, names, colors)):
+        offset = (j - (k - 1) / 2) * height
+        mean = summary[f"{metric}_mean"].fillna(0).to_numpy(float)
+        std = summary[f"{metric}_std"].fillna(0).to_numpy(float)
+        xerr = np.vstack([np.minimum(std, mean), np.minimum(std, 1 - mean).clip(0)])
+        ax.barh(y + offset, mean, height, xerr=xerr, color=color, label=name, capsize=2,
+                error_kw={"elinewidth": 0.8, "ecolor": "0.25"})
+        for yi, m in zip(y + offset, mean):
+            if m >= 0.12:
+                ax.text(0.01, yi, f"{m:.3f}", va="center", ha="left", color="white", fontsize=7)
+    ax.set_yticks(y, _labels(summary))
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1.05)
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_axisbelow(True)
+
+
+def _figure_height(n: int, per_row: float) -> float:
+    return max(2.6, 1.4 + per_row * n)
+
+
+def plot_scores(summary: pd.DataFrame, path: Path, paper_reference: bool = True) -> Path:
+    plt = _pyplot()
+    colors = ["tab:blue", "tab:orange"]
+    fig, ax = plt.subplots(figsize=(9, _figure_height(len(summary), 0.5)), layout="constrained")
+    _hbars(ax, summary, ["weighted_accuracy", "uar"], ["W.acc", "UAR"], colors)
+    if paper_reference:
+        wacc, u = PAPER_FINETUNED["M2D"]
+        ax.axvline(wacc, color=colors[0], ls="--", lw=1.2, label=f"M2D {PAPER_LABEL} W.acc {wacc:.3f}")
+        ax.axvline(u, color=colors[1], ls="--", lw=1.2, label=f"M2D {PAPER_LABEL} UAR {u:.3f}")
+    ax.set_xlabel("score (mean over splits; error bar = std over splits)")
+    ax.set_title("Patient-level W.acc and UAR per encoder × probe")
+    fig.legend(loc="outside lower center", ncols=2, fontsize=8, frameon=False)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_recalls(summary: pd.DataFrame, path: Path) -> Path:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9, _figure_height(len(summary), 0.65)), layout="constrained")
+    _hbars(ax, summary, ["recall_present", "recall_unknown", "recall_absent"], list(CLASSES),
+           ["tab:red", "tab:gray", "tab:green"])
+    ax.set_xlabel("recall (mean over splits; error bar = std over splits)")
+    ax.set_title("Per-class patient recall per encoder × probe")
+    fig.legend(loc="outside lower center", ncols=3, fontsize=8, frameon=False, title="true class", title_fontsize=8)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_confusions(items: list[tuple[tuple[str, str], np.ndarray]], summary: pd.DataFrame, path: Path) -> Path:
+    """Counts annotated; colour = fraction of the true class, so rare classes stay visible."""
+    plt = _pyplot()
+    n = max(len(items), 1)
+    cols = min(n, 2)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 4.2 * rows), layout="constrained", squeeze=False)
+    wacc = dict(zip(zip(summary["encoder"], summary["probe"]), summary["weighted_accuracy_mean"]))
+    image = None
+    for ax, ((encoder, probe), matrix) in zip(axes.flat, items):
+        totals = matrix.sum(axis=1, keepdims=True)
+        frac = np.divide(matrix, totals, out=np.zeros(matrix.shape), where=totals > 0)
+        image = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
+        for i in range(matrix.shape[0]):
+            for j in range(matrix.shape[1]):
+                ax.text(j, i, f"{matrix[i, j]}\n{frac[i, j]:.0%}", ha="center", va="center", fontsize=9,
+                        color="white" if frac[i, j] > 0.6 else "black")
+        ax.set_xticks(range(len(CLASSES)), CLASSES)
+        ax.set_yticks(range(len(CLASSES)), CLASSES)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(f"{encoder} · {probe}\nmean W.acc {wacc.get((encoder, probe), np.nan):.3f}, "
+                     f"n = {int(matrix.sum())}", fontsize=10)
+    for ax in list(axes.flat)[len(items):]:
+        ax.axis("off")
+    if image is not None:
+        fig.colorbar(image, ax=axes, shrink=0.6, label="fraction of true class")
+    fig.suptitle("Patient confusion matrices, summed over splits (best mean W.acc)")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _cell(text: str) -> str:
+    return "—" if str(text).startswith("nan") else _md(text)
+
+
+def _ci(low: float, high: float) -> str:
+    return "—" if not (np.isfinite(low) and np.isfinite(high)) else f"[{low:.3f}, {high:.3f}]"
+
+
+def _md(text) -> str:
+    return str(text).replace("|", "\\|")
+
+
+def report_table(report: Path) -> str:
+    """The main markdown table of a written report.md (what `pipeline.py report` prints)."""
+    lines = Path(report).read_text(encoding="utf-8").splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| encoder |"))
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    return "\n".join(lines[start:end])

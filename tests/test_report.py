@@ -1,0 +1,158 @@
+"""The report generator: markdown numbers, CIs, confusion counts and PNGs from run folders."""
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from classify.metrics import all_metrics, bootstrap_ci, confusion, weighted_accuracy
+from classify.report import PAPER_FINETUNED, PAPER_LABEL, confusions, load_runs, write_report
+from pipeline import main
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+ENCODERS = [("mn04", "linear", 0.8), ("ens:mean(mn04+yamnet)", "linear+loc", 0.65), ("logmel", "xgboost", 0.45)]
+
+
+def make_run(folder: Path, rows=ENCODERS, splits=("split1", "split2", "split3"), n: int = 40, seed: int = 0) -> Path:
+    """A run folder whose scores.csv is computed from its predictions.csv, like `probe` writes it."""
+    rng = np.random.default_rng(seed)
+    scores, preds = [], []
+    for encoder, probe, skill in rows:
+        for split in splits:
+            labels = rng.choice(3, n, p=[0.25, 0.1, 0.65])
+            guess = rng.integers(0, 3, n)
+            prediction = np.where(rng.random(n) < skill, labels, guess)
+            proba = rng.dirichlet(np.ones(3), n)
+            proba[np.arange(n), prediction] += 1
+            proba /= proba.sum(axis=1, keepdims=True)
+            scores.append({"encoder": encoder, "probe": probe, "split": split,
+                           **all_metrics(labels, prediction, proba), "val_weighted_accuracy": 0.5, "params": "C=1"})
+            preds.append(pd.DataFrame({"encoder": encoder, "probe": probe, "patient_id": 10000 + np.arange(n),
+                                       "split": split, "label": labels, "prediction": prediction,
+                                       "p_present": proba[:, 0], "p_unknown": proba[:, 1], "p_absent": proba[:, 2]}))
+    folder.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(scores).to_csv(folder / "scores.csv", index=False, float_format="%.4f")
+    pd.concat(preds).to_csv(folder / "predictions.csv", index=False, float_format="%.4f")
+    return folder
+
+
+def table_rows(markdown: str) -> list[list[str]]:
+    lines = [l for l in markdown.splitlines() if l.startswith("| ")]
+    header = next(i for i, l in enumerate(lines) if l.startswith("| encoder "))
+    rows = []
+    for line in lines[header + 1:]:
+        if line.startswith("| true"):
+            break
+        rows.append([c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]])
+    return rows
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    base = tmp_path_factory.mktemp("report")
+    run = make_run(base / "run")
+    path = write_report([run], base / "report")
+    return run, path
+
+
+def test_table_rows_and_means_match_the_csv(report):
+    run, path = report
+    scores = pd.read_csv(run / "scores.csv")
+    rows = table_rows(path.read_text())
+    ours = [r for r in rows if r[1] != f"**{PAPER_LABEL}**"]
+    assert [(r[0], r[1]) for r in ours] == [(e, p) for e, p, _ in ENCODERS]  # sorted by mean W.acc
+    for r in ours:
+        group = scores[(scores.encoder == r[0]) & (scores.probe == r[1])]
+        assert r[2] == "3"
+        for cell, col in zip([r[3], r[5], r[7], r[8], r[9], r[10]],
+                             ["weighted_accuracy", "uar", "recall_present", "recall_unknown", "recall_absent",
+                              "auroc"]):
+            assert cell == f"{group[col].mean():.3f} ± {group[col].std(ddof=0):.3f}", (r[:2], col)
+    means = [float(r[3].split(" ")[0]) for r in ours]
+    assert means == sorted(means, reverse=True)
+
+
+def test_paper_reference_rows(report, tmp_path):
+    run, path = report
+    rows = {r[0]: r for r in table_rows(path.read_text()) if r[1] == f"**{PAPER_LABEL}**"}
+    assert set(rows) == set(PAPER_FINETUNED)
+    assert rows["M2D"][3] == "0.832" and rows["M2D"][5] == "0.713"
+    assert rows["BYOL-A"][3] == "0.556"
+    assert "Niizumi" in path.read_text()
+    bare = write_report([run], tmp_path / "bare", paper_reference=False).read_text()
+    assert PAPER_LABEL not in bare and "0.832" not in bare
+    assert len(table_rows(bare)) == len(ENCODERS)
+
+
+def test_bootstrap_ci_pools_test_patients(report):
+    run, path = report
+    preds = pd.read_csv(run / "predictions.csv")
+    group = preds[preds.encoder == "mn04"]
+    lo, hi = bootstrap_ci(group.label.to_numpy(), group.prediction.to_numpy(), weighted_accuracy, 1000, 0)
+    row = next(r for r in table_rows(path.read_text()) if r[0] == "mn04")
+    assert row[4] == f"[{lo:.3f}, {hi:.3f}]"
+    pooled = weighted_accuracy(group.label.to_numpy(), group.prediction.to_numpy())
+    assert lo <= pooled <= hi and hi - lo > 0.01
+
+
+def test_confusion_counts_match_predictions(report):
+    run, path = report
+    preds = pd.read_csv(run / "predictions.csv")
+    text = path.read_text()
+    matrices = confusions(preds.astype({"encoder": str, "probe": str}))
+    for encoder, probe, _ in ENCODERS:
+        group = preds[(preds.encoder == encoder) & (preds.probe == probe)]
+        expected = confusion(group.label.to_numpy(), group.prediction.to_numpy())
+        assert expected.sum() == 3 * 40
+        np.testing.assert_array_equal(matrices[(encoder, probe)], expected)
+        block = text.split(f"**{encoder} × {probe}**")[1].split("\n\n", 2)[1].splitlines()[2:5]
+        shown = np.array([[int(v) for v in line.strip("| ").split(" | ")[1:]] for line in block])
+        np.testing.assert_array_equal(shown, expected)
+
+
+def test_pngs_are_written_and_linked(report):
+    _, path = report
+    text = path.read_text()
+    for name in ("scores.png", "confusion.png", "recalls.png"):
+        png = path.parent / name
+        assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 10_000, name
+        assert f"]({name})" in text
+    assert "Produced by" in text
+
+
+def test_runs_are_concatenated_and_deduplicated(tmp_path):
+    a = make_run(tmp_path / "a", rows=ENCODERS[:2])
+    b = make_run(tmp_path / "b", rows=ENCODERS[1:], seed=1)
+    with pytest.warns(UserWarning, match="differ between runs"):  # ENCODERS[1] is in both, with other numbers
+        scores, preds = load_runs([a, b])
+    assert len(scores) == 3 * 3 and not scores.duplicated(["encoder", "probe", "split"]).any()
+    assert len(preds) == 3 * 3 * 40
+    later = pd.read_csv(b / "scores.csv").query("probe == 'linear+loc'")
+    kept = scores.query("probe == 'linear+loc'")
+    np.testing.assert_allclose(kept.weighted_accuracy, later.weighted_accuracy)
+    with warnings.catch_warnings():  # the same run twice: identical rows, silently merged
+        warnings.simplefilter("error")
+        scores, preds = load_runs([a, a])
+    assert len(scores) == 2 * 3 and len(preds) == 2 * 3 * 40
+
+
+def test_missing_run_folder_is_named(tmp_path):
+    run = make_run(tmp_path / "ok", rows=ENCODERS[:1])
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        write_report([run, tmp_path / "nowhere"], tmp_path / "r")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"empty has no scores\.csv"):
+        write_report([tmp_path / "empty"], tmp_path / "r")
+
+
+def test_cli_report(tmp_path, capsys):
+    run = make_run(tmp_path / "run", rows=ENCODERS[:1], splits=("split1", "split2"), n=20)
+    assert main(["report", "--runs", str(run)]) == 0  # default --out: the first run folder
+    printed = capsys.readouterr().out
+    assert "| mn04 | linear | 2 |" in printed and (run / "report.md").is_file() and (run / "scores.png").is_file()
+    assert main(["report", "--runs", str(run), str(tmp_path / "gone"), "--out", str(tmp_path / "r")]) == 2
+    assert "gone" in capsys.readouterr().err
