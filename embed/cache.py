@@ -13,6 +13,7 @@ import fcntl
 import hashlib
 import json
 import os
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -66,6 +67,7 @@ class EmbeddingCache:
         self.dir.mkdir(parents=True, exist_ok=True)
         fh = open(self.dir / f"{self.stem}.lock", "a+")
         deadline = time.monotonic() + timeout_s
+        waiting = False
         while True:
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -78,6 +80,11 @@ class EmbeddingCache:
                     raise CacheLockedError(
                         f"{self.path}: another extract run holds this cache (lock {fh.name}); "
                         "wait for it or pass --lock-timeout SECONDS") from None
+                if not waiting:  # say once why nothing happens
+                    waiting = True
+                    fh.seek(0)
+                    print(f"waiting up to {timeout_s:g} s for the extract run (pid {fh.read().strip() or '?'}) "
+                          f"holding {fh.name}", file=sys.stderr, flush=True)
                 time.sleep(0.2)
         fh.seek(0)
         fh.truncate()
