@@ -93,7 +93,8 @@ def cmd_probe(args) -> int:
     circor = load_circor(args.data)
     splits = load_splits(circor, args.splits, args.seed)
     table = run_probe(circor, args.encoder.split(","), args.probe.split(","), splits, args.cache, args.out,
-                      decision=args.decision, seed=args.seed)
+                      decision=args.decision, seed=args.seed, targets=args.targets, ensemble=args.ensemble,
+                      demographics=args.demographics, oof_folds=args.oof_folds)
     print(table.to_string(index=False))
     print(f"\nwrote {Path(args.out) / 'scores.csv'} and {Path(args.out) / 'predictions.csv'}")
     if args.save_model:
@@ -197,10 +198,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("probe", help="train probes on cached embeddings, score per patient")
     p.add_argument("--data", required=True)
     p.add_argument("--encoder", default="logmel", help="name(s) or NAME@KEY, comma-separated")
-    p.add_argument("--probe", default="linear", help="linear | xgboost (comma-separated for several)")
+    p.add_argument("--probe", default="linear", help="linear | xgboost | mlp (comma-separated for several)")
     p.add_argument("--splits", default="paper", help="paper | kfold | campaign | CSV file")
-    p.add_argument("--decision", default="any", choices=["any", "mean"],
-                   help="patient rule: any = the paper's hierarchy, mean = argmax of mean probabilities")
+    p.add_argument("--decision", default="any", choices=["any", "mean", "threshold"],
+                   help="patient rule: any = the paper's hierarchy, mean = argmax of mean probabilities, "
+                        "threshold = Present/Unknown thresholds chosen on val for weighted accuracy")
+    p.add_argument("--targets", default="patient", choices=["patient", "location"],
+                   help="training labels: the patient's label on every recording (the paper), or "
+                        "murmur-location-aware recording labels")
+    p.add_argument("--ensemble", default=None, choices=["mean", "stack", "both"],
+                   help="with several encoders: also combine them")
+    p.add_argument("--demographics", action="store_true", help="stacker also sees age, sex, height, weight, pregnancy")
+    p.add_argument("--oof-folds", type=int, default=5, help="patient-grouped folds for the stacker's inputs")
     p.add_argument("--cache", default=str(DEFAULT_CACHE))
     p.add_argument("--out", default="runs/probe")
     p.add_argument("--seed", type=int, default=0)

@@ -31,30 +31,43 @@ def patient_rule(recording_classes: np.ndarray) -> int:
     return ABSENT
 
 
+def patient_table(recording_proba: np.ndarray, recording_ids: np.ndarray, patient_of: dict[str, str]
+                  ) -> pd.DataFrame:
+    """Per patient: mean and max recording probabilities, and which classes any recording predicts."""
+    frame = pd.DataFrame(recording_proba, columns=["p_present", "p_unknown", "p_absent"])
+    frame["patient_id"] = [patient_of[r] for r in recording_ids]
+    calls = recording_proba.argmax(axis=1)
+    frame["any_present"], frame["any_unknown"] = calls == PRESENT, calls == UNKNOWN
+    grouped = frame.groupby("patient_id", sort=False)
+    table = grouped[["p_present", "p_unknown", "p_absent"]].mean()
+    table["max_p_present"] = grouped["p_present"].max()
+    table["max_p_unknown"] = grouped["p_unknown"].max()
+    table["any_present"] = grouped["any_present"].any()
+    table["any_unknown"] = grouped["any_unknown"].any()
+    return table.reset_index()
+
+
+def decide_patients(table: pd.DataFrame, decision: str = "any",
+                    thresholds: tuple[float, float] | None = None) -> np.ndarray:
+    if decision == "any":
+        present, unknown = table["any_present"].to_numpy(), table["any_unknown"].to_numpy()
+    elif decision == "mean":
+        return table[["p_present", "p_unknown", "p_absent"]].to_numpy().argmax(axis=1)
+    elif decision == "threshold":
+        t_present, t_unknown = thresholds if thresholds is not None else (0.5, 0.5)
+        present = table["max_p_present"].to_numpy() >= t_present
+        unknown = table["max_p_unknown"].to_numpy() >= t_unknown
+    else:
+        raise ValueError(f"decision must be one of {DECISIONS}, got {decision!r}")
+    return np.where(present, PRESENT, np.where(unknown, UNKNOWN, ABSENT))
+
+
 def aggregate_patients(segment_proba: np.ndarray, recording_ids: np.ndarray, patient_of: dict[str, str],
                        decision: str = "any", thresholds: tuple[float, float] | None = None
                        ) -> pd.DataFrame:
-    """One row per patient: patient_id, prediction, p_present, p_unknown, p_absent.
-
-    Probabilities reported per patient are the mean over its recordings; with the "any" rule
-    the p_present column is the max over recordings (what drove the decision).
-    """
+    """One row per patient: patient_id, prediction, p_present, p_unknown, p_absent (means over
+    its recordings), max_p_present, max_p_unknown (what the threshold rule looks at)."""
     rec_ids, rec_proba = mean_by_group(segment_proba, recording_ids)
-    patients = np.array([patient_of[r] for r in rec_ids])
-    rows = []
-    for pid in pd.unique(patients):
-        p = rec_proba[patients == pid]
-        mean = p.mean(axis=0)
-        if decision == "any":
-            pred = patient_rule(p.argmax(axis=1))
-        elif decision == "mean":
-            pred = int(mean.argmax())
-        elif decision == "threshold":
-            t_present, t_unknown = thresholds if thresholds is not None else (0.5, 0.5)
-            pred = PRESENT if p[:, PRESENT].max() >= t_present else (
-                UNKNOWN if p[:, UNKNOWN].max() >= t_unknown else ABSENT)
-        else:
-            raise ValueError(f"decision must be one of {DECISIONS}, got {decision!r}")
-        rows.append({"patient_id": pid, "prediction": pred, "p_present": mean[0], "p_unknown": mean[1],
-                     "p_absent": mean[2], "max_p_present": p[:, 0].max(), "max_p_unknown": p[:, 1].max()})
-    return pd.DataFrame(rows)
+    table = patient_table(rec_proba, rec_ids, patient_of)
+    table.insert(1, "prediction", decide_patients(table, decision, thresholds))
+    return table.drop(columns=["any_present", "any_unknown"])

@@ -2,7 +2,9 @@
 
 Per split: every candidate of the probe's grid is fit on the train segments and scored on the
 val patients by patient-level weighted accuracy; the best candidate (fit on train only) then
-predicts the test patients, which are touched once.
+predicts the test patients, which are touched once. Optional: out-of-fold recording scores on
+the train patients (patient-grouped folds) for stacking, recording-level targets from murmur
+locations, and a patient decision with thresholds tuned on val.
 """
 from __future__ import annotations
 
@@ -10,15 +12,147 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
+from sklearn.base import clone
+from sklearn.model_selection import StratifiedGroupKFold
 
 from embed.cache import CachedRecording
 from embed.circor import CirCor
 
-from .aggregate import aggregate_patients
+from .aggregate import aggregate_patients, decide_patients, mean_by_group, patient_table
 from .features import SegmentSet, segment_set
-from .metrics import all_metrics, weighted_accuracy
-from .probes import full_proba, probe_grid
+from .metrics import all_metrics, uar, weighted_accuracy
+from .probes import PROBES, fit_probe, full_proba, probe_grid
+
+TARGETS = ("patient", "location")
+PROBA_COLUMNS = ["p_present", "p_unknown", "p_absent"]
+THRESHOLD_GRID = np.round(np.arange(0.05, 0.96, 0.05), 2)
+
+
+def recording_targets(circor: CirCor, scheme: str = "patient") -> dict[str, int] | None:
+    """Per-recording training targets. "location": a Present patient's recordings count as
+    murmur recordings only at the locations listed in 'Murmur locations', Absent elsewhere."""
+    if scheme == "patient":
+        return None
+    if scheme != "location":
+        raise ValueError(f"targets must be one of {TARGETS}, got {scheme!r}")
+    out = {}
+    for patient in circor.patients.values():
+        for rec in patient.recordings:
+            if patient.murmur == "Present":
+                out[rec.recording_id] = 0 if rec.location in patient.murmur_locations else 2
+            else:
+                out[rec.recording_id] = patient.label
+    return out
+
+
+@dataclass
+class RecordingScores:
+    """Mean segment probabilities per recording."""
+    recording_ids: np.ndarray
+    patient_ids: np.ndarray
+    proba: np.ndarray  # (n_recordings, 3)
+
+    @staticmethod
+    def from_segments(segments: SegmentSet, proba: np.ndarray) -> "RecordingScores":
+        rec_ids, rec_proba = mean_by_group(proba, segments.recording_ids)
+        patient_of = dict(zip(segments.recording_ids, segments.patient_ids))
+        return RecordingScores(rec_ids, np.array([patient_of[r] for r in rec_ids]), rec_proba)
+
+    def concat(self, other: "RecordingScores") -> "RecordingScores":
+        return RecordingScores(np.concatenate([self.recording_ids, other.recording_ids]),
+                               np.concatenate([self.patient_ids, other.patient_ids]),
+                               np.concatenate([self.proba, other.proba]))
+
+    def reindex(self, recording_ids: np.ndarray) -> "RecordingScores":
+        pos = {r: i for i, r in enumerate(self.recording_ids)}
+        idx = np.array([pos[r] for r in recording_ids])
+        return RecordingScores(self.recording_ids[idx], self.patient_ids[idx], self.proba[idx])
+
+
+def patient_frame(circor: CirCor, scores: RecordingScores, decision: str = "any",
+                  thresholds: tuple[float, float] | None = None) -> pd.DataFrame:
+    frame = aggregate_patients(scores.proba, scores.recording_ids, dict(zip(scores.recording_ids, scores.patient_ids)),
+                               decision, thresholds)
+    frame["label"] = [circor.patients[p].label for p in frame["patient_id"]]
+    return frame
+
+
+def _score(frame: pd.DataFrame) -> tuple[float, float]:
+    labels, preds = frame["label"].to_numpy(), frame["prediction"].to_numpy()
+    return weighted_accuracy(labels, preds), uar(labels, preds)
+
+
+def tune_thresholds(circor: CirCor, scores: RecordingScores) -> tuple[tuple[float, float], float]:
+    """Thresholds on the max recording P(Present) / P(Unknown) that maximise val weighted accuracy
+    (ties broken by UAR)."""
+    table = patient_table(scores.proba, scores.recording_ids, dict(zip(scores.recording_ids, scores.patient_ids)))
+    labels = np.array([circor.patients[p].label for p in table["patient_id"]])
+    best, best_key = (0.5, 0.5), (-1.0, -1.0)
+    for t_present in THRESHOLD_GRID:
+        for t_unknown in THRESHOLD_GRID:
+            preds = decide_patients(table, "threshold", (t_present, t_unknown))
+            key = (weighted_accuracy(labels, preds), uar(labels, preds))
+            if key > best_key:
+                best, best_key = (float(t_present), float(t_unknown)), key
+    return best, best_key[0]
+
+
+def decide(circor: CirCor, val: RecordingScores, decision: str) -> tuple[tuple[float, float] | None, float]:
+    """Thresholds (for the "threshold" rule, tuned on val) and the val weighted accuracy."""
+    if decision == "threshold":
+        return tune_thresholds(circor, val)
+    return None, _score(patient_frame(circor, val, decision))[0]
+
+
+def ids_in(split: dict[str, str], part: str, circor: CirCor) -> list[str]:
+    return [p for p in circor.patient_ids() if split.get(p) == part]
+
+
+@dataclass
+class EncoderScores:
+    """One encoder's probe on one split: recording scores for val, test and (optionally) OOF train."""
+    model: object
+    params: dict
+    val_weighted_accuracy: float
+    val: RecordingScores
+    test: RecordingScores
+    oof: RecordingScores | None = None
+
+
+def fit_encoder(circor: CirCor, embeddings: dict[str, CachedRecording], split: dict[str, str], probe: str, *,
+                targets: str = "patient", decision: str = "any", seed: int = 0, oof_folds: int = 0
+                ) -> EncoderScores:
+    labels = recording_targets(circor, targets)
+    train_ids = ids_in(split, "train", circor)
+    train = segment_set(circor, embeddings, train_ids, "train", labels)
+    val = segment_set(circor, embeddings, ids_in(split, "val", circor), "eval")
+    test = segment_set(circor, embeddings, ids_in(split, "test", circor), "eval")
+    best, best_score, best_val = None, -np.inf, None
+    for candidate in probe_grid(probe, seed):
+        fit_probe(candidate, train.X, train.y, train.patient_ids)
+        val_scores = RecordingScores.from_segments(val, full_proba(candidate, val.X))
+        _, score = decide(circor, val_scores, decision)
+        if score > best_score:
+            best, best_score, best_val = candidate, score, val_scores
+    test_scores = RecordingScores.from_segments(test, full_proba(best, test.X))
+    params = {k: v for k, v in best.get_params().items() if k in PROBES[probe][1]}
+    oof = out_of_fold(circor, embeddings, train_ids, best, labels, oof_folds, seed) if oof_folds else None
+    return EncoderScores(best, params, float(best_score), best_val, test_scores, oof)
+
+
+def out_of_fold(circor: CirCor, embeddings: dict[str, CachedRecording], patient_ids: list[str], model,
+                labels: dict[str, int] | None, folds: int, seed: int) -> RecordingScores:
+    """Recording scores for training patients from models that never saw their patient."""
+    y = np.array([circor.patients[p].label for p in patient_ids])
+    splitter = StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
+    out = None
+    for fit_idx, held_idx in splitter.split(np.zeros(len(y)), y, groups=patient_ids):
+        fit = segment_set(circor, embeddings, [patient_ids[i] for i in fit_idx], "train", labels)
+        held = segment_set(circor, embeddings, [patient_ids[i] for i in held_idx], "eval")
+        fold_model = fit_probe(clone(model), fit.X, fit.y, fit.patient_ids)
+        scores = RecordingScores.from_segments(held, full_proba(fold_model, held.X))
+        out = scores if out is None else out.concat(scores)
+    return out
 
 
 @dataclass
@@ -37,52 +171,30 @@ class SplitResult:
                 "params": ";".join(f"{k}={v}" for k, v in self.params.items())}
 
 
-def patient_frame(circor: CirCor, segments: SegmentSet, proba: np.ndarray, decision: str = "any",
-                  thresholds=None) -> pd.DataFrame:
-    patient_of = dict(zip(segments.recording_ids, segments.patient_ids))
-    frame = aggregate_patients(proba, segments.recording_ids, patient_of, decision, thresholds)
-    frame["label"] = [circor.patients[p].label for p in frame["patient_id"]]
-    return frame
+def test_result(circor: CirCor, encoder: str, probe: str, split_name: str, val: RecordingScores,
+                test: RecordingScores, decision: str, params: dict | None = None) -> SplitResult:
+    """Apply the decision rule (thresholds tuned on val) to the test recordings and score them."""
+    thresholds, val_score = decide(circor, val, decision)
+    frame = patient_frame(circor, test, decision, thresholds)
+    metrics = all_metrics(frame["label"].to_numpy(), frame["prediction"].to_numpy(), frame[PROBA_COLUMNS].to_numpy())
+    frame.insert(1, "split", split_name)
+    params = dict(params or {})
+    if thresholds is not None:
+        params["thresholds"] = f"{thresholds[0]:.2f}/{thresholds[1]:.2f}"
+    return SplitResult(encoder, probe, split_name, metrics, frame, params, float(val_score))
 
 
-def ids_in(split: dict[str, str], part: str, circor: CirCor) -> list[str]:
-    return [p for p in circor.patient_ids() if split.get(p) == part]
+def variant_name(probe: str, targets: str = "patient", decision: str = "any") -> str:
+    """Probe column label: e.g. 'linear', 'linear+loc', 'xgboost+loc+thr'."""
+    return probe + ("+loc" if targets == "location" else "") + {"any": "", "mean": "+mean", "threshold": "+thr"}[decision]
 
 
 def evaluate_split(circor: CirCor, embeddings: dict[str, CachedRecording], split: dict[str, str],
                    probe: str, *, encoder: str = "", split_name: str = "", decision: str = "any",
-                   seed: int = 0) -> SplitResult:
-    train = segment_set(circor, embeddings, ids_in(split, "train", circor), "train")
-    val = segment_set(circor, embeddings, ids_in(split, "val", circor), "eval")
-    test = segment_set(circor, embeddings, ids_in(split, "test", circor), "eval")
-    best, best_score = None, -np.inf
-    for candidate in probe_grid(probe, seed):
-        candidate.fit(train.X, train.y)
-        frame = patient_frame(circor, val, full_proba(candidate, val.X), decision)
-        score = weighted_accuracy(frame["label"].to_numpy(), frame["prediction"].to_numpy())
-        if score > best_score:
-            best, best_score = candidate, score
-    frame = patient_frame(circor, test, full_proba(best, test.X), decision)
-    metrics = all_metrics(frame["label"].to_numpy(), frame["prediction"].to_numpy(),
-                          frame[["p_present", "p_unknown", "p_absent"]].to_numpy())
-    frame.insert(1, "split", split_name)
-    params = {k: v for k, v in best.get_params().items() if k in _grid_keys(probe)}
-    return SplitResult(encoder, probe, split_name, metrics, frame, params, float(best_score))
-
-
-def _grid_keys(probe: str) -> list[str]:
-    from .probes import PROBES
-    return list(PROBES[probe][1])
-
-
-def evaluate(circor: CirCor, embeddings: dict[str, CachedRecording], splits: dict[str, dict[str, str]],
-             probe: str, encoder: str, decision: str = "any", seed: int = 0, progress: bool = True
-             ) -> list[SplitResult]:
-    results = []
-    for name, split in tqdm(splits.items(), desc=f"{encoder} × {probe}", disable=not progress, leave=False):
-        results.append(evaluate_split(circor, embeddings, split, probe, encoder=encoder, split_name=name,
-                                      decision=decision, seed=seed))
-    return results
+                   targets: str = "patient", seed: int = 0) -> SplitResult:
+    fitted = fit_encoder(circor, embeddings, split, probe, targets=targets, decision=decision, seed=seed)
+    return test_result(circor, encoder, variant_name(probe, targets, decision), split_name, fitted.val,
+                       fitted.test, decision, fitted.params)
 
 
 def summary_table(scores: pd.DataFrame) -> pd.DataFrame:

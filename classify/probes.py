@@ -5,6 +5,7 @@ inverse class frequency.
 """
 from __future__ import annotations
 
+import inspect
 import itertools
 
 import numpy as np
@@ -70,9 +71,12 @@ class XGBoostProbe(ClassifierMixin, BaseEstimator):
         return self.classes_[self.predict_proba(X).argmax(axis=1)]
 
 
+from .mlp import MLPProbe  # noqa: E402  (after the base probes, which it does not need)
+
 PROBES: dict[str, tuple[type, dict[str, list]]] = {
     "linear": (LinearProbe, {"C": [1e-3, 1e-2, 1e-1, 1.0]}),
     "xgboost": (XGBoostProbe, {"max_depth": [3, 6], "n_estimators": [200], "learning_rate": [0.1]}),
+    "mlp": (MLPProbe, {"hidden": [256], "dropout": [0.2, 0.5]}),
 }
 
 
@@ -90,6 +94,14 @@ def probe_grid(name: str, seed: int = 0) -> list[BaseEstimator]:
     if "random_state" in base.get_params():
         base.set_params(random_state=seed)
     return [clone(base).set_params(**dict(zip(keys, values))) for values in itertools.product(*grid.values())]
+
+
+def fit_probe(model: BaseEstimator, X: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None
+              ) -> BaseEstimator:
+    """Fit, passing patient groups to probes that use them (the MLP's early-stopping hold-out)."""
+    if groups is not None and "groups" in inspect.signature(model.fit).parameters:
+        return model.fit(X, y, groups=groups)
+    return model.fit(X, y)
 
 
 def full_proba(model: BaseEstimator, X: np.ndarray, n_classes: int = 3) -> np.ndarray:

@@ -4,11 +4,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+from tqdm import tqdm
 
 from embed.circor import CirCor
 from embed.splits import make_splits, read_splits
 
-from .evaluate import SplitResult, evaluate, summary_table
+from .ensemble import mean_scores, stack
+from .evaluate import SplitResult, fit_encoder, summary_table, test_result, variant_name
 from .features import find_cache
 
 
@@ -45,15 +47,45 @@ def write_results(results: list[SplitResult], out: str | Path) -> tuple[pd.DataF
 
 def run_probe(circor: CirCor, encoders: list[str], probes: list[str], splits: dict[str, dict[str, str]],
               cache_dir: str | Path, out: str | Path, decision: str = "any", seed: int = 0,
-              progress: bool = True) -> pd.DataFrame:
-    results: list[SplitResult] = []
+              progress: bool = True, targets: str = "patient", ensemble: str | None = None,
+              demographics: bool = False, oof_folds: int = 5) -> pd.DataFrame:
+    """Every encoder alone, and (with `ensemble`) their mean and/or stacked combination."""
+    embeddings = {}
     for spec in encoders:
-        embeddings = find_cache(cache_dir, spec).read()
-        missing = sum(r.recording_id not in embeddings for r in circor.recordings())
+        embeddings[spec] = find_cache(cache_dir, spec).read()
+        missing = sum(r.recording_id not in embeddings[spec] for r in circor.recordings())
         if missing:
             print(f"note: {missing} recordings have no {spec} embeddings (failed or not extracted); "
                   "their patients are scored on the rest")
-        for probe in probes:
-            results += evaluate(circor, embeddings, splits, probe, spec, decision, seed, progress)
+    combine = ensemble is not None and len(encoders) > 1
+    variant = variant_name("", targets, decision)
+    results: list[SplitResult] = []
+    steps = tqdm(total=len(probes) * len(splits) * len(encoders), desc="probe", unit="fit",
+                 disable=not progress, leave=False)
+    for probe in probes:
+        for split_name, split in splits.items():
+            fitted = []
+            for spec in encoders:
+                steps.set_postfix_str(f"{spec} {probe} {split_name}")
+                f = fit_encoder(circor, embeddings[spec], split, probe, targets=targets, decision=decision,
+                                seed=seed, oof_folds=oof_folds if combine and ensemble in ("stack", "both") else 0)
+                fitted.append(f)
+                results.append(test_result(circor, spec, probe + variant, split_name, f.val, f.test, decision,
+                                           f.params))
+                steps.update(1)
+            if not combine:
+                continue
+            names = "+".join(encoders)
+            if ensemble in ("mean", "both"):
+                results.append(test_result(circor, f"ens:mean({names})", probe + variant, split_name,
+                                           mean_scores([f.val for f in fitted]),
+                                           mean_scores([f.test for f in fitted]), decision))
+            if ensemble in ("stack", "both"):
+                val, test, params = stack(circor, fitted, targets=targets, decision=decision,
+                                          demographics=demographics)
+                results.append(test_result(circor, f"ens:stack({names})",
+                                           probe + variant + ("+demo" if demographics else ""), split_name,
+                                           val, test, decision, params))
+    steps.close()
     scores, _ = write_results(results, out)
     return summary_table(scores)
