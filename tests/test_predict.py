@@ -1,0 +1,168 @@
+"""`probe --save-model` + `predict`: saved models with a hash manifest, refused when tampered
+with, and per-patient predictions from a CirCor folder or loose wavs at any sample rate."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from scipy.signal import resample_poly
+
+import pipeline
+from classify.model_io import ModelIntegrityError, load_manifest, load_model, select_model, sha256_file
+from classify.predict import gather_inputs
+from classify.probes import full_proba
+from embed.circor import MURMUR_CLASSES, load_circor
+from embed.synthetic import make_dataset
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    work = tmp_path_factory.mktemp("predict")
+    data = make_dataset(work / "data", n_patients=30, seed=4)
+    cache, model = work / "cache", work / "model"
+    assert pipeline.main(["extract", "--data", str(data), "--cache", str(cache)]) == 0
+    assert pipeline.main(["probe", "--data", str(data), "--cache", str(cache), "--out", str(work / "out"),
+                          "--save-model", str(model)]) == 0
+    return {"work": work, "data": data, "cache": cache, "model": model, "circor": load_circor(data)}
+
+
+def _predict(capsys, *args: str) -> tuple[int, list[dict], str]:
+    code = pipeline.main(["predict", *args])
+    out = capsys.readouterr()
+    decoder, results, text = json.JSONDecoder(), [], out.out.strip()
+    while text:  # stdout is the JSON objects, one per patient
+        obj, end = decoder.raw_decode(text)
+        results.append(obj)
+        text = text[end:].strip()
+    return code, results, out.err
+
+
+def _expected_from_cache(trained, pid: str) -> dict[str, np.ndarray]:
+    """What the saved probe says from the embeddings `extract` cached: predict must agree."""
+    from classify.features import find_cache
+    manifest = load_manifest(trained["model"])
+    estimator = load_model(trained["model"], select_model(manifest))
+    cached = find_cache(trained["cache"], "logmel").read()
+    return {r.recording_id: full_proba(estimator, cached[r.recording_id].eval()).mean(axis=0)
+            for r in trained["circor"].patients[pid].recordings}
+
+
+def test_manifest_records_hashes_config_classes_and_rule(trained):
+    manifest = load_manifest(trained["model"])
+    assert manifest["classes"] == list(MURMUR_CLASSES) and manifest["decision"] == "any"
+    (entry,) = manifest["models"]
+    assert entry["encoder"] == "logmel" and entry["probe"] == "linear" and "C" in entry["params"]
+    assert entry["sha256"] == sha256_file(trained["model"] / entry["file"])
+    assert entry["cache_config"]["encoder"] == "logmel" and "checkpoint_sha256" in entry["cache_config"]
+    assert entry["trained_on"]["split"] == "split1" and entry["trained_on"]["patients"] > 15
+
+
+def test_predict_on_a_circor_patient_folder(trained, capsys, tmp_path):
+    circor = trained["circor"]
+    pid = next(p for p in circor.patient_ids() if circor.patients[p].murmur == "Present")
+    folder = tmp_path / "patient"
+    folder.mkdir()
+    src = circor.root / "training_data"
+    for f in src.glob(f"{pid}[._]*"):
+        shutil.copy(f, folder)
+    code, results, err = _predict(capsys, "--model", str(trained["model"]), "--input", str(folder),
+                                  "--out", str(tmp_path / "pred"))
+    assert code == 0, err
+    (result,) = results
+    assert result == json.loads((tmp_path / "pred" / f"{pid}.json").read_text())
+    assert result["patient_id"] == pid and result["class"] in MURMUR_CLASSES
+    assert abs(sum(result["probabilities"].values()) - 1) < 1e-6
+    recs = {r["recording_id"]: r for r in result["recordings"]}
+    assert {rid: r["location"] for rid, r in recs.items()} == {
+        r.recording_id: r.location for r in circor.patients[pid].recordings}
+    # the audio path of predict reproduces the cached embeddings, so the probabilities agree
+    for rid, proba in _expected_from_cache(trained, pid).items():
+        np.testing.assert_allclose([recs[rid]["probabilities"][c] for c in MURMUR_CLASSES], proba, atol=1e-5)
+    # the paper's rule: Present if any recording is Present, else Unknown if any, else Absent
+    classes = [r["class"] for r in result["recordings"]]
+    rule = next((c for c in ("Present", "Unknown") if c in classes), "Absent")
+    assert result["class"] == rule
+
+
+def test_predict_on_loose_wavs_at_any_rate(trained, capsys, tmp_path):
+    circor = trained["circor"]
+    pid = circor.patient_ids()[0]
+    rec = circor.patients[pid].recordings[0]
+    x, rate = sf.read(rec.wav, dtype="float32")
+    assert rate == 4000
+    sf.write(tmp_path / f"{pid}_{rec.location}.wav", resample_poly(x, 2, 1), 8000, subtype="PCM_16")
+    y = resample_poly(x, 441, 40)
+    sf.write(tmp_path / "visit3.wav", np.stack([y, y], axis=1), 44100, subtype="PCM_16")  # stereo, no location
+    (tmp_path / "broken.wav").write_bytes(b"")
+    code, results, err = _predict(capsys, "--model", str(trained["model"]), "--input",
+                                  str(tmp_path / f"{pid}_{rec.location}.wav"), str(tmp_path / "visit3.wav"),
+                                  str(tmp_path / "broken.wav"), "--out", str(tmp_path / "pred"))
+    by_pid = {r["patient_id"]: r for r in results}
+    assert set(by_pid) == {pid, "visit3", "broken"}
+    eight, stereo = by_pid[pid]["recordings"][0], by_pid["visit3"]["recordings"][0]
+    assert eight["location"] == rec.location and stereo["location"] == "unknown"
+    assert "sample rate 8000 Hz (CirCor is 4000 Hz), resampled to 4000 Hz" in eight["notes"]
+    assert "2 channels downmixed to mono" in stereo["notes"] and any("44100 Hz" in n for n in stereo["notes"])
+    # a resampled copy is classified like the original (requantisation + filter roll-off move it a little)
+    original = _expected_from_cache(trained, pid)[rec.recording_id]
+    for r in (eight, stereo):
+        np.testing.assert_allclose([r["probabilities"][c] for c in MURMUR_CLASSES], original, atol=0.15)
+        assert r["class"] == MURMUR_CLASSES[int(original.argmax())]
+    # the unusable file is named with its problem; its patient has no class, and the exit code says so
+    assert by_pid["broken"]["class"] is None
+    assert by_pid["broken"]["skipped"] == [{"file": str(tmp_path / "broken.wav"), "problem": "empty file (0 bytes)"}]
+    assert "broken.wav" in err and "empty file" in err and code == 1
+    assert sorted(p.name for p in (tmp_path / "pred").iterdir()) == sorted(["broken.json", f"{pid}.json", "visit3.json"])
+
+
+def test_patient_id_groups_loose_files(tmp_path):
+    for name in ("a_MV.wav", "b.wav", "c_TV_2.wav"):
+        (tmp_path / name).write_bytes(b"")
+    patients, _ = gather_inputs(sorted(tmp_path.iterdir()), patient_id="P1")
+    assert list(patients) == ["P1"] and [r.location for r in patients["P1"]] == ["MV", "unknown", "TV"]
+    patients, _ = gather_inputs(sorted(tmp_path.iterdir()))
+    assert sorted(patients) == ["a", "b", "c"]
+
+
+def _copy_model(trained, tmp_path) -> Path:
+    model = tmp_path / "model"
+    shutil.copytree(trained["model"], model)
+    return model
+
+
+def test_tampered_model_file_is_refused(trained, capsys, tmp_path):
+    model = _copy_model(trained, tmp_path)
+    entry = select_model(load_manifest(model))
+    with open(model / entry["file"], "ab") as fh:
+        fh.write(b"\0")
+    with pytest.raises(ModelIntegrityError, match="does not match the manifest"):
+        load_model(model, entry)
+    wav = trained["circor"].recordings()[0].wav
+    code, results, err = _predict(capsys, "--model", str(model), "--input", str(wav), "--out", str(tmp_path / "p"))
+    assert code == 2 and not results and "does not match the manifest" in err and "refusing to load it" in err
+
+
+def test_manifest_problems_are_refused(trained, tmp_path):
+    model = _copy_model(trained, tmp_path)
+    manifest = json.loads((model / "manifest.json").read_text())
+    entry = manifest["models"][0]
+    with pytest.raises(ModelIntegrityError, match="points outside the folder"):
+        load_model(model, {**entry, "file": "../model/" + entry["file"]})
+    (model / "manifest.json").unlink()
+    with pytest.raises(ModelIntegrityError, match="no manifest"):
+        load_manifest(model)
+
+
+def test_encoder_mismatch_is_refused(trained, capsys, tmp_path):
+    """A model trained on other embeddings (here: another checkpoint hash) is never applied."""
+    model = _copy_model(trained, tmp_path)
+    manifest = json.loads((model / "manifest.json").read_text())
+    manifest["models"][0]["cache_config"]["checkpoint_sha256"] = "0" * 64
+    (model / "manifest.json").write_text(json.dumps(manifest))
+    wav = trained["circor"].recordings()[0].wav
+    code, _, err = _predict(capsys, "--model", str(model), "--input", str(wav), "--out", str(tmp_path / "p"))
+    assert code == 2 and "differs from the one the probe was trained on" in err and "checkpoint_sha256" in err
