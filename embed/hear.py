@@ -1,0 +1,54 @@
+"""HEAR 2021 API over every registered encoder.
+
+    from embed import hear
+    model = hear.load_model("weights.pt", encoder="mn04")
+    scene = hear.get_scene_embeddings(audio, model)          # (n_sounds, scene_embedding_size)
+    frames, ms = hear.get_timestamp_embeddings(audio, model) # (n_sounds, n_frames, dim), (n_sounds, n_frames)
+
+heareval passes `--model-options '{"encoder": "mn04"}'` to `load_model` as keyword arguments.
+`hear.module("mn04")` returns a module-like object with `load_model` bound to one encoder, for
+tools that expect one module per model.
+"""
+from __future__ import annotations
+
+import types
+
+import torch
+
+from .encoders import Encoder, available, create, pool
+
+
+def load_model(model_file_path: str = "", encoder: str = "logmel", **kwargs) -> Encoder:
+    model = create(encoder, model_file_path or None, **kwargs)
+    # HEAR names the sizes this way
+    model.scene_embedding_size = model.embedding_size
+    model.timestamp_embedding_size = model.feature_dim
+    return model
+
+
+def get_timestamp_embeddings(audio: torch.Tensor, model: Encoder) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frame embeddings and their centre times in milliseconds."""
+    frames = model.frame_embeddings(audio).cpu()
+    n_frames = frames.shape[1]
+    duration_ms = audio.shape[-1] / model.sample_rate * 1000.0
+    hop_ms = model.frame_hop_s * 1000.0
+    # centre frames on the hop grid, spread evenly when an encoder returns a coarser grid
+    times = torch.arange(n_frames, dtype=torch.float32) * hop_ms + hop_ms / 2
+    if n_frames and times[-1] > duration_ms:
+        times = (torch.arange(n_frames, dtype=torch.float32) + 0.5) * (duration_ms / n_frames)
+    return frames, times.expand(frames.shape[0], -1).clone()
+
+
+def get_scene_embeddings(audio: torch.Tensor, model: Encoder) -> torch.Tensor:
+    return pool(model.frame_embeddings(audio), model.pooling).cpu()
+
+
+def module(encoder: str) -> types.ModuleType:
+    """A HEAR module for one encoder: `load_model`, `get_scene_embeddings`, `get_timestamp_embeddings`."""
+    if encoder not in available():
+        raise KeyError(f"unknown encoder {encoder!r}; available: {', '.join(available())}")
+    mod = types.ModuleType(f"{__name__}.{encoder}")
+    mod.load_model = lambda model_file_path="", **kw: load_model(model_file_path, encoder=encoder, **kw)
+    mod.get_scene_embeddings = get_scene_embeddings
+    mod.get_timestamp_embeddings = get_timestamp_embeddings
+    return mod
