@@ -28,6 +28,21 @@ def _print_problems(problems, limit: int = 30) -> None:
         print(f"  ... {len(problems) - limit} more", file=sys.stderr)
 
 
+def parse_options(pairs: list[str] | None) -> dict:
+    """`KEY=VALUE` strings -> kwargs; values are Python literals when they parse as one."""
+    import ast
+    options = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.isidentifier():
+            raise ValueError(f"--encoder-opt expects KEY=VALUE, got {pair!r}")
+        try:
+            options[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            options[key] = value
+    return options
+
+
 def cmd_verify(args) -> int:
     from embed.download import verify_checksums
     bad, n = verify_checksums(args.data)
@@ -72,7 +87,8 @@ def cmd_extract(args) -> int:
     rows = []
     for name in args.encoder.split(","):
         encoder = create(name, args.checkpoint, pooling=args.pooling, device=args.device,
-                         precision=args.precision, trust_checkpoint=args.trust_checkpoint)
+                         precision=args.precision, trust_checkpoint=args.trust_checkpoint,
+                         **parse_options(args.encoder_opt))
         print(f"{name}: {encoder.embedding_size}-d, {encoder.sample_rate} Hz, {encoder.precision} on "
               f"{encoder.device}; {len(circor.recordings())} recordings")
         report = extract(encoder, circor.recordings(), args.cache, segments, args.batch_size,
@@ -180,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow full pickle loading (only for files you trust)")
     p.add_argument("--cache", default=str(DEFAULT_CACHE))
     p.add_argument("--pooling", default=None, choices=["mean", "max", "meanmax", "meanstd"])
+    p.add_argument("--encoder-opt", action="append", metavar="KEY=VALUE",
+                   help="encoder-specific option, repeatable (e.g. capacity=tiny, hop_s=0.1)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     p.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16"],
                    help="default: fp16 autocast on CUDA, fp32 on CPU")
