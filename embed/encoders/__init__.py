@@ -11,7 +11,7 @@ import pkgutil
 from .base import POOLINGS, Encoder, pool
 from .registry import available, create, get_class, register
 
-_INFRASTRUCTURE = {"base", "registry", "checkpoint", "frontend"}
+_INFRASTRUCTURE = {"base", "registry", "checkpoint", "frontend", "vit", "kaldi_fbank"}
 for _module in pkgutil.iter_modules(__path__):
     if _module.name not in _INFRASTRUCTURE and not _module.name.startswith("_"):
         importlib.import_module(f"{__name__}.{_module.name}")

@@ -35,6 +35,7 @@ from .base import Encoder
 from .checkpoint import CheckpointError, extract_state_dict, load_checkpoint, load_strict, strip_prefix
 from .frontend import mel_filterbank
 from .registry import register
+from .vit import Block
 
 MIN_DB, MAX_DB = -79.6482, 50.6842  # official MinMax constants (embedding.py)
 CHUNK_FRAMES = 1001  # 10 s of mel frames: the length the position table was trained for
@@ -58,43 +59,6 @@ class ATSTFrontEnd(nn.Module):
             db = 10.0 * torch.log10(mel.clamp(min=1e-10))
             db = torch.maximum(db, db.amax(dim=(1, 2), keepdim=True) - 80.0)
             return (db - MIN_DB) / (MAX_DB - MIN_DB) * 2.0 - 1.0
-
-
-class Attention(nn.Module):
-    def __init__(self, dim: int, heads: int) -> None:
-        super().__init__()
-        self.heads = heads
-        self.qkv = nn.Linear(dim, dim * 3, bias=False)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, c = x.shape
-        q, k, v = self.qkv(x).view(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(d)) v
-        return self.proj(out.transpose(1, 2).reshape(b, n, c))
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
-
-
-class Block(nn.Module):
-    def __init__(self, dim: int, heads: int) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = Attention(dim, heads)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = Mlp(dim, 4 * dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
 
 
 class LinearPatchEmbed(nn.Module):
@@ -124,7 +88,7 @@ class FrameAST(nn.Module):
         if nprompt > 0:
             self.prompt_embed = nn.Parameter(torch.zeros(1, nprompt, dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, n_positions, dim))
-        self.blocks = nn.ModuleList([Block(dim, heads) for _ in range(depth)])
+        self.blocks = nn.ModuleList([Block(dim, heads, qkv_bias=False) for _ in range(depth)])
         self.norm_frame = nn.LayerNorm(dim, eps=1e-6)
 
     def forward(self, mel: torch.Tensor, n_blocks: int) -> torch.Tensor:
