@@ -11,6 +11,7 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 from embed.circor import LOCATIONS, CirCor
 
@@ -75,6 +76,12 @@ def stack(circor: CirCor, fitted: list[EncoderScores], *, targets: str = "patien
     X_test, test = stack_features(circor, [f.test for f in fitted], demographics, locations)
     labels = recording_targets(circor, targets) or {}
     y = np.array([labels.get(r, circor.patients[p].label) for r, p in zip(train.recording_ids, train.patient_ids)])
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _select_stacker(circor, X_train, y, X_val, val, X_test, test, decision)
+
+
+def _select_stacker(circor, X_train, y, X_val, val, X_test, test, decision):
+    """Choose the stacker's C on val; score the test recordings once with it."""
     best = None
     for C in STACK_C:
         model = make_pipeline(StandardScaler(), LogisticRegression(C=C, class_weight="balanced", max_iter=5000))
