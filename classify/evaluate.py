@@ -180,9 +180,16 @@ class SplitResult:
 
 
 def test_result(circor: CirCor, encoder: str, probe: str, split_name: str, val: RecordingScores,
-                test: RecordingScores, decision: str, params: dict | None = None) -> SplitResult:
-    """Apply the decision rule (thresholds tuned on val) to the test recordings and score them."""
+                test: RecordingScores, decision: str, params: dict | None = None,
+                oof: RecordingScores | None = None) -> SplitResult:
+    """Apply the decision rule to the test recordings and score them.
+
+    Thresholds are tuned on val, or on val plus the out-of-fold train scores when given: 95 val
+    patients alone make noisy thresholds, the OOF scores add ~600 patients no model saw.
+    """
     thresholds, val_score = decide(circor, val, decision)
+    if thresholds is not None and oof is not None:
+        thresholds, _ = tune_thresholds(circor, oof.concat(val))
     frame = patient_frame(circor, test, decision, thresholds)
     metrics = all_metrics(frame["label"].to_numpy(), frame["prediction"].to_numpy(), frame[PROBA_COLUMNS].to_numpy())
     frame.insert(1, "split", split_name)

@@ -58,6 +58,8 @@ def run_probe(circor: CirCor, encoders: list[str], probes: list[str], splits: di
             print(f"note: {missing} recordings have no {spec} embeddings (failed or not extracted); "
                   "their patients are scored on the rest")
     combine = ensemble is not None and len(encoders) > 1
+    # OOF train scores feed the stacker and steady the decision thresholds
+    need_oof = (combine and ensemble in ("stack", "both")) or decision == "threshold"
     variant = variant_name("", targets, decision)
     results: list[SplitResult] = []
     steps = tqdm(total=len(probes) * len(splits) * len(encoders), desc="probe", unit="fit",
@@ -68,10 +70,10 @@ def run_probe(circor: CirCor, encoders: list[str], probes: list[str], splits: di
             for spec in encoders:
                 steps.set_postfix_str(f"{spec} {probe} {split_name}")
                 f = fit_encoder(circor, embeddings[spec], split, probe, targets=targets, decision=decision,
-                                seed=seed, oof_folds=oof_folds if combine and ensemble in ("stack", "both") else 0)
+                                seed=seed, oof_folds=oof_folds if need_oof else 0)
                 fitted.append(f)
                 results.append(test_result(circor, spec, probe + variant, split_name, f.val, f.test, decision,
-                                           f.params))
+                                           f.params, f.oof))
                 steps.update(1)
             if not combine:
                 continue
@@ -79,7 +81,8 @@ def run_probe(circor: CirCor, encoders: list[str], probes: list[str], splits: di
             if ensemble in ("mean", "both"):
                 results.append(test_result(circor, f"ens:mean({names})", probe + variant, split_name,
                                            mean_scores([f.val for f in fitted]),
-                                           mean_scores([f.test for f in fitted]), decision))
+                                           mean_scores([f.test for f in fitted]), decision,
+                                           oof=mean_scores([f.oof for f in fitted]) if need_oof else None))
             if ensemble in ("stack", "both"):
                 val, test, params = stack(circor, fitted, targets=targets, decision=decision,
                                           demographics=demographics)

@@ -1,0 +1,112 @@
+"""Issue-4 capabilities on synthetic data: location targets, thresholds, OOF, stacking, MLP."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from classify.ensemble import demographic_features, mean_scores, stack
+from classify.evaluate import (RecordingScores, fit_encoder, ids_in, out_of_fold, recording_targets,
+                               tune_thresholds)
+from classify.mlp import MLPProbe
+from classify.probes import LinearProbe
+from embed.circor import load_circor
+from embed.encoders import create
+from embed.extract import extract, open_cache
+from embed.segments import SegmentConfig
+from embed.splits import paper_split
+from pipeline import main
+
+
+@pytest.fixture(scope="module")
+def setup(synthetic_data, tmp_path_factory):
+    circor = load_circor(synthetic_data)
+    cache = tmp_path_factory.mktemp("cache")
+    extract(create("logmel"), circor.recordings(), cache, progress=False)
+    embeddings = open_cache(create("logmel"), SegmentConfig(), cache).read()
+    return circor, embeddings, paper_split(circor, 14), cache
+
+
+def test_location_targets_mark_only_murmur_locations(setup):
+    circor = setup[0]
+    targets = recording_targets(circor, "location")
+    for patient in circor.patients.values():
+        for rec in patient.recordings:
+            if patient.murmur == "Present":
+                assert targets[rec.recording_id] == (0 if rec.location in patient.murmur_locations else 2)
+            else:
+                assert targets[rec.recording_id] == patient.label
+    assert recording_targets(circor, "patient") is None
+
+
+def test_oof_scores_never_see_their_patient(setup):
+    circor, embeddings, split, _ = setup
+    train = ids_in(split, "train", circor)
+    oof = out_of_fold(circor, embeddings, train, LinearProbe(C=0.1), None, folds=3, seed=0)
+    assert set(oof.patient_ids) == set(train)
+    assert len(set(oof.recording_ids)) == len(oof.recording_ids)
+    # a model trained on all train patients fits them better than the honest OOF one
+    from classify.features import segment_set
+    from classify.probes import full_proba
+    data = segment_set(circor, embeddings, train, "train")
+    model = LinearProbe(C=0.1).fit(data.X, data.y)
+    evals = segment_set(circor, embeddings, train, "eval")
+    seen = RecordingScores.from_segments(evals, full_proba(model, evals.X)).reindex(oof.recording_ids)
+    labels = np.array([circor.patients[p].label for p in oof.patient_ids])
+    def loss(s): return -np.mean(np.log(s.proba[np.arange(len(labels)), labels] + 1e-9))
+    assert loss(seen) < loss(oof)
+
+
+def test_thresholds_maximise_val_weighted_accuracy(setup):
+    circor = setup[0]
+    pids = circor.patient_ids()[:20]
+    recs = [circor.patients[p].recordings[0].recording_id for p in pids]
+    labels = np.array([circor.patients[p].label for p in pids])
+    proba = np.full((20, 3), 0.1)
+    proba[labels == 0, 0] = 0.62  # Present patients score 0.62, others 0.1
+    proba[labels == 1, 1] = 0.4
+    scores = RecordingScores(np.array(recs), np.array(pids), proba)
+    (t_present, t_unknown), score = tune_thresholds(circor, scores)
+    assert 0.1 < t_present <= 0.62 and 0.1 < t_unknown <= 0.4 and score == 1.0
+
+
+def test_stack_and_mean_ensembles(setup):
+    circor, embeddings, split, _ = setup
+    fitted = [fit_encoder(circor, embeddings, split, "linear", oof_folds=3, seed=s) for s in (0, 1)]
+    val, test, params = stack(circor, fitted, demographics=True)
+    assert params["C"] in (0.01, 0.1, 1.0)
+    assert set(test.patient_ids) == set(ids_in(split, "test", circor))
+    assert np.allclose(test.proba.sum(axis=1), 1)
+    mean = mean_scores([f.test for f in fitted])
+    assert np.allclose(mean.proba, (fitted[0].test.proba + fitted[1].test.reindex(mean.recording_ids).proba) / 2)
+    with pytest.raises(ValueError, match="out-of-fold"):
+        stack(circor, [fit_encoder(circor, embeddings, split, "linear")], demographics=False)
+
+
+def test_demographic_features(setup):
+    circor = setup[0]
+    feats = demographic_features(circor, np.array(circor.patient_ids()[:5]))
+    assert feats.shape == (5, 11) and np.isfinite(feats).all()
+    assert (feats[:, :5].sum(axis=1) <= 1).all()
+
+
+def test_mlp_probe_learns():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 600)
+    X = rng.standard_normal((600, 10)) + 2 * np.eye(3, 10)[y]
+    model = MLPProbe(max_epochs=30, random_state=0).fit(X, y, groups=np.arange(600) // 4)
+    assert (model.predict(X) == y).mean() > 0.85
+    assert np.allclose(model.predict_proba(X).sum(axis=1), 1, atol=1e-5)
+
+
+def test_cli_ensemble_run(setup, tmp_path):
+    circor, _, _, cache = setup
+    key = next(cache.glob("logmel-*.h5")).stem.split("-")[1]
+    out = tmp_path / "ens"
+    code = main(["probe", "--data", str(circor.root), "--encoder", f"logmel,logmel@{key}", "--probe", "linear",
+                 "--cache", str(cache), "--out", str(out), "--ensemble", "both", "--decision", "threshold",
+                 "--targets", "location", "--demographics", "--oof-folds", "3"])
+    assert code == 0
+    scores = pd.read_csv(out / "scores.csv")
+    assert set(scores["encoder"]) == {"logmel", f"logmel@{key}", f"ens:mean(logmel+logmel@{key})",
+                                      f"ens:stack(logmel+logmel@{key})"}
+    assert set(scores["probe"]) == {"linear+loc+thr", "linear+loc+thr+demo"}
+    assert scores["params"].str.contains("thresholds=").all()
