@@ -106,6 +106,9 @@ def cmd_extract(args) -> int:
 def cmd_probe(args) -> int:
     from classify.run import load_splits, run_probe
     from embed.circor import load_circor
+    if args.save_model and (args.decision == "threshold" or args.targets != "patient" or args.ensemble):
+        raise ValueError("--save-model saves single-encoder probes with patient targets and the any/mean "
+                         "decision; drop --decision threshold, --targets location and --ensemble to save")
     circor = load_circor(args.data)
     splits = load_splits(circor, args.splits, args.seed)
     table = run_probe(circor, args.encoder.split(","), args.probe.split(","), splits, args.cache, args.out,
