@@ -89,6 +89,13 @@ def cmd_extract(args) -> int:
         encoder = create(name, args.checkpoint, pooling=args.pooling, device=args.device,
                          precision=args.precision, trust_checkpoint=args.trust_checkpoint,
                          **parse_options(args.encoder_opt))
+        if args.fit_normalisation:
+            from embed.extract import fit_normalisation
+            from embed.splits import make_splits, train_in_every_split
+            train = set(train_in_every_split(make_splits(circor, args.fit_normalisation)))
+            fitted = fit_normalisation(encoder, [r for r in circor.recordings() if r.patient_id in train])
+            print(f"{name}: input statistics fit on the {len(train)} patients in train of every "
+                  f"{args.fit_normalisation} split: mean {fitted[0]:.4f}, std {fitted[1]:.4f}")
         print(f"{name}: {encoder.embedding_size}-d, {encoder.sample_rate} Hz, {encoder.precision} on "
               f"{encoder.device}; {len(circor.recordings())} recordings")
         report = extract(encoder, circor.recordings(), args.cache, segments, args.batch_size,
@@ -103,17 +110,34 @@ def cmd_extract(args) -> int:
     return 1 if args.strict and rows else 0
 
 
+def cmd_benchmark(args) -> int:
+    import torch
+
+    from embed.benchmark import measure
+    from embed.encoders import create
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
+          f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA device'}")
+    for precision in args.precision.split(","):
+        encoder = create(args.encoder, args.checkpoint, pooling=args.pooling, device=args.device,
+                         precision=precision, trust_checkpoint=args.trust_checkpoint,
+                         **parse_options(args.encoder_opt))
+        for batch_size in (int(b) for b in args.batch_size.split(",")):
+            print(measure(encoder, args.windows, batch_size, args.window).row(), flush=True)
+    return 0
+
+
 def cmd_probe(args) -> int:
     from classify.run import load_splits, run_probe
     from embed.circor import load_circor
-    if args.save_model and (args.decision == "threshold" or args.targets != "patient" or args.ensemble):
+    if args.save_model and (args.decision in ("threshold", "weighted") or args.targets != "patient"
+                            or args.ensemble):
         raise ValueError("--save-model saves single-encoder probes with patient targets and the any/mean "
-                         "decision; drop --decision threshold, --targets location and --ensemble to save")
+                         "decision; drop --decision threshold/weighted, --targets location and --ensemble to save")
     circor = load_circor(args.data)
     splits = load_splits(circor, args.splits, args.seed)
     table = run_probe(circor, args.encoder.split(","), args.probe.split(","), splits, args.cache, args.out,
                       decision=args.decision, seed=args.seed, targets=args.targets, ensemble=args.ensemble,
-                      demographics=args.demographics, oof_folds=args.oof_folds)
+                      demographics=args.demographics, oof_folds=args.oof_folds, repeats=args.repeats)
     print(table.to_string(index=False))
     print(f"\nwrote {Path(args.out) / 'scores.csv'} and {Path(args.out) / 'predictions.csv'}")
     if args.save_model:
@@ -214,16 +238,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lock-timeout", type=float, default=0.0,
                    help="seconds to wait for another run holding the same cache")
     p.add_argument("--strict", action="store_true", help="exit non-zero if any recording had a problem")
+    p.add_argument("--fit-normalisation", default=None, choices=["paper", "kfold", "campaign"],
+                   help="fit the encoder's input statistics (BYOL-A) on the patients that are in train "
+                        "in every split of this scheme, as the authors fit them on training data")
     p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("benchmark", help="encoder throughput (windows/s, real-time factor) on noise windows")
+    p.add_argument("--encoder", default="logmel")
+    p.add_argument("--checkpoint", default=None)
+    p.add_argument("--trust-checkpoint", action="store_true")
+    p.add_argument("--encoder-opt", action="append", metavar="KEY=VALUE")
+    p.add_argument("--pooling", default=None, choices=["mean", "max", "meanmax", "meanstd"])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="fp32", help="comma-separated: fp32,bf16 on CPU; fp16 on CUDA")
+    p.add_argument("--batch-size", default="32", help="comma-separated batch sizes")
+    p.add_argument("--windows", type=int, default=256, help="windows timed per setting")
+    p.add_argument("--window", type=float, default=5.0, help="window length in seconds")
+    p.set_defaults(func=cmd_benchmark)
 
     p = sub.add_parser("probe", help="train probes on cached embeddings, score per patient")
     p.add_argument("--data", required=True)
     p.add_argument("--encoder", default="logmel", help="name(s) or NAME@KEY, comma-separated")
     p.add_argument("--probe", default="linear", help="linear | xgboost | mlp (comma-separated for several)")
     p.add_argument("--splits", default="paper", help="paper | kfold | campaign | CSV file")
-    p.add_argument("--decision", default="any", choices=["any", "mean", "threshold"],
+    p.add_argument("--decision", default="any", choices=["any", "mean", "threshold", "weighted"],
                    help="patient rule: any = the paper's hierarchy, mean = argmax of mean probabilities, "
-                        "threshold = Present/Unknown thresholds chosen on val for weighted accuracy")
+                        "threshold = Present/Unknown thresholds, weighted = argmax of class-weighted mean "
+                        "probabilities; thresholds and weights chosen on val (+ OOF train) for weighted accuracy")
     p.add_argument("--targets", default="patient", choices=["patient", "location"],
                    help="training labels: the patient's label on every recording (the paper), or "
                         "murmur-location-aware recording labels")
@@ -231,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with several encoders: also combine them")
     p.add_argument("--demographics", action="store_true", help="stacker also sees age, sex, height, weight, pregnancy")
     p.add_argument("--oof-folds", type=int, default=5, help="patient-grouped folds for the stacker's inputs")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="rerun every split with probe seeds SEED, SEED+1, ... (runs named SPLIT@seedS)")
     p.add_argument("--cache", default=str(DEFAULT_CACHE))
     p.add_argument("--out", default="runs/probe")
     p.add_argument("--seed", type=int, default=0)

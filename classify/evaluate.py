@@ -4,7 +4,7 @@ Per split: every candidate of the probe's grid is fit on the train segments and 
 val patients by patient-level weighted accuracy; the best candidate (fit on train only) then
 predicts the test patients, which are touched once. Optional: out-of-fold recording scores on
 the train patients (patient-grouped folds) for stacking, recording-level targets from murmur
-locations, and a patient decision with thresholds tuned on val.
+locations, and patient decisions whose thresholds or class weights are tuned on val.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from threadpoolctl import threadpool_limits
 from embed.cache import CachedRecording
 from embed.circor import CirCor
 
-from .aggregate import aggregate_patients, decide_patients, mean_by_group, patient_table
+from .aggregate import TUNED_DECISIONS, aggregate_patients, decide_patients, mean_by_group, patient_table
 from .features import SegmentSet, segment_set
 from .metrics import all_metrics, uar, weighted_accuracy
 from .probes import PROBES, fit_probe, full_proba, probe_grid
@@ -27,6 +27,9 @@ from .probes import PROBES, fit_probe, full_proba, probe_grid
 TARGETS = ("patient", "location")
 PROBA_COLUMNS = ["p_present", "p_unknown", "p_absent"]
 THRESHOLD_GRID = np.round(np.arange(0.05, 0.96, 0.05), 2)
+# class weights of the weighted rule: Present and Unknown scaled by e^-1.5 ... e^1.5 against Absent
+WEIGHT_GRID = np.round(np.exp(np.linspace(-1.5, 1.5, 13)), 4)
+DECISION_GRIDS = {"threshold": THRESHOLD_GRID, "weighted": WEIGHT_GRID}
 
 
 def recording_targets(circor: CirCor, scheme: str = "patient") -> dict[str, int] | None:
@@ -83,25 +86,27 @@ def _score(frame: pd.DataFrame) -> tuple[float, float]:
     return weighted_accuracy(labels, preds), uar(labels, preds)
 
 
-def tune_thresholds(circor: CirCor, scores: RecordingScores) -> tuple[tuple[float, float], float]:
-    """Thresholds on the max recording P(Present) / P(Unknown) that maximise val weighted accuracy
-    (ties broken by UAR)."""
+def tune_thresholds(circor: CirCor, scores: RecordingScores, decision: str = "threshold"
+                    ) -> tuple[tuple[float, float], float]:
+    """The decision's two parameters (thresholds on the max recording P(Present) / P(Unknown), or
+    the weighted rule's class weights) that maximise weighted accuracy on `scores` (ties: UAR)."""
     table = patient_table(scores.proba, scores.recording_ids, dict(zip(scores.recording_ids, scores.patient_ids)))
     labels = np.array([circor.patients[p].label for p in table["patient_id"]])
-    best, best_key = (0.5, 0.5), (-1.0, -1.0)
-    for t_present in THRESHOLD_GRID:
-        for t_unknown in THRESHOLD_GRID:
-            preds = decide_patients(table, "threshold", (t_present, t_unknown))
+    grid = DECISION_GRIDS[decision]
+    best, best_key = None, (-1.0, -1.0)
+    for first in grid:
+        for second in grid:
+            preds = decide_patients(table, decision, (first, second))
             key = (weighted_accuracy(labels, preds), uar(labels, preds))
             if key > best_key:
-                best, best_key = (float(t_present), float(t_unknown)), key
+                best, best_key = (float(first), float(second)), key
     return best, best_key[0]
 
 
 def decide(circor: CirCor, val: RecordingScores, decision: str) -> tuple[tuple[float, float] | None, float]:
-    """Thresholds (for the "threshold" rule, tuned on val) and the val weighted accuracy."""
-    if decision == "threshold":
-        return tune_thresholds(circor, val)
+    """Tuned parameters (for the threshold and weighted rules, on val) and the val weighted accuracy."""
+    if decision in TUNED_DECISIONS:
+        return tune_thresholds(circor, val, decision)
     return None, _score(patient_frame(circor, val, decision))[0]
 
 
@@ -189,19 +194,20 @@ def test_result(circor: CirCor, encoder: str, probe: str, split_name: str, val: 
     """
     thresholds, val_score = decide(circor, val, decision)
     if thresholds is not None and oof is not None:
-        thresholds, _ = tune_thresholds(circor, oof.concat(val))
+        thresholds, _ = tune_thresholds(circor, oof.concat(val), decision)
     frame = patient_frame(circor, test, decision, thresholds)
     metrics = all_metrics(frame["label"].to_numpy(), frame["prediction"].to_numpy(), frame[PROBA_COLUMNS].to_numpy())
     frame.insert(1, "split", split_name)
     params = dict(params or {})
     if thresholds is not None:
-        params["thresholds"] = f"{thresholds[0]:.2f}/{thresholds[1]:.2f}"
+        params["thresholds" if decision == "threshold" else "class_weights"] = \
+            f"{thresholds[0]:.2f}/{thresholds[1]:.2f}"
     return SplitResult(encoder, probe, split_name, metrics, frame, params, float(val_score))
 
 
 def variant_name(probe: str, targets: str = "patient", decision: str = "any") -> str:
     """Probe column label: e.g. 'linear', 'linear+loc', 'xgboost+loc+thr'."""
-    return probe + ("+loc" if targets == "location" else "") + {"any": "", "mean": "+mean", "threshold": "+thr"}[decision]
+    return probe + ("+loc" if targets == "location" else "") + {"any": "", "mean": "+mean", "threshold": "+thr", "weighted": "+wgt"}[decision]
 
 
 def evaluate_split(circor: CirCor, embeddings: dict[str, CachedRecording], split: dict[str, str],

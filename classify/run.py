@@ -9,6 +9,7 @@ from tqdm import tqdm
 from embed.circor import CirCor
 from embed.splits import make_splits, read_splits
 
+from .aggregate import TUNED_DECISIONS
 from .ensemble import mean_scores, stack
 from .evaluate import SplitResult, fit_encoder, summary_table, test_result, variant_name
 from .features import find_cache
@@ -48,8 +49,11 @@ def write_results(results: list[SplitResult], out: str | Path) -> tuple[pd.DataF
 def run_probe(circor: CirCor, encoders: list[str], probes: list[str], splits: dict[str, dict[str, str]],
               cache_dir: str | Path, out: str | Path, decision: str = "any", seed: int = 0,
               progress: bool = True, targets: str = "patient", ensemble: str | None = None,
-              demographics: bool = False, oof_folds: int = 5) -> pd.DataFrame:
-    """Every encoder alone, and (with `ensemble`) their mean and/or stacked combination."""
+              demographics: bool = False, oof_folds: int = 5, repeats: int = 1) -> pd.DataFrame:
+    """Every encoder alone, and (with `ensemble`) their mean and/or stacked combination.
+
+    `repeats` > 1 reruns every split with probe seeds seed, seed + 1, ... (the paper's 15 runs were
+    5 seeds x 3 splits); the runs are named SPLIT@seedS and the table averages over all of them."""
     embeddings = {}
     for spec in encoders:
         embeddings[spec] = find_cache(cache_dir, spec).read()
@@ -59,18 +63,20 @@ def run_probe(circor: CirCor, encoders: list[str], probes: list[str], splits: di
                   "their patients are scored on the rest")
     combine = ensemble is not None and len(encoders) > 1
     # OOF train scores feed the stacker and steady the decision thresholds
-    need_oof = (combine and ensemble in ("stack", "both")) or decision == "threshold"
+    need_oof = (combine and ensemble in ("stack", "both")) or decision in TUNED_DECISIONS
     variant = variant_name("", targets, decision)
     results: list[SplitResult] = []
-    steps = tqdm(total=len(probes) * len(splits) * len(encoders), desc="probe", unit="fit",
+    runs = [(name if repeats == 1 else f"{name}@seed{seed + r}", split, seed + r)
+            for r in range(repeats) for name, split in splits.items()]
+    steps = tqdm(total=len(probes) * len(runs) * len(encoders), desc="probe", unit="fit",
                  disable=not progress, leave=False)
     for probe in probes:
-        for split_name, split in splits.items():
+        for split_name, split, run_seed in runs:
             fitted = []
             for spec in encoders:
                 steps.set_postfix_str(f"{spec} {probe} {split_name}")
                 f = fit_encoder(circor, embeddings[spec], split, probe, targets=targets, decision=decision,
-                                seed=seed, oof_folds=oof_folds if need_oof else 0)
+                                seed=run_seed, oof_folds=oof_folds if need_oof else 0)
                 fitted.append(f)
                 results.append(test_result(circor, spec, probe + variant, split_name, f.val, f.test, decision,
                                            f.params, f.oof))

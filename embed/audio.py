@@ -20,6 +20,8 @@ import soundfile as sf
 from scipy.signal import resample_poly
 
 CIRCOR_SAMPLE_RATE = 4000
+# what libsndfile raises on unreadable, truncated or non-audio bytes
+READ_ERRORS = (sf.LibsndfileError, RuntimeError, TypeError, ValueError)
 MIN_DURATION_S = 0.5
 LONG_RECORDING_S = 600.0  # longer recordings are streamed in blocks
 BLOCK_FRAMES = 1 << 16
@@ -48,16 +50,12 @@ class Audio:
 def read_audio(path: Path | str, min_duration_s: float = MIN_DURATION_S) -> Audio:
     """Read a wav (or any libsndfile format) as float32 mono, validating as it goes."""
     path = Path(path)
-    try:
-        size = path.stat().st_size
-    except OSError as err:
-        raise AudioError(path, f"cannot open ({err.strerror or err})") from err
-    if size == 0:
-        raise AudioError(path, "empty file (0 bytes)")
-    try:
-        samples, sample_rate = sf.read(str(path), dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
-        raise AudioError(path, f"not readable audio ({err})") from err
+    with _open(path) as fh:
+        sample_rate = fh.samplerate
+        try:
+            samples = fh.read(dtype="float32", always_2d=True)
+        except READ_ERRORS as err:
+            raise AudioError(path, f"not readable audio ({err})") from err
     channels = samples.shape[1]
     samples = samples.mean(axis=1)
     bad = ~np.isfinite(samples)
@@ -127,7 +125,7 @@ def _open(path: Path) -> sf.SoundFile:
         raise AudioError(path, "empty file (0 bytes)")
     try:
         return sf.SoundFile(str(path))
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
+    except READ_ERRORS as err:
         raise AudioError(path, f"not readable audio ({err})") from err
 
 
@@ -151,7 +149,7 @@ def scan_audio(path: Path | str, block_frames: int = BLOCK_FRAMES) -> AudioStats
                 frames += len(mono)
                 peak = max(peak, float(np.abs(mono).max()))
                 full_scale += int(np.count_nonzero(np.abs(mono) >= 0.999))
-        except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
+        except READ_ERRORS as err:
             raise AudioError(path, f"not readable audio ({err})") from err
     return AudioStats(rate, frames, channels, nonfinite, peak, full_scale)
 
@@ -204,7 +202,7 @@ class StreamedAudio:
             return out
         try:
             block = sf.read(str(self.path), start=lo, stop=hi, dtype="float32", always_2d=True)[0]
-        except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
+        except READ_ERRORS as err:
             raise AudioError(self.path, f"not readable audio ({err})") from err
         mono = block.mean(axis=1)
         mono = np.where(np.isfinite(mono), mono, 0.0).astype(np.float32) * np.float32(self.scale)

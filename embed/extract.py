@@ -37,6 +37,25 @@ def open_cache(encoder: Encoder, segments: SegmentConfig, cache_dir: str | Path)
     return EmbeddingCache(cache_dir, encoder.name, cache_config(encoder, segments))
 
 
+def fit_normalisation(encoder: Encoder, recordings: list[Recording], progress: bool = True
+                      ) -> tuple[float, float]:
+    """Fit an encoder's input statistics (BYOL-A's log-mel mean/std) on `recordings`, as its authors
+    do on the downstream training data. Unreadable recordings are skipped; extract reports them."""
+    if not hasattr(encoder, "fit_normalisation"):
+        raise ValueError(f"encoder {encoder.name!r} has no statistics to fit; drop --fit-normalisation")
+
+    def waves():
+        for rec in tqdm(recordings, desc=f"normalisation {encoder.name}", unit="rec", disable=not progress,
+                        file=sys.stderr, mininterval=0.5 if sys.stderr.isatty() else 10.0):
+            try:
+                audio = open_resampled(rec.wav, encoder.sample_rate)
+                # the first two minutes are plenty for two scalars and keep memory bounded
+                yield audio.windows(np.array([0]), min(audio.n_samples, 120 * encoder.sample_rate))[0]
+            except Exception:  # noqa: BLE001 - a bad file is extract's problem to report
+                continue
+    return encoder.fit_normalisation(waves())
+
+
 @dataclass
 class _Prepared:
     recording: Recording

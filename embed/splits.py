@@ -66,6 +66,12 @@ def paper_splits(circor: CirCor) -> dict[str, dict[str, str]]:
     return {f"split{i}": paper_split(circor, seed) for i, seed in enumerate(PAPER_SEEDS, 1)}
 
 
+def train_in_every_split(splits: dict[str, dict[str, str]]) -> list[str]:
+    """Patients that are training data in every split: statistics fit on them leak no test patient."""
+    parts = list(splits.values())
+    return sorted(p for p in parts[0] if all(split.get(p) == "train" for split in parts)) if parts else []
+
+
 def kfold_splits(circor: CirCor, k: int = 5, seed: int = 0, val_fraction: float = 0.1) -> dict[str, dict[str, str]]:
     """Stratified k-fold over patients; each fold's training part gives up a stratified val part."""
     pids = circor.patient_ids()

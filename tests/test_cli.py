@@ -1,5 +1,6 @@
 """End to end through the command line, on synthetic CirCor-format data."""
 import pandas as pd
+import pytest
 
 from pipeline import main
 
@@ -40,3 +41,16 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert main(["demo", "--patients", "30", "--workdir", str(tmp_path)]) == 0
     scores = pd.read_csv(tmp_path / "out" / "scores.csv")
     assert set(scores["probe"]) == {"linear", "xgboost"} and len(scores) == 6
+
+
+def test_benchmark_times_every_precision_and_batch_size(capsys):
+    from embed.benchmark import measure
+    from embed.encoders import create
+    result = measure(create("logmel"), windows=10, batch_size=4, window_s=2.0)
+    assert result.windows == 10 and result.seconds > 0
+    assert result.realtime_factor == pytest.approx(2.0 * 10 / result.seconds)
+    assert main(["benchmark", "--encoder", "logmel", "--precision", "fp32,bf16", "--batch-size", "2,4",
+                 "--windows", "4", "--window", "1"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if "windows/s" in line]
+    assert [r.split()[2:5] for r in rows] == [["fp32", "batch", "2:"], ["fp32", "batch", "4:"],
+                                              ["bf16", "batch", "2:"], ["bf16", "batch", "4:"]]

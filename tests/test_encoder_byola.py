@@ -133,3 +133,39 @@ def test_real_d512() -> None:
     e = enc.embed(x)
     assert enc.d == 512 and e.shape == (2, 512) and np.isfinite(e).all() and (e >= 0).all()
     assert not np.allclose(e[0], e[1])
+
+
+def test_extract_fits_normalisation_on_training_patients_only(ckpts, tmp_path) -> None:
+    """`extract --fit-normalisation paper`: statistics from the patients in train of all three paper
+    splits (no test patient of any split), recorded in the cache config, so the key changes."""
+    import json
+
+    import h5py
+    import pipeline
+    from embed.audio import open_resampled
+    from embed.circor import load_circor
+    from embed.splits import make_splits, train_in_every_split
+    from embed.synthetic import make_dataset
+
+    synthetic_data = make_dataset(tmp_path / "data", n_patients=16, seed=3)
+    circor = load_circor(synthetic_data)
+    splits = make_splits(circor, "paper")
+    train = train_in_every_split(splits)
+    assert train and all(s[p] == "train" for s in splits.values() for p in train)
+    assert set(train) < set(circor.patients)
+
+    cache = tmp_path / "cache"
+    args = ["extract", "--data", str(synthetic_data), "--encoder", "byola", "--checkpoint", str(ckpts["d512"][0]),
+            "--cache", str(cache), "--batch-size", "8", "--window", "1", "--train-stride", "1"]
+    assert pipeline.main(args + ["--fit-normalisation", "paper"]) == 0
+    assert pipeline.main(args) == 0  # the official default statistics: another cache file
+    files = sorted(cache.glob("byola-*.h5"))
+    assert len(files) == 2
+    configs = [json.loads(h5py.File(f, "r").attrs["config"]) for f in files]
+    stats = sorted((c["cfg_norm_mean"], c["cfg_norm_std"]) for c in configs)
+    assert (-5.4919195, 5.0389895) in stats
+
+    expected = create("byola", ckpts["d512"][0]).fit_normalisation(
+        open_resampled(r.wav, SR).samples for r in circor.recordings() if r.patient_id in set(train))
+    fitted = [s for s in stats if s != (-5.4919195, 5.0389895)]
+    assert fitted == [pytest.approx(expected, rel=1e-6)]

@@ -3,6 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from classify.aggregate import decide_patients, patient_table
 from classify.ensemble import demographic_features, mean_scores, stack
 from classify.evaluate import (RecordingScores, fit_encoder, ids_in, out_of_fold, recording_targets,
                                tune_thresholds)
@@ -68,6 +69,26 @@ def test_thresholds_maximise_val_weighted_accuracy(setup):
     assert 0.1 < t_present <= 0.62 and 0.1 < t_unknown <= 0.4 and score == 1.0
 
 
+def test_weighted_decision_scales_mean_probabilities(setup):
+    circor = setup[0]
+    pids = circor.patient_ids()[:24]
+    recs = [circor.patients[p].recordings[0].recording_id for p in pids]
+    labels = np.array([circor.patients[p].label for p in pids])
+    assert set(labels) == {0, 1, 2}
+    # plain argmax calls everyone Absent; Present needs a weight > 1.25, Unknown one > 1.57
+    proba = np.tile([0.1, 0.1, 0.8], (24, 1))
+    proba[labels == 0] = [0.4, 0.1, 0.5]
+    proba[labels == 1] = [0.1, 0.35, 0.55]
+    scores = RecordingScores(np.array(recs), np.array(pids), proba)
+    table = patient_table(proba, np.array(recs), dict(zip(recs, pids)))
+    assert (decide_patients(table, "weighted") == 2).all()  # default weights 1/1 = the mean rule
+    assert (decide_patients(table, "weighted", (1.0, 1.0)) == decide_patients(table, "mean")).all()
+    (s_present, s_unknown), score = tune_thresholds(circor, scores, "weighted")
+    assert score == 1.0 and 1.25 < s_present < 8.0 and 1.57 < s_unknown < 8.0 and 0.1 * s_present < 0.35 * s_unknown
+    ordered = np.array([circor.patients[p].label for p in table["patient_id"]])
+    assert (decide_patients(table, "weighted", (s_present, s_unknown)) == ordered).all()
+
+
 def test_stack_and_mean_ensembles(setup):
     circor, embeddings, split, _ = setup
     fitted = [fit_encoder(circor, embeddings, split, "linear", oof_folds=3, seed=s) for s in (0, 1)]
@@ -110,3 +131,17 @@ def test_cli_ensemble_run(setup, tmp_path):
                                       f"ens:stack(logmel+logmel@{key})"}
     assert set(scores["probe"]) == {"linear+loc+thr", "linear+loc+thr+demo"}
     assert scores["params"].str.contains("thresholds=").all()
+
+
+def test_cli_repeats_rerun_each_split_with_new_probe_seeds(setup, tmp_path):
+    circor, _, _, cache = setup
+    out = tmp_path / "rep"
+    assert main(["probe", "--data", str(circor.root), "--encoder", "logmel", "--probe", "xgboost", "--cache",
+                 str(cache), "--out", str(out), "--repeats", "2", "--seed", "5", "--decision", "weighted"]) == 0
+    scores = pd.read_csv(out / "scores.csv")
+    assert scores["split"].tolist() == [f"split{i}@seed{s}" for s in (5, 6) for i in (1, 2, 3)]
+    assert scores["params"].str.contains("class_weights=").all()
+    preds = pd.read_csv(out / "predictions.csv")
+    first, second = (preds[preds["split"] == f"split1@seed{s}"].set_index("patient_id") for s in (5, 6))
+    assert list(first.index) == list(second.index)  # same split, same test patients
+    assert not np.allclose(first["p_present"], second["p_present"])  # xgboost subsamples by seed
