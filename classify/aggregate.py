@@ -52,6 +52,8 @@ def patient_table(recording_proba: np.ndarray, recording_ids: np.ndarray, patien
 
 def decide_patients(table: pd.DataFrame, decision: str = "any",
                     thresholds: tuple[float, float] | None = None) -> np.ndarray:
+    """Patient classes from `patient_table`. `thresholds`: the tuned pair of the threshold rule
+    (Present, Unknown thresholds) or of the weighted rule (Present, Unknown class weights)."""
     if decision == "any":
         present, unknown = table["any_present"].to_numpy(), table["any_unknown"].to_numpy()
     elif decision == "mean":

@@ -30,6 +30,7 @@ THRESHOLD_GRID = np.round(np.arange(0.05, 0.96, 0.05), 2)
 # class weights of the weighted rule: Present and Unknown scaled by e^-1.5 ... e^1.5 against Absent
 WEIGHT_GRID = np.round(np.exp(np.linspace(-1.5, 1.5, 13)), 4)
 DECISION_GRIDS = {"threshold": THRESHOLD_GRID, "weighted": WEIGHT_GRID}
+DECISION_SUFFIX = {"any": "", "mean": "+mean", "threshold": "+thr", "weighted": "+wgt"}
 
 
 def recording_targets(circor: CirCor, scheme: str = "patient") -> dict[str, int] | None:
@@ -86,7 +87,7 @@ def _score(frame: pd.DataFrame) -> tuple[float, float]:
     return weighted_accuracy(labels, preds), uar(labels, preds)
 
 
-def tune_thresholds(circor: CirCor, scores: RecordingScores, decision: str = "threshold"
+def tune_decision(circor: CirCor, scores: RecordingScores, decision: str = "threshold"
                     ) -> tuple[tuple[float, float], float]:
     """The decision's two parameters (thresholds on the max recording P(Present) / P(Unknown), or
     the weighted rule's class weights) that maximise weighted accuracy on `scores` (ties: UAR)."""
@@ -106,7 +107,7 @@ def tune_thresholds(circor: CirCor, scores: RecordingScores, decision: str = "th
 def decide(circor: CirCor, val: RecordingScores, decision: str) -> tuple[tuple[float, float] | None, float]:
     """Tuned parameters (for the threshold and weighted rules, on val) and the val weighted accuracy."""
     if decision in TUNED_DECISIONS:
-        return tune_thresholds(circor, val, decision)
+        return tune_decision(circor, val, decision)
     return None, _score(patient_frame(circor, val, decision))[0]
 
 
@@ -194,7 +195,7 @@ def test_result(circor: CirCor, encoder: str, probe: str, split_name: str, val: 
     """
     thresholds, val_score = decide(circor, val, decision)
     if thresholds is not None and oof is not None:
-        thresholds, _ = tune_thresholds(circor, oof.concat(val), decision)
+        thresholds, _ = tune_decision(circor, oof.concat(val), decision)
     frame = patient_frame(circor, test, decision, thresholds)
     metrics = all_metrics(frame["label"].to_numpy(), frame["prediction"].to_numpy(), frame[PROBA_COLUMNS].to_numpy())
     frame.insert(1, "split", split_name)
@@ -207,7 +208,7 @@ def test_result(circor: CirCor, encoder: str, probe: str, split_name: str, val: 
 
 def variant_name(probe: str, targets: str = "patient", decision: str = "any") -> str:
     """Probe column label: e.g. 'linear', 'linear+loc', 'xgboost+loc+thr'."""
-    return probe + ("+loc" if targets == "location" else "") + {"any": "", "mean": "+mean", "threshold": "+thr", "weighted": "+wgt"}[decision]
+    return probe + ("+loc" if targets == "location" else "") + DECISION_SUFFIX[decision]
 
 
 def evaluate_split(circor: CirCor, embeddings: dict[str, CachedRecording], split: dict[str, str],

@@ -6,7 +6,7 @@ import pytest
 from classify.aggregate import decide_patients, patient_table
 from classify.ensemble import demographic_features, mean_scores, stack
 from classify.evaluate import (RecordingScores, fit_encoder, ids_in, out_of_fold, recording_targets,
-                               tune_thresholds)
+                               tune_decision)
 from classify.mlp import MLPProbe
 from classify.probes import LinearProbe
 from embed.circor import load_circor
@@ -65,7 +65,7 @@ def test_thresholds_maximise_val_weighted_accuracy(setup):
     proba[labels == 0, 0] = 0.62  # Present patients score 0.62, others 0.1
     proba[labels == 1, 1] = 0.4
     scores = RecordingScores(np.array(recs), np.array(pids), proba)
-    (t_present, t_unknown), score = tune_thresholds(circor, scores)
+    (t_present, t_unknown), score = tune_decision(circor, scores)
     assert 0.1 < t_present <= 0.62 and 0.1 < t_unknown <= 0.4 and score == 1.0
 
 
@@ -83,7 +83,7 @@ def test_weighted_decision_scales_mean_probabilities(setup):
     table = patient_table(proba, np.array(recs), dict(zip(recs, pids)))
     assert (decide_patients(table, "weighted") == 2).all()  # default weights 1/1 = the mean rule
     assert (decide_patients(table, "weighted", (1.0, 1.0)) == decide_patients(table, "mean")).all()
-    (s_present, s_unknown), score = tune_thresholds(circor, scores, "weighted")
+    (s_present, s_unknown), score = tune_decision(circor, scores, "weighted")
     assert score == 1.0 and 1.25 < s_present < 8.0 and 1.57 < s_unknown < 8.0 and 0.1 * s_present < 0.35 * s_unknown
     ordered = np.array([circor.patients[p].label for p in table["patient_id"]])
     assert (decide_patients(table, "weighted", (s_present, s_unknown)) == ordered).all()
