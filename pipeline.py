@@ -43,6 +43,24 @@ def parse_options(pairs: list[str] | None) -> dict:
     return options
 
 
+def create_encoder(args, name: str, precision: str | None):
+    """The encoder that `extract` and `benchmark` build from their shared options."""
+    from embed.encoders import create
+    return create(name, args.checkpoint, pooling=args.pooling, device=args.device, precision=precision,
+                  trust_checkpoint=args.trust_checkpoint, **parse_options(args.encoder_opt))
+
+
+def add_encoder_options(p: argparse.ArgumentParser) -> None:
+    """Checkpoint, pooling, device and encoder-specific options (extract and benchmark)."""
+    p.add_argument("--checkpoint", default=None, help="official weight file")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow full pickle loading (only for files you trust)")
+    p.add_argument("--pooling", default=None, choices=["mean", "max", "meanmax", "meanstd"])
+    p.add_argument("--encoder-opt", action="append", metavar="KEY=VALUE",
+                   help="encoder-specific option, repeatable (e.g. capacity=tiny, hop_s=0.1)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+
+
 def cmd_verify(args) -> int:
     from embed.download import verify_checksums
     bad, n = verify_checksums(args.data)
@@ -78,22 +96,20 @@ def cmd_splits(args) -> int:
 
 def cmd_extract(args) -> int:
     from embed.circor import load_circor
-    from embed.encoders import create
-    from embed.extract import extract
+    from embed.extract import extract, fit_normalisation
     from embed.segments import SegmentConfig
     from embed.problems import format_table, problem_rows, write_problems_csv
+    from embed.splits import make_splits, train_in_every_split
     circor = load_circor(args.data)
     segments = SegmentConfig(args.window, args.train_stride, args.eval_stride)
+    if args.fit_normalisation:
+        train = set(train_in_every_split(make_splits(circor, args.fit_normalisation)))
+        train_recordings = [r for r in circor.recordings() if r.patient_id in train]
     rows = []
     for name in args.encoder.split(","):
-        encoder = create(name, args.checkpoint, pooling=args.pooling, device=args.device,
-                         precision=args.precision, trust_checkpoint=args.trust_checkpoint,
-                         **parse_options(args.encoder_opt))
+        encoder = create_encoder(args, name, args.precision)
         if args.fit_normalisation:
-            from embed.extract import fit_normalisation
-            from embed.splits import make_splits, train_in_every_split
-            train = set(train_in_every_split(make_splits(circor, args.fit_normalisation)))
-            fitted = fit_normalisation(encoder, [r for r in circor.recordings() if r.patient_id in train])
+            fitted = fit_normalisation(encoder, train_recordings)
             print(f"{name}: input statistics fit on the {len(train)} patients in train of every "
                   f"{args.fit_normalisation} split: mean {fitted[0]:.4f}, std {fitted[1]:.4f}")
         print(f"{name}: {encoder.embedding_size}-d, {encoder.sample_rate} Hz, {encoder.precision} on "
@@ -114,23 +130,20 @@ def cmd_benchmark(args) -> int:
     import torch
 
     from embed.benchmark import measure
-    from embed.encoders import create
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
           f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA device'}")
     for precision in args.precision.split(","):
-        encoder = create(args.encoder, args.checkpoint, pooling=args.pooling, device=args.device,
-                         precision=precision, trust_checkpoint=args.trust_checkpoint,
-                         **parse_options(args.encoder_opt))
+        encoder = create_encoder(args, args.encoder, precision)
         for batch_size in (int(b) for b in args.batch_size.split(",")):
             print(measure(encoder, args.windows, batch_size, args.window).row(), flush=True)
     return 0
 
 
 def cmd_probe(args) -> int:
+    from classify.aggregate import TUNED_DECISIONS
     from classify.run import load_splits, run_probe
     from embed.circor import load_circor
-    if args.save_model and (args.decision in ("threshold", "weighted") or args.targets != "patient"
-                            or args.ensemble):
+    if args.save_model and (args.decision in TUNED_DECISIONS or args.targets != "patient" or args.ensemble):
         raise ValueError("--save-model saves single-encoder probes with patient targets and the any/mean "
                          "decision; drop --decision threshold/weighted, --targets location and --ensemble to save")
     circor = load_circor(args.data)
@@ -218,14 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("extract", help="embed every recording's windows into the HDF5 cache")
     p.add_argument("--data", required=True)
     p.add_argument("--encoder", default="logmel", help="registry name(s), comma-separated")
-    p.add_argument("--checkpoint", default=None, help="official weight file")
-    p.add_argument("--trust-checkpoint", action="store_true",
-                   help="allow full pickle loading (only for files you trust)")
+    add_encoder_options(p)
     p.add_argument("--cache", default=str(DEFAULT_CACHE))
-    p.add_argument("--pooling", default=None, choices=["mean", "max", "meanmax", "meanstd"])
-    p.add_argument("--encoder-opt", action="append", metavar="KEY=VALUE",
-                   help="encoder-specific option, repeatable (e.g. capacity=tiny, hop_s=0.1)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     p.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16"],
                    help="default: fp16 autocast on CUDA, fp32 on CPU")
     p.add_argument("--batch-size", type=int, default=32)
@@ -245,11 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("benchmark", help="encoder throughput (windows/s, real-time factor) on noise windows")
     p.add_argument("--encoder", default="logmel")
-    p.add_argument("--checkpoint", default=None)
-    p.add_argument("--trust-checkpoint", action="store_true")
-    p.add_argument("--encoder-opt", action="append", metavar="KEY=VALUE")
-    p.add_argument("--pooling", default=None, choices=["mean", "max", "meanmax", "meanstd"])
-    p.add_argument("--device", default="auto")
+    add_encoder_options(p)
     p.add_argument("--precision", default="fp32", help="comma-separated: fp32,bf16 on CPU; fp16 on CUDA")
     p.add_argument("--batch-size", default="32", help="comma-separated batch sizes")
     p.add_argument("--windows", type=int, default=256, help="windows timed per setting")
