@@ -127,15 +127,53 @@ def cmd_extract(args) -> int:
 
 
 def cmd_benchmark(args) -> int:
+    import numpy as np
     import torch
 
-    from embed.benchmark import measure
+    from embed import benchmark as bench
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
           f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA device'}")
-    for precision in args.precision.split(","):
-        encoder = create_encoder(args, args.encoder, precision)
+    precisions = args.precision.split(",")
+    encoders = {p: create_encoder(args, args.encoder, None if p == "auto" else p) for p in precisions}
+    recordings, audio, decode_s = None, None, None
+    if args.data:
+        recordings = bench.sample_recordings(args.data, args.recordings, args.seed)
+        first = next(iter(encoders.values()))
+        audio, decode_s = bench.decode_windows(recordings, first)
+        print(f"{len(recordings)} recordings sampled from {args.data}: {len(audio)} windows, decode + resample "
+              f"{1e3 * decode_s:.2f} ms/window")
+    rows, reference = [], None
+    for precision, encoder in encoders.items():
+        roofline = bench.matmul_roofline(encoder.precision, encoder.device)
+        print(f"{encoder.precision} matmul roofline on {encoder.device}: {roofline:.0f} GFLOP/s", flush=True)
         for batch_size in (int(b) for b in args.batch_size.split(",")):
-            print(measure(encoder, args.windows, batch_size, args.window).row(), flush=True)
+            result = bench.measure(encoder, args.windows, batch_size, args.window, audio=audio,
+                                   decode_s_per_window=decode_s, roofline=roofline)
+            rows.append(result.as_dict())
+            print(result.row(), flush=True)
+        if audio is not None:  # agreement with fp32 on the same real windows
+            check = audio[:args.accuracy_windows]
+            if encoder.precision == "fp32":
+                reference = encoder.embed(check)
+            else:
+                if reference is None:
+                    reference = create_encoder(args, args.encoder, "fp32").embed(check)
+                low = encoder.embed(check)
+                cos = (low * reference).sum(1) / (np.linalg.norm(low, axis=1) * np.linalg.norm(reference, axis=1))
+                print(f"{encoder.precision} vs fp32 on {len(check)} real windows: cosine min {cos.min():.5f}, "
+                      f"median {np.median(cos):.5f}")
+                rows[-1]["cosine_min_vs_fp32"] = float(cos.min())
+        if args.compare and recordings is not None:
+            naive = create_encoder(args, args.encoder, "fp32")
+            comparison = bench.compare(encoder, naive, recordings, int(args.batch_size.split(",")[-1]))
+            print(comparison.row(), flush=True)
+            rows[-1]["speedup_vs_naive"] = comparison.naive_s / comparison.pipeline_s
+    if args.compare and recordings is None:
+        print("--compare needs --data (it times decoding real recordings)", file=sys.stderr)
+    if args.out:
+        import pandas as pd
+        pd.DataFrame(rows).to_csv(args.out, index=False)
+        print(f"wrote {args.out}")
     return 0
 
 
@@ -250,13 +288,22 @@ def build_parser() -> argparse.ArgumentParser:
                         "in every split of this scheme, as the authors fit them on training data")
     p.set_defaults(func=cmd_extract)
 
-    p = sub.add_parser("benchmark", help="encoder throughput (windows/s, real-time factor) on noise windows")
+    p = sub.add_parser("benchmark", help="where the time goes: windows/s, GFLOP, roofline share, wall split")
     p.add_argument("--encoder", default="logmel")
     add_encoder_options(p)
-    p.add_argument("--precision", default="fp32", help="comma-separated: fp32,bf16 on CPU; fp16 on CUDA")
+    p.add_argument("--precision", default="fp32",
+                   help="comma-separated: fp32,bf16 on CPU; fp16 on CUDA; auto = the encoder's default")
     p.add_argument("--batch-size", default="32", help="comma-separated batch sizes")
     p.add_argument("--windows", type=int, default=256, help="windows timed per setting")
     p.add_argument("--window", type=float, default=5.0, help="window length in seconds")
+    p.add_argument("--data", default=None, help="time real recordings of this dataset (decode included)")
+    p.add_argument("--recordings", type=int, default=24, help="recordings sampled with --data")
+    p.add_argument("--accuracy-windows", type=int, default=64,
+                   help="real windows on which low precision is compared with fp32")
+    p.add_argument("--compare", action="store_true",
+                   help="with --data: also time a naive fp32 loop (one recording at a time) against extract")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="also write the rows as CSV")
     p.set_defaults(func=cmd_benchmark)
 
     p = sub.add_parser("probe", help="train probes on cached embeddings, score per patient")

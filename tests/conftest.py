@@ -23,3 +23,7 @@ def circor_mini() -> Path:
     if not (CIRCOR_MINI / "training_data.csv").exists():
         pytest.skip("../shared/circor-mini not present")
     return CIRCOR_MINI
+
+# The default CPU precision follows the machine (bf16 where it is native and safe); the tests pin
+# fp32 so their tolerances hold on every CPU. tests/test_precision.py checks the default itself.
+os.environ["HEARTPROBE_CPU_BF16"] = "0"

@@ -116,6 +116,7 @@ class ASTEncoder(Encoder):
     frame_hop_s = 10.24
     default_pooling = "mean"
     needs_checkpoint = True
+    front_end = ("model.fbank",)
 
     def __init__(self, checkpoint=None, *, target_length: int = 1024, **kwargs) -> None:
         super().__init__(checkpoint, **kwargs)

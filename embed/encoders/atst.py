@@ -129,6 +129,7 @@ class ATSTFrameEncoder(Encoder):
     feature_dim = 768 * 12
     frame_hop_s = 0.04  # 4 mel frames of 10 ms per token
     default_pooling = "mean"
+    front_end = ("model.frontend",)
 
     def __init__(self, checkpoint=None, *, n_blocks: int | None = None, **kwargs) -> None:
         super().__init__(checkpoint, **kwargs)

@@ -7,14 +7,17 @@ pooling, so a new encoder only writes `__init__` (build + load weights) and `fra
 from __future__ import annotations
 
 import contextlib
+import functools
+import os
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
 
 POOLINGS = ("mean", "max", "meanmax", "meanstd")
 PRECISIONS = ("fp32", "fp16", "bf16")
+Precision = Literal["fp32", "fp16", "bf16"]
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -25,10 +28,28 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def resolve_precision(precision: str | None, device: torch.device) -> str:
-    """fp16 autocast by default on CUDA, fp32 on CPU."""
+@functools.lru_cache(maxsize=1)
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 matrix products natively (AVX512-BF16 or AMX-BF16).
+
+    `HEARTPROBE_CPU_BF16=0` turns the bf16 default off (the tests pin fp32 this way)."""
+    if os.environ.get("HEARTPROBE_CPU_BF16", "1") == "0":
+        return False
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("flags")).split()
+    except (OSError, StopIteration):  # not Linux/x86: no way to tell, keep fp32
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str | None, device: torch.device, bf16_safe: bool = False) -> Precision:
+    """The default: fp16 autocast on CUDA; on a CPU, bf16 where it computes bf16 natively and the
+    encoder is `bf16_safe`, fp32 otherwise."""
     if precision in (None, "auto"):
-        return "fp16" if device.type == "cuda" else "fp32"
+        if device.type == "cuda":
+            return "fp16"
+        return "bf16" if bf16_safe and native_bf16() else "fp32"
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     return precision
@@ -61,6 +82,12 @@ class Encoder:
     frame_hop_s: ClassVar[float] = 0.01  # seconds between frame centres, for timestamps
     default_pooling: ClassVar[str] = "mean"
     needs_checkpoint: ClassVar[bool] = True
+    # bf16 embeddings within cosine 0.999 of fp32 on CirCor windows and probe scores within noise
+    # (README, "Precision"): bf16 is then the default on CPUs with native bf16
+    bf16_safe: ClassVar[bool] = False
+    # attribute paths (from the encoder) of the modules or methods computing the front end, so
+    # `benchmark` can split front end from network time
+    front_end: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -78,9 +105,11 @@ class Encoder:
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         self.device = resolve_device(device)
-        self.precision = resolve_precision(precision, self.device)
+        self.precision = resolve_precision(precision, self.device, self.bf16_safe)
         self.trust_checkpoint = trust_checkpoint
         self.model: torch.nn.Module | None = None
+        self._cast_dtype: torch.dtype | None = None  # low dtype the layers' weights were cast to
+        self._fp32_weights: dict = {}  # (module, name) -> the original parameter, to undo the cast
 
     # -- to implement -------------------------------------------------------------------
     def frames(self, audio: torch.Tensor) -> torch.Tensor:
@@ -109,12 +138,58 @@ class Encoder:
         dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
-    @torch.inference_mode()
-    def frame_embeddings(self, audio: np.ndarray | torch.Tensor) -> torch.Tensor:
+    def _low_dtype(self) -> torch.dtype | None:
+        return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
+
+    def _run_casting_weights(self, x: torch.Tensor) -> torch.Tensor:
+        """`frames` under autocast; the first call also finds the linear and convolution layers that
+        autocast runs in low precision and casts their weights once, so later calls do not recast
+        them on every batch (autocast does not cache casts of frozen weights). The values are the
+        ones autocast would compute; layers that run with autocast disabled (fp32 front ends) stay."""
+        dtype, seen = self._low_dtype(), {}
+
+        def record(module, _inputs):
+            enabled = torch.is_autocast_enabled(self.device.type)
+            seen[module] = seen.get(module, True) and enabled
+
+        layers = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d)
+        hooks = [m.register_forward_pre_hook(record) for m in self.model.modules() if isinstance(m, layers)]
+        try:
+            with self._autocast():
+                out = self.frames(x)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        for module, autocast_on in seen.items():
+            if autocast_on and type(module) in layers:  # exact types: subclasses may use weights otherwise
+                for name, param in list(module.named_parameters(recurse=False)):
+                    self._fp32_weights[module, name] = param
+                    setattr(module, name, torch.nn.Parameter(param.detach().to(dtype), requires_grad=False))
+        self._cast_dtype = dtype
+        return out
+
+    def _restore_weights(self) -> None:
+        for (module, name), param in self._fp32_weights.items():
+            setattr(module, name, param)
+        self._fp32_weights, self._cast_dtype = {}, None
+
+    def to_device_batch(self, audio: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Float32 `(batch, samples)` on the device; on CUDA through pinned memory, copied without
+        blocking so the host can go on preparing the next batch."""
         x = torch.as_tensor(audio, dtype=torch.float32)
         if x.ndim == 1:
             x = x[None]
-        x = x.to(self.device, non_blocking=True)
+        if self.device.type == "cuda":
+            return x.pin_memory().to(self.device, non_blocking=True)
+        return x.to(self.device)
+
+    @torch.inference_mode()
+    def frame_embeddings(self, audio: np.ndarray | torch.Tensor) -> torch.Tensor:
+        x = self.to_device_batch(audio)
+        if self._cast_dtype is not None and self._cast_dtype != self._low_dtype():  # precision changed
+            self._restore_weights()
+        if self._cast_dtype is None and self._low_dtype() is not None and self.model is not None:
+            return self._run_casting_weights(x).float()
         with self._autocast():
             out = self.frames(x)
         return out.float()

@@ -229,6 +229,7 @@ class BEATsEncoder(Encoder):
     feature_dim = 768
     frame_hop_s = 0.16  # one 16-frame fbank patch row = 160 ms
     default_pooling = "mean"
+    front_end = ("model.fbank",)
 
     def __init__(self, checkpoint=None, **kwargs) -> None:
         super().__init__(checkpoint, **kwargs)

@@ -102,6 +102,7 @@ class _BYOLA(Encoder):
     needs_checkpoint = True
     version: int = 1
     default_norm_stats: tuple[float, float] = (0.0, 1.0)
+    front_end = ("model.lms",)
 
     def __init__(self, checkpoint=None, *, norm_stats: tuple[float, float] | None = None, d: int | None = None,
                  **kwargs) -> None:

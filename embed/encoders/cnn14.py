@@ -135,6 +135,7 @@ class Cnn14Encoder(Encoder):
     frame_hop_s = 32 * HOP / SAMPLE_RATE
     default_pooling = "meanmax"
     needs_checkpoint = True
+    front_end = ("model.spectrogram_extractor", "model.logmel_extractor")
 
     def __init__(self, checkpoint=None, *, layer: str = "fc1", **kwargs) -> None:
         super().__init__(checkpoint, **kwargs)

@@ -321,6 +321,7 @@ class _EfficientAT(Encoder):
     needs_checkpoint = True
     width: float = 1.0
     dynamic: bool = False
+    front_end = ("model.mel",)
 
     def __init__(self, checkpoint=None, **kwargs) -> None:
         super().__init__(checkpoint, **kwargs)

@@ -154,6 +154,7 @@ class M2DEncoder(Encoder):
     frame_hop_s = 0.16
     default_pooling = "mean"
     needs_checkpoint = True
+    front_end = ("model.log_mel",)
 
     def __init__(self, checkpoint=None, *, input_size: list[int] | None = None,
                  patch_size: list[int] | None = None, sr: str | None = None, **kwargs) -> None:

@@ -266,6 +266,7 @@ def _read_graph(tflite, model) -> tuple[dict[str, torch.Tensor], dict[str, np.nd
 
 @register("yamnet")
 class YamnetEncoder(Encoder):
+    front_end = ("model.frontend",)
     """1024-d YAMNet embeddings every 0.48 s (0.96 s patches); `tag()` gives AudioSet scores."""
 
     sample_rate = SAMPLE_RATE
