@@ -126,6 +126,11 @@ def cmd_extract(args) -> int:
     return 1 if args.strict and rows else 0
 
 
+def _batch_sizes(spec: str, encoder, window_s: float) -> list[int]:
+    """'8,32' or 'auto' (the size `extract` picks for this device)."""
+    return [encoder.auto_batch_size(window_s) if b == "auto" else int(b) for b in spec.split(",")]
+
+
 def cmd_benchmark(args) -> int:
     import numpy as np
     import torch
@@ -146,7 +151,7 @@ def cmd_benchmark(args) -> int:
     for precision, encoder in encoders.items():
         roofline = bench.matmul_roofline(encoder.precision, encoder.device)
         print(f"{encoder.precision} matmul roofline on {encoder.device}: {roofline:.0f} GFLOP/s", flush=True)
-        for batch_size in (int(b) for b in args.batch_size.split(",")):
+        for batch_size in _batch_sizes(args.batch_size, encoder, args.window):
             result = bench.measure(encoder, args.windows, batch_size, args.window, audio=audio,
                                    decode_s_per_window=decode_s, roofline=roofline)
             rows.append(result.as_dict())
@@ -165,7 +170,7 @@ def cmd_benchmark(args) -> int:
                 rows[-1]["cosine_min_vs_fp32"] = float(cos.min())
         if args.compare and recordings is not None:
             naive = create_encoder(args, args.encoder, "fp32")
-            comparison = bench.compare(encoder, naive, recordings, int(args.batch_size.split(",")[-1]))
+            comparison = bench.compare(encoder, naive, recordings, batch_size)
             print(comparison.row(), flush=True)
             rows[-1]["speedup_vs_naive"] = comparison.naive_s / comparison.pipeline_s
     if args.compare and recordings is None:
@@ -174,6 +179,39 @@ def cmd_benchmark(args) -> int:
         import pandas as pd
         pd.DataFrame(rows).to_csv(args.out, index=False)
         print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_gpu_check(args) -> int:
+    """Benchmark and full extract for M2D and BEATs (random weights in the official layouts) and
+    mn04, at fp16 and fp32 on CUDA; prints the wall time of every full extract."""
+    import torch
+    from embed.random_checkpoints import write_random_checkpoint
+    if not torch.cuda.is_available():
+        raise RuntimeError("gpu-check needs a CUDA device; torch sees none")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoints = {"m2d": write_random_checkpoint("m2d", out / "weights"), "mn04": args.mn04,
+                   "beats": write_random_checkpoint("beats", out / "weights")}
+    cache = Path(tempfile.mkdtemp(prefix="cache-", dir=out))  # fresh: every window is computed
+    walls = []
+    for name, checkpoint in checkpoints.items():
+        if checkpoint is None:
+            print(f"{name}: skipped (no --mn04 checkpoint given)")
+            continue
+        common = ["--encoder", name, "--checkpoint", str(checkpoint), "--device", "cuda", "--data", args.data]
+        if main(["benchmark", *common, "--precision", "fp16,fp32", "--batch-size", "auto", "--windows", "2048",
+                 "--recordings", "64", "--compare", "--out", str(out / f"benchmark-{name}.csv")]):
+            walls.append(f"{name}: benchmark FAILED (see above)")
+        for precision in ("fp16", "fp32"):
+            start = time.perf_counter()
+            failed = main(["extract", *common, "--precision", precision, "--cache", str(cache),
+                           "--workers", str(args.workers)])
+            walls.append(f"{name} {precision}: full extract {time.perf_counter() - start:.1f} s wall, decode included"
+                         + (" (FAILED, see above)" if failed else ""))
+            print(walls[-1], flush=True)
+    (out / "gpu-check.txt").write_text("\n".join(walls) + "\n")
+    print(f"\n" + "\n".join(walls) + f"\nwrote {out / 'gpu-check.txt'} and {out}/benchmark-*.csv")
     return 0
 
 
@@ -273,7 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", default=str(DEFAULT_CACHE))
     p.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16"],
                    help="default: fp16 autocast on CUDA, fp32 on CPU")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="windows per batch (default: 32 on a CPU, fitted to free memory on CUDA)")
     p.add_argument("--workers", type=int, default=2, help="decode/resample threads")
     p.add_argument("--flush-every", type=int, default=64,
                    help="write finished recordings to the cache every N recordings")
@@ -293,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_encoder_options(p)
     p.add_argument("--precision", default="fp32",
                    help="comma-separated: fp32,bf16 on CPU; fp16 on CUDA; auto = the encoder's default")
-    p.add_argument("--batch-size", default="32", help="comma-separated batch sizes")
+    p.add_argument("--batch-size", default="32", help="comma-separated batch sizes; auto = extract's choice")
     p.add_argument("--windows", type=int, default=256, help="windows timed per setting")
     p.add_argument("--window", type=float, default=5.0, help="window length in seconds")
     p.add_argument("--data", default=None, help="time real recordings of this dataset (decode included)")
@@ -305,6 +344,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="also write the rows as CSV")
     p.set_defaults(func=cmd_benchmark)
+
+    p = sub.add_parser("gpu-check", help="the whole GPU check: benchmark + full extract, M2D/mn04/BEATs, fp16 and fp32")
+    p.add_argument("--data", required=True)
+    p.add_argument("--mn04", default=None, help="mn04_as_mAP_432.pt (M2D and BEATs get random official-layout weights)")
+    p.add_argument("--out", default="gpu-check")
+    p.add_argument("--workers", type=int, default=8, help="decode/resample threads")
+    p.set_defaults(func=cmd_gpu_check)
 
     p = sub.add_parser("probe", help="train probes on cached embeddings, score per patient")
     p.add_argument("--data", required=True)

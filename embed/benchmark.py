@@ -103,8 +103,15 @@ def front_end_timer(encoder: Encoder):
                     return _target(*args, **kwargs)
                 finally:
                     leave()
-            owner.__dict__[leaf] = timed  # instance attribute shadows the method
-            undo.append(lambda owner=owner, leaf=leaf: owner.__dict__.pop(leaf, None))
+            before = owner.__dict__.get(leaf)  # an instance attribute already set, if any
+            owner.__dict__[leaf] = timed  # an instance attribute shadows the method
+
+            def restore(owner=owner, leaf=leaf, before=before):
+                if before is None:
+                    owner.__dict__.pop(leaf, None)
+                else:
+                    owner.__dict__[leaf] = before
+            undo.append(restore)
     try:
         yield total
     finally:

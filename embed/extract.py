@@ -100,7 +100,7 @@ def extract(
     recordings: list[Recording],
     cache_dir: str | Path,
     segments: SegmentConfig = SegmentConfig(),
-    batch_size: int = 32,
+    batch_size: int | None = None,
     flush_every: int = 64,
     workers: int = 2,
     lock_timeout_s: float = 0.0,
@@ -115,6 +115,7 @@ def extract(
         todo = [r for r in recordings if r.recording_id not in have]
         report.skipped = len(recordings) - len(todo)
         if todo:
+            batch_size = batch_size or encoder.auto_batch_size(segments.window_s)
             _run(encoder, todo, cache, segments, batch_size, flush_every, workers, progress, report)
         cache.consolidate()
     finally:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -53,6 +54,16 @@ def resolve_precision(precision: str | None, device: torch.device, bf16_safe: bo
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     return precision
+
+
+CPU_BATCH_SIZE = 32  # windows per batch on a CPU: larger batches gain nothing there
+
+
+def batch_size_for_memory(free_bytes: float, bytes_per_window: float, fraction: float = 0.5,
+                          cap: int = 512, floor: int = 8) -> int:
+    """The largest power of two of windows whose activations fit in `fraction` of free memory."""
+    fits = int(free_bytes * fraction / max(bytes_per_window, 1.0))
+    return max(floor, min(cap, 2 ** int(math.log2(fits)) if fits >= 1 else floor))
 
 
 def pool(frames: torch.Tensor, method: str) -> torch.Tensor:
@@ -193,6 +204,19 @@ class Encoder:
         with self._autocast():
             out = self.frames(x)
         return out.float()
+
+    def auto_batch_size(self, window_s: float = 5.0, probe: int = 8) -> int:
+        """Batch size for this device: 32 on a CPU; on CUDA, from the memory one window takes
+        (measured on `probe` silent windows) and the memory free now."""
+        if self.device.type != "cuda":
+            return CPU_BATCH_SIZE
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        before = torch.cuda.memory_allocated(self.device)
+        self.embed(np.zeros((probe, int(round(window_s * self.sample_rate))), np.float32))
+        per_window = (torch.cuda.max_memory_allocated(self.device) - before) / probe
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return batch_size_for_memory(free, per_window)
 
     def embed(self, audio: np.ndarray | torch.Tensor) -> np.ndarray:
         """`(batch, samples)` -> pooled `(batch, embedding_size)` float32 numpy."""
