@@ -150,7 +150,8 @@ def cmd_benchmark(args) -> int:
     rows, reference = [], None
     for precision, encoder in encoders.items():
         roofline = bench.matmul_roofline(encoder.precision, encoder.device)
-        print(f"{encoder.precision} matmul roofline on {encoder.device}: {roofline:.0f} GFLOP/s", flush=True)
+        print(f"{encoder.precision} matmul roofline on {encoder.device}: {roofline.wall_gflops:.0f} GFLOP/s "
+              f"({roofline.cpu_gflops:.0f} per CPU-second)", flush=True)
         for batch_size in _batch_sizes(args.batch_size, encoder, args.window):
             result = bench.measure(encoder, args.windows, batch_size, args.window, audio=audio,
                                    decode_s_per_window=decode_s, roofline=roofline)

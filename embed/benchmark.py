@@ -34,21 +34,31 @@ def _dtype(precision: str) -> torch.dtype:
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
-def matmul_roofline(precision: str, device: torch.device, n: int = 2048, repeats: int = 7) -> float:
-    """GFLOP/s of an `n x n` matrix product at `precision` (median of `repeats`): the ceiling the
-    encoders' matrix products can reach on this device, measured in the same process."""
+@dataclass
+class Roofline:
+    """Matrix-product GFLOP/s per second of wall time and per second of this process's CPU time
+    (the latter barely moves when other jobs share the cores)."""
+    wall_gflops: float
+    cpu_gflops: float
+
+
+def matmul_roofline(precision: str, device: torch.device, n: int = 2048, repeats: int = 7) -> Roofline:
+    """An `n x n` matrix product at `precision` (median of `repeats`): the ceiling the encoders'
+    matrix products can reach on this device, measured in the same process."""
     gen = torch.Generator(device="cpu").manual_seed(0)
     a, b = (torch.randn(n, n, generator=gen).to(device, _dtype(precision)) for _ in range(2))
     for _ in range(2):
         a @ b
-    times = []
+    walls, cpus = [], []
     for _ in range(repeats):
         _sync(device)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         a @ b
         _sync(device)
-        times.append(time.perf_counter() - start)
-    return 2 * n ** 3 / float(np.median(times)) / 1e9
+        walls.append(time.perf_counter() - start)
+        cpus.append(time.process_time() - cpu)
+    flop = 2 * n ** 3 / 1e9
+    return Roofline(flop / float(np.median(walls)), flop / max(float(np.median(cpus)), 1e-9))
 
 
 def gflop_per_window(encoder: Encoder, windows: np.ndarray) -> float:
@@ -170,8 +180,13 @@ class Throughput:
     front_end_s: float = 0.0
     decode_s_per_window: float | None = None  # decode + resample, when timed on recordings
     gflop_per_window: float | None = None
-    roofline_gflops: float | None = None
+    roofline: Roofline | None = None
     peak_mib: float | None = None
+    cpu_seconds: float | None = None  # this process's CPU time over the timed batches
+
+    @property
+    def roofline_gflops(self) -> float | None:
+        return None if self.roofline is None else self.roofline.wall_gflops
 
     @property
     def windows_per_s(self) -> float:
@@ -192,6 +207,13 @@ class Throughput:
             return None
         return self.achieved_gflops / self.roofline_gflops
 
+    @property
+    def cpu_roofline_ratio(self) -> float | None:
+        """The same share measured in CPU seconds: GFLOP per CPU-second against the matmul's."""
+        if self.gflop_per_window is None or self.roofline is None or not self.cpu_seconds:
+            return None
+        return self.gflop_per_window * self.windows / self.cpu_seconds / self.roofline.cpu_gflops
+
     def split(self) -> dict[str, float]:
         """Shares of the sequential wall time per window: decode + resample, front end, network."""
         decode = self.decode_s_per_window or 0.0
@@ -205,7 +227,7 @@ class Throughput:
                 "batch_size": self.batch_size, "windows": self.windows, "windows_per_s": self.windows_per_s,
                 "x_realtime": self.realtime_factor, "gflop_per_window": self.gflop_per_window,
                 "achieved_gflops": self.achieved_gflops, "roofline_gflops": self.roofline_gflops,
-                "roofline_ratio": self.roofline_ratio, **{f"share_{k}": v for k, v in self.split().items()},
+                "roofline_ratio": self.roofline_ratio, "cpu_roofline_ratio": self.cpu_roofline_ratio, **{f"share_{k}": v for k, v in self.split().items()},
                 "decode_timed": self.decode_s_per_window is not None, "peak_mib": self.peak_mib}
 
     def row(self) -> str:
@@ -215,6 +237,8 @@ class Throughput:
             text += f", {self.gflop_per_window:7.3f} GFLOP/window, {self.achieved_gflops:7.1f} GFLOP/s"
             if self.roofline_ratio is not None:
                 text += f" = {self.roofline_ratio:.2f} of {self.roofline_gflops:.0f} (matmul roofline)"
+            if self.cpu_roofline_ratio is not None and self.device == "cpu":
+                text += f" [{self.cpu_roofline_ratio:.2f} by CPU time]"
         split = self.split()
         decode = f"decode {100 * split['decode']:.0f}%" if self.decode_s_per_window is not None else "decode n/a"
         text += f"; {decode}, front end {100 * split['front_end']:.0f}%, network {100 * split['network']:.0f}%"
@@ -231,7 +255,7 @@ def noise_windows(encoder: Encoder, count: int, window_s: float = 5.0, seed: int
 def measure(encoder: Encoder, windows: int = 256, batch_size: int = 32, window_s: float = 5.0,
             warmup: int = 1, seed: int = 0, audio: np.ndarray | None = None,
             decode_s_per_window: float | None = None, flops: bool = True,
-            roofline: float | None = None) -> Throughput:
+            roofline: Roofline | None = None) -> Throughput:
     """Embed `windows` windows in batches after `warmup` untimed batches. `audio`: the windows to
     cycle through (real recordings); noise when None."""
     pool = audio if audio is not None else noise_windows(encoder, batch_size, window_s, seed)
@@ -240,16 +264,16 @@ def measure(encoder: Encoder, windows: int = 256, batch_size: int = 32, window_s
     done, offset = 0, 0
     with PeakMemory(encoder.device) as memory, front_end_timer(encoder) as front:
         _sync(encoder.device)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         while done < windows:
             size = min(batch_size, windows - done)
             encoder.embed(pool[(offset + np.arange(size)) % len(pool)])
             done, offset = done + size, offset + size
         _sync(encoder.device)
-        seconds = time.perf_counter() - start
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
     gflop = gflop_per_window(encoder, pool[:min(2, len(pool))]) if flops else None
     return Throughput(encoder.name, str(encoder.device), encoder.precision, batch_size, done, seconds,
-                      window_s, front[0], decode_s_per_window, gflop, roofline, memory.peak_mib)
+                      window_s, front[0], decode_s_per_window, gflop, roofline, memory.peak_mib, cpu_seconds)
 
 
 def sample_recordings(data: str | Path, count: int, seed: int = 0) -> list:

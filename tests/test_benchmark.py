@@ -70,14 +70,17 @@ def test_front_end_timer_on_a_module_removes_its_hooks() -> None:
 
 def test_measure_reports_roofline_share_and_a_split_that_adds_up() -> None:
     enc = SmallEncoder()
-    result = bench.measure(enc, windows=10, batch_size=4, roofline=100.0, decode_s_per_window=1e-3)
+    result = bench.measure(enc, windows=10, batch_size=4, roofline=bench.Roofline(100.0, 50.0),
+                           decode_s_per_window=1e-3)
     assert result.windows == 10 and result.seconds > 0 and result.front_end_s > 0
     assert result.roofline_ratio == pytest.approx(result.achieved_gflops / 100.0)
     assert result.achieved_gflops == pytest.approx(result.gflop_per_window * 10 / result.seconds)
+    assert result.cpu_roofline_ratio == pytest.approx(result.gflop_per_window * 10 / result.cpu_seconds / 50.0)
     split = result.split()
     assert sum(split.values()) == pytest.approx(1.0) and min(split.values()) > 0
     assert result.peak_mib > 0 and "of 100 (matmul roofline)" in result.row()
-    assert bench.matmul_roofline("fp32", torch.device("cpu"), n=128, repeats=3) > 0
+    roofline = bench.matmul_roofline("fp32", torch.device("cpu"), n=128, repeats=3)
+    assert roofline.wall_gflops > 0 and roofline.cpu_gflops > 0
 
 
 def test_real_recordings_decode_and_naive_comparison(circor_mini) -> None:
