@@ -311,7 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_encoder_options(p)
     p.add_argument("--cache", default=str(DEFAULT_CACHE))
     p.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16"],
-                   help="default: fp16 autocast on CUDA, fp32 on CPU")
+                   help="default: fp16 autocast on CUDA; on a CPU bf16 where it is native and the encoder "
+                        "is bf16-safe (README, Speed and precision), fp32 otherwise")
     p.add_argument("--batch-size", type=int, default=None,
                    help="windows per batch (default: 32 on a CPU, fitted to free memory on CUDA)")
     p.add_argument("--workers", type=int, default=2, help="decode/resample threads")

@@ -213,3 +213,20 @@ def test_unknown_pickled_object_asks_for_trust(tmp_path) -> None:
     torch.save({"model": {}, "extra": Opaque()}, path)
     with pytest.raises(CheckpointError, match="--trust-checkpoint"):
         create("m2d", path)
+
+
+def test_low_precision_pass_leaves_fp32_unchanged(enc) -> None:
+    """bf16 casts the ViT's linear weights once; fp32 embeddings stay those of the plain model."""
+    audio = (0.1 * np.random.default_rng(3).standard_normal((2, 32000))).astype(np.float32)
+    with torch.inference_mode():
+        plain = enc.model(torch.from_numpy(audio)).mean(dim=1).numpy()
+    np.testing.assert_allclose(enc.embed(audio), plain, rtol=1e-5, atol=1e-7)
+    enc.precision = "bf16"
+    try:
+        low, again = enc.embed(audio), enc.embed(audio)  # first: plain autocast; then cast weights
+    finally:
+        enc.precision = "fp32"
+    np.testing.assert_array_equal(again, low)
+    cos = (low * plain).sum(1) / np.linalg.norm(low, axis=1) / np.linalg.norm(plain, axis=1)
+    assert cos.min() > 0.999
+    np.testing.assert_allclose(enc.embed(audio), plain, rtol=1e-5, atol=1e-7)
