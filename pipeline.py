@@ -62,12 +62,12 @@ def add_encoder_options(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_verify(args) -> int:
-    from embed.download import verify_checksums
+    from embed.datasets.download import verify_checksums
     bad, n = verify_checksums(args.data)
     print(f"{n - len(bad)}/{n} files match SHA256SUMS.txt")
     for line in bad[:50]:
         print(f"  {line}", file=sys.stderr)
-    from embed.circor import load_circor
+    from embed.datasets.circor import load_circor
     circor = load_circor(args.data)
     print(f"{len(circor.patients)} patients, {len(circor.recordings())} recordings parsed")
     _print_problems(circor.problems)
@@ -75,15 +75,15 @@ def cmd_verify(args) -> int:
 
 
 def cmd_download(args) -> int:
-    from embed.download import DEFAULT_URL, download_circor
+    from embed.datasets.download import DEFAULT_URL, download_circor
     root = download_circor(args.dest, args.url or DEFAULT_URL)
     print(f"CirCor ready in {root}")
     return 0
 
 
 def cmd_splits(args) -> int:
-    from embed.circor import load_circor
-    from embed.splits import make_splits, write_splits
+    from embed.datasets.circor import load_circor
+    from embed.datasets.splits import make_splits, write_splits
     circor = load_circor(args.data)
     splits = make_splits(circor, args.scheme, args.seed, args.folds)
     write_splits(splits, args.out)
@@ -95,11 +95,11 @@ def cmd_splits(args) -> int:
 
 
 def cmd_extract(args) -> int:
-    from embed.circor import load_circor
+    from embed.datasets.circor import load_circor
     from embed.extract import extract, fit_normalisation
     from embed.segments import SegmentConfig
     from embed.problems import format_table, problem_rows, write_problems_csv
-    from embed.splits import make_splits, train_in_every_split
+    from embed.datasets.splits import make_splits, train_in_every_split
     circor = load_circor(args.data)
     segments = SegmentConfig(args.window, args.train_stride, args.eval_stride)
     if args.fit_normalisation:
@@ -142,7 +142,7 @@ def cmd_benchmark(args) -> int:
 def cmd_probe(args) -> int:
     from classify.aggregate import TUNED_DECISIONS
     from classify.run import load_splits, run_probe
-    from embed.circor import load_circor
+    from embed.datasets.circor import load_circor
     if args.save_model and (args.decision in TUNED_DECISIONS or args.targets != "patient" or args.ensemble):
         raise ValueError("--save-model saves single-encoder probes with patient targets and the any/mean "
                          "decision; drop --decision threshold/weighted, --targets location and --ensemble to save")
@@ -179,10 +179,10 @@ def cmd_predict(args) -> int:
 
 def cmd_demo(args) -> int:
     from classify.run import load_splits, run_probe
-    from embed.circor import load_circor
+    from embed.datasets.circor import load_circor
     from embed.encoders import create
     from embed.extract import extract
-    from embed.synthetic import make_dataset
+    from embed.datasets.synthetic import make_dataset
     start = time.perf_counter()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="heartprobe-demo-"))
     data = make_dataset(work / "data", n_patients=args.patients, seed=args.seed)

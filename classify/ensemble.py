@@ -13,7 +13,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from embed.circor import LOCATIONS, CirCor
+from embed.datasets.circor import LOCATIONS, CirCor
 
 from .evaluate import EncoderScores, RecordingScores, decide, recording_targets
 

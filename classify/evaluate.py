@@ -17,7 +17,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 from threadpoolctl import threadpool_limits
 
 from embed.cache import CachedRecording
-from embed.circor import CirCor
+from embed.datasets.circor import CirCor
 
 from .aggregate import TUNED_DECISIONS, aggregate_patients, decide_patients, mean_by_group, patient_table
 from .features import SegmentSet, segment_set

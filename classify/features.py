@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 
 from embed.cache import CachedRecording, EmbeddingCache
-from embed.circor import CirCor
+from embed.datasets.circor import CirCor
 
 
 def list_caches(cache_dir: str | Path, encoder: str) -> list[Path]:

@@ -23,7 +23,7 @@ from pathlib import Path
 import joblib
 from sklearn.base import BaseEstimator
 
-from embed.circor import MURMUR_CLASSES, CirCor
+from embed.datasets.circor import MURMUR_CLASSES, CirCor
 
 MODEL_FORMAT = 1
 MANIFEST = "manifest.json"

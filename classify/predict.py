@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from embed.audio import AudioError, open_resampled
-from embed.circor import MURMUR_CLASSES, Problem, parse_patient_txt
+from embed.datasets.circor import MURMUR_CLASSES, Problem, parse_patient_txt
 from embed.segments import SegmentConfig, plan_segments
 
 from .aggregate import patient_rule

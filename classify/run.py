@@ -6,8 +6,8 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from embed.circor import CirCor
-from embed.splits import make_splits, read_splits
+from embed.datasets.circor import CirCor
+from embed.datasets.splits import make_splits, read_splits
 
 from .aggregate import TUNED_DECISIONS
 from .ensemble import mean_scores, stack

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from .audio import AudioError, open_resampled
 from .cache import CachedRecording, EmbeddingCache
-from .circor import Problem, Recording
+from .datasets.circor import Problem, Recording
 from .encoders import Encoder
 from .encoders.checkpoint import file_sha256
 from .segments import SegmentConfig, plan_segments

@@ -6,7 +6,7 @@ import csv
 from pathlib import Path
 from typing import Iterable
 
-from .circor import Problem
+from .datasets.circor import Problem
 
 COLUMNS = ("stage", "severity", "file", "problem")
 

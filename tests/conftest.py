@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from embed.synthetic import make_dataset
+from embed.datasets.synthetic import make_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("HEARTPROBE_SHARED", REPO.parent / "shared"))

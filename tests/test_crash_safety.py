@@ -18,12 +18,12 @@ import pytest
 
 import pipeline
 from embed.cache import EmbeddingCache
-from embed.circor import load_circor
-from embed.download import DownloadError, safe_extract, sha256_of, verify_checksums
+from embed.datasets.circor import load_circor
+from embed.datasets.download import DownloadError, safe_extract, sha256_of, verify_checksums
 from embed.encoders import create
 from embed.extract import extract, open_cache
 from embed.segments import SegmentConfig
-from embed.synthetic import make_dataset
+from embed.datasets.synthetic import make_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 SLOW = ["--batch-size", "1", "--flush-every", "1", "--workers", "1"]  # one shard per recording

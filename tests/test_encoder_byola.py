@@ -143,9 +143,9 @@ def test_extract_fits_normalisation_on_training_patients_only(ckpts, tmp_path) -
     import h5py
     import pipeline
     from embed.audio import open_resampled
-    from embed.circor import load_circor
-    from embed.splits import make_splits, train_in_every_split
-    from embed.synthetic import make_dataset
+    from embed.datasets.circor import load_circor
+    from embed.datasets.splits import make_splits, train_in_every_split
+    from embed.datasets.synthetic import make_dataset
 
     synthetic_data = make_dataset(tmp_path / "data", n_patients=16, seed=3)
     circor = load_circor(synthetic_data)

@@ -9,11 +9,11 @@ from classify.evaluate import (RecordingScores, fit_encoder, ids_in, out_of_fold
                                tune_decision)
 from classify.mlp import MLPProbe
 from classify.probes import LinearProbe
-from embed.circor import load_circor
+from embed.datasets.circor import load_circor
 from embed.encoders import create
 from embed.extract import extract, open_cache
 from embed.segments import SegmentConfig
-from embed.splits import paper_split
+from embed.datasets.splits import paper_split
 from pipeline import main
 
 

@@ -15,8 +15,8 @@ import pipeline
 from classify.model_io import ModelIntegrityError, load_manifest, load_model, select_model, sha256_file
 from classify.predict import gather_inputs
 from classify.probes import full_proba
-from embed.circor import MURMUR_CLASSES, load_circor
-from embed.synthetic import make_dataset
+from embed.datasets.circor import MURMUR_CLASSES, load_circor
+from embed.datasets.synthetic import make_dataset
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,8 @@ from collections import Counter
 
 import pytest
 
-from embed.circor import load_circor
-from embed.splits import make_splits, paper_split, read_splits, stratify_key, write_splits
+from embed.datasets.circor import load_circor
+from embed.datasets.splits import make_splits, paper_split, read_splits, stratify_key, write_splits
 
 
 @pytest.fixture(scope="module")

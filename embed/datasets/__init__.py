@@ -1,0 +1,1 @@
+"""Datasets: each module reads one corpus's layout into recordings, labels and splits."""
