@@ -76,3 +76,21 @@ class MLPProbe(ClassifierMixin, BaseEstimator):
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         return self.classes_[self.predict_proba(X).argmax(axis=1)]
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Scaler statistics and the network's weights as arrays."""
+        return {"classes": self.classes_, "mean": self.scaler_.mean_, "scale": self.scaler_.scale_,
+                "var": self.scaler_.var_,
+                **{f"net:{k}": v.detach().cpu().numpy() for k, v in self.net_.state_dict().items()}}
+
+    @classmethod
+    def from_state(cls, params: dict, state: dict[str, np.ndarray]) -> "MLPProbe":
+        from .probes import scaler_from_state
+
+        probe = cls(**params)
+        weights = {k[4:]: torch.from_numpy(np.array(v)) for k, v in state.items() if k.startswith("net:")}
+        probe.classes_, probe.scaler_ = state["classes"], scaler_from_state(state)
+        probe.net_ = probe._net(len(state["mean"]), len(state["classes"]))
+        probe.net_.load_state_dict(weights)  # tensors only: nothing but numbers is read
+        probe.net_.eval()
+        return probe

@@ -1,33 +1,44 @@
 """The `probe` job: caches + splits -> scores.csv, predictions.csv and a printed table."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
 from tqdm import tqdm
 
-from embed.datasets.circor import CirCor
-from embed.datasets.splits import make_splits, read_splits
+from embed.datasets.splits import read_splits
 
-from .aggregate import TUNED_DECISIONS
+from .aggregate import RULES
 from .ensemble import mean_scores, stack
-from .evaluate import SplitResult, fit_encoder, summary_table, test_result, variant_name
+from .evaluate import SplitResult, fit_encoder, proba_columns, summary_table, test_result, variant_name
 from .features import find_cache
+from .task import Task
 
 
-def load_splits(circor: CirCor, spec: str, seed: int = 0) -> dict[str, dict[str, str]]:
-    """`spec`: paper | kfold | campaign | a CSV written by `pipeline.py splits`."""
-    if spec in ("paper", "kfold", "campaign"):
-        return make_splits(circor, spec, seed)
+def load_splits(dataset, spec: str, seed: int = 0, folds: int = 5) -> dict[str, dict[str, str]]:
+    """`spec`: one of the dataset's split schemes, or a CSV written by `pipeline.py splits`."""
+    if spec in dataset.split_schemes:
+        return dataset.splits(spec, seed, folds)
+    if not Path(spec).is_file():
+        raise ValueError(f"--splits {spec!r}: neither a split scheme of {dataset.name} "
+                         f"({', '.join(dataset.split_schemes)}) nor a CSV file")
     splits = read_splits(spec)
-    missing = set(circor.patients) - set(next(iter(splits.values()), {}))
+    missing = set(dataset.group_ids()) - set(next(iter(splits.values()), {}))
     if missing:
         raise ValueError(f"{spec}: {len(missing)} patients of the data have no split "
                          f"(e.g. {sorted(missing)[:3]}); regenerate it with `pipeline.py splits`")
     return splits
 
 
-def write_results(results: list[SplitResult], out: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _write_csv(frame: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    frame.to_csv(tmp, index=False, float_format="%.4f")
+    os.replace(tmp, path)
+
+
+def write_results(results: list[SplitResult], out: str | Path, classes: tuple[str, ...]
+                  ) -> tuple[pd.DataFrame, pd.DataFrame]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     scores = pd.DataFrame([r.score_row() for r in results])
@@ -38,33 +49,34 @@ def write_results(results: list[SplitResult], out: str | Path) -> tuple[pd.DataF
         frame.insert(0, "encoder", r.encoder)
         preds.append(frame)
     predictions = pd.concat(preds, ignore_index=True)
-    columns = ["encoder", "probe", "patient_id", "split", "label", "prediction", "p_present", "p_unknown",
-               "p_absent"]
+    columns = ["encoder", "probe", "patient_id", "split", "label", "prediction", *proba_columns(classes)]
     predictions = predictions[columns]
-    scores.to_csv(out / "scores.csv", index=False, float_format="%.4f")
-    predictions.to_csv(out / "predictions.csv", index=False, float_format="%.4f")
+    _write_csv(scores, out / "scores.csv")
+    _write_csv(predictions, out / "predictions.csv")
     return scores, predictions
 
 
-def run_probe(circor: CirCor, encoders: list[str], probes: list[str], splits: dict[str, dict[str, str]],
+def run_probe(task: Task, encoders: list[str], probes: list[str], splits: dict[str, dict[str, str]],
               cache_dir: str | Path, out: str | Path, decision: str = "any", seed: int = 0,
-              progress: bool = True, targets: str = "patient", ensemble: str | None = None,
-              demographics: bool = False, oof_folds: int = 5, repeats: int = 1) -> pd.DataFrame:
+              progress: bool = True, ensemble: str | None = None, demographics: bool = False,
+              oof_folds: int = 5, repeats: int = 1) -> tuple[pd.DataFrame, list[SplitResult]]:
     """Every encoder alone, and (with `ensemble`) their mean and/or stacked combination.
+    Returns the summary table and every split's result (fitted probe and rule included).
 
     `repeats` > 1 reruns every split with probe seeds seed, seed + 1, ... (the paper's 15 runs were
     5 seeds x 3 splits); the runs are named SPLIT@seedS and the table averages over all of them."""
     embeddings = {}
+    wanted = task.all_recordings()
     for spec in encoders:
         embeddings[spec] = find_cache(cache_dir, spec).read()
-        missing = sum(r.recording_id not in embeddings[spec] for r in circor.recordings())
+        missing = sum(r not in embeddings[spec] for r in wanted)
         if missing:
             print(f"note: {missing} recordings have no {spec} embeddings (failed or not extracted); "
                   "their patients are scored on the rest")
     combine = ensemble is not None and len(encoders) > 1
-    # OOF train scores feed the stacker and steady the decision thresholds
-    need_oof = (combine and ensemble in ("stack", "both")) or decision in TUNED_DECISIONS
-    variant = variant_name("", targets, decision)
+    # OOF train scores feed the stacker and steady the tuned decision rules
+    need_oof = (combine and ensemble in ("stack", "both")) or RULES[decision].tuned
+    variant = variant_name("", task.target_scheme, decision)
     results: list[SplitResult] = []
     runs = [(name if repeats == 1 else f"{name}@seed{seed + r}", split, seed + r)
             for r in range(repeats) for name, split in splits.items()]
@@ -75,26 +87,25 @@ def run_probe(circor: CirCor, encoders: list[str], probes: list[str], splits: di
             fitted = []
             for spec in encoders:
                 steps.set_postfix_str(f"{spec} {probe} {split_name}")
-                f = fit_encoder(circor, embeddings[spec], split, probe, targets=targets, decision=decision,
+                f = fit_encoder(task, embeddings[spec], split, probe, decision=decision,
                                 seed=run_seed, oof_folds=oof_folds if need_oof else 0)
                 fitted.append(f)
-                results.append(test_result(circor, spec, probe + variant, split_name, f.val, f.test, decision,
-                                           f.params, f.oof))
+                results.append(test_result(task, spec, probe + variant, split_name, f.val, f.test, decision,
+                                           f.params, f.oof, model=f.model))
                 steps.update(1)
             if not combine:
                 continue
             names = "+".join(encoders)
             if ensemble in ("mean", "both"):
-                results.append(test_result(circor, f"ens:mean({names})", probe + variant, split_name,
+                results.append(test_result(task, f"ens:mean({names})", probe + variant, split_name,
                                            mean_scores([f.val for f in fitted]),
                                            mean_scores([f.test for f in fitted]), decision,
                                            oof=mean_scores([f.oof for f in fitted]) if need_oof else None))
             if ensemble in ("stack", "both"):
-                val, test, params = stack(circor, fitted, targets=targets, decision=decision,
-                                          demographics=demographics)
-                results.append(test_result(circor, f"ens:stack({names})",
+                val, test, params = stack(task, fitted, decision=decision, demographics=demographics)
+                results.append(test_result(task, f"ens:stack({names})",
                                            probe + variant + ("+demo" if demographics else ""), split_name,
                                            val, test, decision, params))
     steps.close()
-    scores, _ = write_results(results, out)
-    return summary_table(scores)
+    scores, _ = write_results(results, out, task.classes)
+    return summary_table(scores), results

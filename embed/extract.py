@@ -18,9 +18,10 @@ from tqdm import tqdm
 
 from .audio import AudioError, open_resampled
 from .cache import CachedRecording, EmbeddingCache
-from .datasets.circor import Problem, Recording
+from .datasets.base import Recording
 from .encoders import Encoder
 from .encoders.checkpoint import file_sha256
+from .problems import Problem
 from .segments import SegmentConfig, plan_segments
 
 

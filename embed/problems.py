@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Iterable
 
-from .datasets.circor import Problem
-
 COLUMNS = ("stage", "severity", "file", "problem")
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str
+    message: str
+    severity: str = "error"  # "error": the item was dropped; "warning": kept, fixed or noted
+
+    def __str__(self) -> str:
+        return f"{self.severity}: {self.path}: {self.message}"
 
 
 def problem_rows(problems: Iterable[Problem], stage: str) -> list[dict[str, str]]:
