@@ -212,10 +212,10 @@ def cmd_demo(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from classify.report import report_table, write_report
-    path = write_report([Path(r) for r in args.runs], Path(args.out or args.runs[0]), not args.no_paper)
-    print(report_table(path))
-    print(f"\nwrote {path} and its PNGs")
+    from classify.report import write_report
+    report = write_report([Path(r) for r in args.runs], Path(args.out or args.runs[0]), not args.no_paper)
+    print(report.table)
+    print(f"\nwrote {report.path} and its PNGs")
     return 0
 
 

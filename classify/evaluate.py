@@ -189,7 +189,7 @@ SCORE_KEYS = ("encoder", "probe", "split", "n_patients", "params")
 
 def metric_columns(scores: pd.DataFrame) -> list[str]:
     """The metric columns of a scores table, in its order."""
-    return [c for c in scores.columns if c not in SCORE_KEYS and not c.startswith("val_")]
+    return [c for c in scores.columns if c not in SCORE_KEYS and not c.startswith(("val_", "_"))]
 
 
 def summary_table(scores: pd.DataFrame) -> pd.DataFrame:

@@ -26,7 +26,7 @@ def test_full_proba_fills_missing_classes():
     X, y = blobs()
     keep = y != 1
     model = LinearProbe().fit(X[keep], y[keep])
-    proba = full_proba(model, X)
+    proba = full_proba(model, X, 3)
     assert proba.shape == (300, 3) and (proba[:, 1] == 0).all()
 
 
