@@ -23,6 +23,8 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator
 
+from .selection import select_best
+
 DecisionName = Literal["any", "mean", "threshold", "weighted"]
 
 
@@ -119,12 +121,9 @@ class _TunedRule(DecisionRule):
 
     def fit(self, table: GroupTable, y: np.ndarray, selection_key=None) -> "_TunedRule":
         """The grid point with the best `selection_key(y, predictions)` (a tuple; first best kept)."""
-        best, best_key = None, None
-        for values in itertools.product(self.grid, repeat=table.mean.shape[1] - 1):
-            key = selection_key(y, self._apply(table, np.asarray(values)))
-            if best_key is None or key > best_key:
-                best, best_key = [float(v) for v in values], key
-        setattr(self, self.attribute, best)
+        best, _, _ = select_best(itertools.product(self.grid, repeat=table.mean.shape[1] - 1),
+                                 lambda values: (selection_key(y, self._apply(table, np.asarray(values))), None))
+        setattr(self, self.attribute, [float(v) for v in best])
         return self
 
     def fitted(self) -> dict:

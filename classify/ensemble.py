@@ -13,8 +13,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from .evaluate import EncoderScores, RecordingScores, fit_rule, select_best
+from .evaluate import EncoderScores, RecordingScores, fit_rule
 from .probes import full_proba
+from .selection import select_best
 from .task import Task
 
 STACK_C = (0.01, 0.1, 1.0)

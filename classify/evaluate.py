@@ -9,7 +9,7 @@ decision rules.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, TypeVar
+from typing import Iterable
 
 import numpy as np
 import pandas as pd
@@ -22,26 +22,12 @@ from embed.cache import CachedRecording
 from .aggregate import DecisionRule, GroupTable, make_rule, mean_by_group
 from .features import SegmentSet, segment_set
 from .probes import PROBES, fit_probe, full_proba, probe_grid
+from .selection import select_best
 from .task import Task
-
-Candidate = TypeVar("Candidate")
 
 
 def proba_columns(classes: Iterable[str]) -> list[str]:
     return [f"p_{c.lower()}" for c in classes]
-
-
-def select_best(candidates: Iterable[Candidate], score: Callable[[Candidate], tuple[float, object]]
-                ) -> tuple[Candidate, float, object]:
-    """The candidate with the highest score (the first of equals); `score` returns (score, extra)."""
-    best = None
-    for candidate in candidates:
-        value, extra = score(candidate)
-        if best is None or value > best[1]:
-            best = (candidate, value, extra)
-    if best is None:
-        raise ValueError("no candidates to choose from")
-    return best
 
 
 @dataclass

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from embed.checksum import file_sha256
+
 from .aggregate import DecisionRule, rule_from_dict
 from .probes import PROBES
 
@@ -37,14 +39,6 @@ HEADER = "header_json"
 
 class ModelIntegrityError(RuntimeError):
     """A model folder that does not match its manifest (or has none); nothing in it is used."""
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _canonical_sha256(manifest: dict) -> str:
@@ -91,7 +85,7 @@ def save_models(out_dir: str | Path, models: list[dict], classes: tuple[str, ...
                   "cache_config": model["cache_config"]}
         name = _file_name(model["encoder"], model["probe"])
         _atomic_write(out / name, model_bytes(model["estimator"], model["probe"], header))
-        entries.append({"file": name, "sha256": sha256_file(out / name), "rule": rule.to_dict(),
+        entries.append({"file": name, "sha256": file_sha256(out / name), "rule": rule.to_dict(),
                         "params": model["estimator"].get_params(), **info})
     manifest = {"format": MODEL_FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "dataset": dataset,
                 "classes": list(classes), "decision": models[0]["rule"].name if models else None,
@@ -137,7 +131,7 @@ def _checked_path(model_dir: str | Path, entry: dict) -> Path:
         raise ModelIntegrityError(f"{folder / MANIFEST}: model file name {name!r} points outside the folder")
     if not path.exists():
         raise ModelIntegrityError(f"{path}: listed in the manifest but missing")
-    actual = sha256_file(path)
+    actual = file_sha256(path)
     if actual != entry.get("sha256"):
         raise ModelIntegrityError(f"{path}: sha256 {actual[:16]}... does not match the manifest "
                                   f"({str(entry.get('sha256'))[:16]}...); refusing to load it")

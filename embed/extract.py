@@ -20,7 +20,7 @@ from .audio import AudioError, open_resampled
 from .cache import CachedRecording, EmbeddingCache
 from .datasets.base import Recording
 from .encoders import Encoder
-from .encoders.checkpoint import file_sha256
+from .checksum import file_sha256
 from .problems import Problem
 from .segments import SegmentConfig, plan_segments
 

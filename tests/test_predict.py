@@ -14,10 +14,10 @@ import soundfile as sf
 from scipy.signal import resample_poly
 
 import pipeline
-from classify.model_io import (ModelIntegrityError, _canonical_sha256, load_manifest, load_model, select_model,
-                               sha256_file)
+from classify.model_io import ModelIntegrityError, _canonical_sha256, load_manifest, load_model, select_model
 from classify.predict import build_encoder, gather_inputs, output_names
 from classify.probes import full_proba
+from embed.checksum import file_sha256
 from embed.datasets.circor import MURMUR_CLASSES, load_circor
 from embed.datasets.synthetic import make_dataset
 
@@ -59,7 +59,7 @@ def test_manifest_records_hashes_config_classes_and_rule(trained):
     assert manifest["classes"] == list(MURMUR_CLASSES) and manifest["decision"] == "any"
     (entry,) = manifest["models"]
     assert entry["encoder"] == "logmel" and entry["probe"] == "linear" and "C" in entry["params"]
-    assert entry["sha256"] == sha256_file(trained["model"] / entry["file"])
+    assert entry["sha256"] == file_sha256(trained["model"] / entry["file"])
     assert entry["cache_config"]["encoder"] == "logmel" and "checkpoint_sha256" in entry["cache_config"]
     assert entry["trained_on"]["split"] == "split1" and entry["rule"] == {"rule": "any", "params": {}, "fitted": {}}
     # exactly what `probe` selected: the saved model's test metrics are probe's split1 row
@@ -215,7 +215,7 @@ def test_crafted_model_folder_runs_no_code(trained, tmp_path):
 
         def point_at_evil(m, name=name):
             m["models"][0]["file"] = name
-            m["models"][0]["sha256"] = sha256_file(model / name)
+            m["models"][0]["sha256"] = file_sha256(model / name)
         _rewrite_manifest(model, point_at_evil)
         with pytest.raises(ModelIntegrityError, match="not a model file of this format"):
             load_model(model, select_model(load_manifest(model)))
