@@ -13,6 +13,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
+from .aggregate import DecisionName
 from .evaluate import EncoderScores, RecordingScores, fit_rule
 from .probes import full_proba
 from .selection import select_best
@@ -54,7 +55,7 @@ def stack_features(task: Task, per_encoder: list[RecordingScores], covariates: b
     return np.hstack(parts), base
 
 
-def stack(task: Task, fitted: list[EncoderScores], *, decision: str = "any", demographics: bool = False,
+def stack(task: Task, fitted: list[EncoderScores], *, decision: DecisionName = "any", demographics: bool = False,
           locations: bool = True) -> tuple[RecordingScores, RecordingScores, dict]:
     """Fit the stacker on OOF train scores; return (val scores, test scores, chosen params).
     `demographics`: the stacker also sees the dataset's covariates."""

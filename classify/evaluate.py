@@ -19,7 +19,7 @@ from threadpoolctl import threadpool_limits
 
 from embed.cache import CachedRecording
 
-from .aggregate import DecisionRule, GroupTable, make_rule, mean_by_group
+from .aggregate import DecisionName, DecisionRule, GroupTable, make_rule, mean_by_group
 from .features import SegmentSet, segment_set
 from .probes import PROBES, fit_probe, full_proba, probe_grid
 from .selection import select_best
@@ -67,7 +67,7 @@ def group_frame(task: Task, scores: RecordingScores, rule: DecisionRule) -> pd.D
     return frame
 
 
-def fit_rule(task: Task, scores: RecordingScores, decision: str) -> tuple[DecisionRule, float]:
+def fit_rule(task: Task, scores: RecordingScores, decision: DecisionName) -> tuple[DecisionRule, float]:
     """The decision rule fit on `scores` (tuned rules search their grid) and its selection score."""
     table = scores.table()
     y = task.labels_of(table.group_ids)
@@ -87,7 +87,7 @@ class EncoderScores:
 
 
 def fit_encoder(task: Task, embeddings: dict[str, CachedRecording], split: dict[str, str], probe: str, *,
-                decision: str = "any", seed: int = 0, oof_folds: int = 0) -> EncoderScores:
+                decision: DecisionName = "any", seed: int = 0, oof_folds: int = 0) -> EncoderScores:
     # one BLAS thread: the probes' small matrix products run ~10x slower when BLAS threads
     # oversubscribe the cores (measured: lbfgs on 15k x 120 went from 14 s to 1.3 s)
     with threadpool_limits(limits=1, user_api="blas"):
@@ -147,7 +147,7 @@ class SplitResult:
 
 
 def test_result(task: Task, encoder: str, probe: str, split_name: str, val: RecordingScores,
-                test: RecordingScores, decision: str, params: dict | None = None,
+                test: RecordingScores, decision: DecisionName, params: dict | None = None,
                 oof: RecordingScores | None = None, model: object = None) -> SplitResult:
     """Fit the decision rule, apply it to the test recordings and score them.
 
@@ -165,7 +165,7 @@ def test_result(task: Task, encoder: str, probe: str, split_name: str, val: Reco
                        float(val_score), task.scoring.primary, model, rule)
 
 
-def variant_name(probe: str, targets: str = "patient", decision: str = "any") -> str:
+def variant_name(probe: str, targets: str = "patient", decision: DecisionName = "any") -> str:
     """Probe column label: e.g. 'linear', 'linear+loc', 'xgboost+loc+thr'."""
     return probe + ("" if targets == "patient" else f"+{targets[:3]}") + make_rule(decision).suffix
 

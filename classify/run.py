@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 import pandas as pd
 from tqdm import tqdm
 
 from embed.datasets.splits import read_splits
 
-from .aggregate import RULES
+from .aggregate import RULES, DecisionName
 from .ensemble import mean_scores, stack
 from .evaluate import SplitResult, fit_encoder, proba_columns, summary_table, test_result, variant_name
 from .features import find_cache
@@ -57,8 +58,8 @@ def write_results(results: list[SplitResult], out: str | Path, classes: tuple[st
 
 
 def run_probe(task: Task, encoders: list[str], probes: list[str], splits: dict[str, dict[str, str]],
-              cache_dir: str | Path, out: str | Path, decision: str = "any", seed: int = 0,
-              progress: bool = True, ensemble: str | None = None, demographics: bool = False,
+              cache_dir: str | Path, out: str | Path, decision: DecisionName = "any", seed: int = 0,
+              progress: bool = True, ensemble: Literal["mean", "stack", "both"] | None = None, demographics: bool = False,
               oof_folds: int = 5, repeats: int = 1) -> tuple[pd.DataFrame, list[SplitResult]]:
     """Every encoder alone, and (with `ensemble`) their mean and/or stacked combination.
     Returns the summary table and every split's result (fitted probe and rule included).
