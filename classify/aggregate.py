@@ -15,7 +15,6 @@ Tuned rules search a grid for the parameters that maximise the scoring's selecti
 from __future__ import annotations
 
 import itertools
-import json
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -165,7 +164,6 @@ class WeightedRule(_TunedRule):
 
 
 RULES: dict[str, type[DecisionRule]] = {r.name: r for r in (AnyRule, MeanRule, ThresholdRule, WeightedRule)}
-DECISIONS = tuple(RULES)
 
 
 def register_rule(cls: type[DecisionRule]) -> type[DecisionRule]:
@@ -187,7 +185,3 @@ def rule_from_dict(saved: dict) -> DecisionRule:
             raise ValueError(f"unknown fitted attribute {attribute!r} for the {rule.name} rule")
         setattr(rule, attribute, [float(v) for v in values])
     return rule
-
-
-def rule_json(rule: DecisionRule) -> str:
-    return json.dumps(rule.to_dict(), sort_keys=True)
