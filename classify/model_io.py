@@ -155,7 +155,7 @@ def load_model(model_dir: str | Path, entry: dict, classes: list[str] | None = N
                                       "file; refusing to use it")
     if classes is not None and header.get("classes") != list(classes):
         raise ModelIntegrityError(f"{path}: classes {header.get('classes')} differ from the manifest's {classes}")
-    probe = header["probe"].split("+")[0]
+    probe = header["probe"]
     if probe not in PROBES:
         raise ModelIntegrityError(f"{path}: unknown probe {probe!r}")
     cls = PROBES[probe][0]
@@ -178,8 +178,8 @@ def save_selected(results, model_dir: str | Path, classes: tuple[str, ...], data
             continue
         config, key = cache_configs[r.encoder]
         models.append({
-            "estimator": r.model, "rule": r.rule, "encoder": r.encoder.partition("@")[0], "probe": r.probe,
-            "cache_config": config, "cache_key": key,
+            "estimator": r.model, "rule": r.rule, "encoder": r.encoder.partition("@")[0],
+            "probe": r.probe.split("+")[0], "variant": r.probe, "cache_config": config, "cache_key": key,
             "checkpoint": str(Path(checkpoint).resolve()) if checkpoint else None,
             "trained_on": {"split": first_split, "groups": "train (probe), val (hyper-parameters and rule)"},
             "split_test_metrics": r.metrics,

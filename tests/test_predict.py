@@ -229,7 +229,8 @@ def test_tuned_rule_is_saved_and_used_by_predict(trained, capsys, tmp_path):
                           str(tmp_path / "out"), "--decision", "weighted", "--oof-folds", "3",
                           "--save-model", str(model)]) == 0
     capsys.readouterr()
-    entry = select_model(load_manifest(model))
+    entry = select_model(load_manifest(model), "logmel", "linear")
+    assert entry["variant"] == "linear+wgt"
     weights = entry["rule"]["fitted"]["weights_"]
     scores = pd.read_csv(tmp_path / "out" / "scores.csv").set_index("split")
     assert scores.loc["split1", "params"].endswith(f"class_weights={weights[0]:.2f}/{weights[1]:.2f}")

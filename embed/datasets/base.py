@@ -5,7 +5,7 @@ class any of its recordings is called, so the last class is the "nothing found" 
 metrics, its recordings (id, group, wav, location, annotations), its label schemes, covariates
 and split schemes. `classify/` sees only what these methods return: names, ids, integer labels
 and arrays. Adding a dataset is one module that subclasses `Dataset` and registers a loader
-with `@register_dataset("name")`, plus its import in this package's `__init__`.
+with `@register_dataset("name")`; the package imports every dataset module it holds.
 """
 from __future__ import annotations
 
