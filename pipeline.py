@@ -105,7 +105,7 @@ def cmd_extract(args) -> int:
     if args.fit_normalisation:
         train = set(train_in_every_split(make_splits(circor, args.fit_normalisation)))
         train_recordings = [r for r in circor.recordings() if r.patient_id in train]
-    rows = []
+    rows, failed = [], []
     for name in args.encoder.split(","):
         encoder = create_encoder(args, name, args.precision)
         if args.fit_normalisation:
@@ -118,12 +118,19 @@ def cmd_extract(args) -> int:
                          flush_every=args.flush_every, workers=args.workers, lock_timeout_s=args.lock_timeout)
         print(report.summary())
         rows += problem_rows(report.problems, name)
+        if report.stopped:
+            failed.append(f"{name}: stopped early, disk full")
+            break
+        if report.done == 0 and report.skipped == 0:
+            failed.append(f"{name}: no recording could be embedded")
     rows = problem_rows(circor.problems, "dataset") + rows
     if rows:  # the summary table, last, and as CSV next to the cache
         print("\n" + format_table(rows), file=sys.stderr)
         print(f"problems table: {write_problems_csv(rows, Path(args.cache) / 'extract-problems.csv')}",
               file=sys.stderr)
-    return 1 if args.strict and rows else 0
+    if failed:
+        print(f"error: {'; '.join(failed)} (see above)", file=sys.stderr)
+    return 1 if failed or (args.strict and rows) else 0
 
 
 def cmd_benchmark(args) -> int:
