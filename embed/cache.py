@@ -170,10 +170,14 @@ class EmbeddingCache:
                         good.append(_read_recording(path, rid, group))
                     except CacheDamagedError:
                         bad.append(rid)
+                # one write makes a whole file, so its first recording tells
+                unchecked = bool(good) and not _has_checksums(next(iter(fh["recordings"].values())))
             if bad:
                 self._write_file(path, good)
                 done.append((path, f"{len(bad)} damaged recordings ({_short(', '.join(bad))}) failed their "
-                                   "checksum; dropped from the file and embedded again"))
+                                   "checksum or hold NaN/inf; dropped from the file and embedded again"))
+            elif unchecked:  # made before checksums were stored: rewritten once, with them
+                self._write_file(path, good)
         return done
 
     # -- writing ----------------------------------------------------------------------------
@@ -255,10 +259,17 @@ def _short(value: object, limit: int = 200) -> str:
 
 def _read_recording(path: Path, rid: str, group: h5py.Group) -> CachedRecording:
     try:
-        return CachedRecording(rid, group["embeddings"][()], group["starts"][()], group["train_index"][()],
-                               group["eval_index"][()])
+        rec = CachedRecording(rid, group["embeddings"][()], group["starts"][()], group["train_index"][()],
+                              group["eval_index"][()])
     except (OSError, KeyError, RuntimeError) as err:
         raise CacheDamagedError(path, f"recording {rid} is damaged ({_short(err)})") from None
+    if not np.isfinite(rec.embeddings).all():  # written before such values were refused
+        raise CacheDamagedError(path, f"recording {rid} has NaN or inf embeddings")
+    return rec
+
+
+def _has_checksums(group: h5py.Group) -> bool:
+    return all(ds.fletcher32 for ds in group.values() if isinstance(ds, h5py.Dataset))
 
 
 def list_caches(cache_dir: str | Path, encoder: str) -> list[Path]:

@@ -244,6 +244,9 @@ def load_circor(data_dir: str | Path) -> CirCor:
         if patient is not None:
             patients[patient.patient_id] = patient
     _drop_shared_recordings(patients, folder, problems)
+    if csv_rows and patients and not set(csv_rows) & set(patients):
+        problems.append(Problem(str(csv_path), f"none of its {len(csv_rows)} patient IDs has a .txt here; "
+                                               f"{CROSS_CHECK_OFF}", "warning"))
     for pid in sorted(set(csv_rows) - set(patients), key=lambda s: (len(s), s)):
         if not (folder / f"{pid}.txt").exists():
             problems.append(Problem(str(csv_path), f"patient {pid} is in the csv but has no {pid}.txt", "warning"))

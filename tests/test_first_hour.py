@@ -149,6 +149,17 @@ def test_unusable_out_is_refused_before_any_fitting(data, cached, tmp_path, caps
     assert str(blocker) in _err(capsys)
 
 
+def test_unwritable_out_is_named(data, cached, tmp_path, capsys, monkeypatch):
+    import tempfile
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(run_module, "fit_encoder", lambda *a, **k: pytest.fail("fitted before checking --out"))
+    monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
+    assert _probe(data, cached, tmp_path / "ro") == 2
+    assert f"{tmp_path / 'ro'}: output folder is not writable (Permission denied)" in _err(capsys)
+
+
 def test_two_probes_into_one_out_do_not_race(data, cached, tmp_path, capsys):
     out = tmp_path / "run"
     with OutputFolder(out):

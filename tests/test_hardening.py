@@ -290,12 +290,15 @@ def test_unicode_digit_patient_file_is_skipped_not_a_crash(data, tmp_path, capsy
 @pytest.mark.parametrize("damage, expected", [
     ("rename", "no 'Patient ID' column"),
     ("quote", "unreadable"),
+    ("foreign", "none of its"),
 ])
 def test_csv_that_cannot_be_cross_checked_says_so(data, damage, expected):
     csv_path = data / "training_data.csv"
     text = csv_path.read_text()
     if damage == "rename":
         text = text.replace("Patient ID", "PatientID", 1)
+    elif damage == "foreign":  # another dataset's csv
+        text = "\n".join(line if n == 0 else "99" + line for n, line in enumerate(text.splitlines())) + "\n"
     else:
         lines = text.splitlines()
         lines[2] = lines[2].replace(",", ',"', 1)  # an opening quote that is never closed
@@ -336,3 +339,22 @@ def test_cache_path_that_is_a_file_is_named(data, tmp_path, capsys):
     assert pipeline.main(["probe", "--data", str(data), "--cache", str(not_a_folder), "--out",
                           str(tmp_path / "r")]) == 2
     assert f"{not_a_folder}: --cache must be a folder" in capsys.readouterr().err
+
+
+def test_cache_written_without_checksums_gets_them_and_loses_its_nan_recordings(tmp_path):
+    """A file as older versions wrote it: no checksums, and NaN embeddings nobody refused."""
+    cache = EmbeddingCache(tmp_path, "x", {"a": 1})
+    good = np.arange(12, dtype=np.float32).reshape(3, 4)
+    with h5py.File(cache.path, "w") as fh:
+        fh.attrs["key"], fh.attrs["config"], fh.attrs["format"] = cache.key, '{"a": 1}', 1
+        for rid, emb in (("ok", good), ("nan", np.full((3, 4), np.nan, np.float32))):
+            g = fh.create_group(f"recordings/{rid}")
+            for name, value in (("embeddings", emb), ("starts", np.arange(3)), ("train_index", np.arange(3)),
+                                ("eval_index", np.arange(3))):
+                g.create_dataset(name, data=value)
+    [(path, what)] = cache.salvage()
+    assert path == cache.path and "1 damaged recordings (nan)" in what
+    with h5py.File(cache.path, "r") as fh:
+        assert list(fh["recordings"]) == ["ok"] and fh["recordings/ok/embeddings"].fletcher32
+    np.testing.assert_array_equal(cache.read()["ok"].embeddings, good)
+    assert cache.salvage() == []
