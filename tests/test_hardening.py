@@ -358,3 +358,24 @@ def test_cache_written_without_checksums_gets_them_and_loses_its_nan_recordings(
         assert list(fh["recordings"]) == ["ok"] and fh["recordings/ok/embeddings"].fletcher32
     np.testing.assert_array_equal(cache.read()["ok"].embeddings, good)
     assert cache.salvage() == []
+
+
+def test_a_really_full_disk_stops_cleanly_and_a_rerun_recovers(data, tmp_path, capsys):
+    """The same on a real tiny tmpfs (needs the rights to mount one; skipped elsewhere)."""
+    import os
+    import subprocess
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(disk)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        assert _extract(data, disk) == 1
+        assert "no space left on the device" in capsys.readouterr().out
+        kept = _cache(disk).recording_ids()
+        assert kept and not list(disk.rglob("*.tmp"))
+        subprocess.run(["mount", "-o", "remount,size=8m", str(disk)], check=True)
+        assert _extract(data, disk) == 0
+        assert len(_cache(disk).recording_ids()) == len(load_circor(data).recordings())
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
