@@ -129,8 +129,11 @@ def cmd_extract(args) -> int:
     rows = problem_rows(circor.problems, "dataset") + rows
     if rows:  # the summary table, last, and as CSV next to the cache
         print("\n" + format_table(rows), file=sys.stderr)
-        print(f"problems table: {write_problems_csv(rows, Path(args.cache) / 'extract-problems.csv')}",
-              file=sys.stderr)
+        try:
+            print(f"problems table: {write_problems_csv(rows, Path(args.cache) / 'extract-problems.csv')}",
+                  file=sys.stderr)
+        except OSError as err:  # e.g. the disk that just filled up; the table above says it all
+            print(f"problems table not written ({err.strerror or err})", file=sys.stderr)
     if failed:
         print(f"error: {'; '.join(failed)} (see above)", file=sys.stderr)
     return 1 if failed or (args.strict and rows) else 0
