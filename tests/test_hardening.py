@@ -88,7 +88,7 @@ def test_odd_names_and_duplicates_are_skipped_and_rerun_works(data, tmp_path, ca
     assert _cache(cache).recording_ids() == set(ids)
     capsys.readouterr()
     assert _extract(data, cache) == 0  # a rerun neither fails nor redoes anything
-    assert f"0 recordings embedded" in capsys.readouterr().out
+    assert "0 recordings embedded" in capsys.readouterr().out
 
 
 def test_duplicate_recording_ids_reaching_extract_are_skipped(data, tmp_path):
