@@ -9,8 +9,9 @@
 from __future__ import annotations
 
 import argparse
+import functools
+import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -71,6 +72,8 @@ def add_encoder_options(p: argparse.ArgumentParser) -> None:
 def cmd_verify(args) -> int:
     from embed.datasets import load_dataset
     from embed.datasets.download import verify_checksums
+    if not Path(args.data).is_dir():
+        raise FileNotFoundError(f"{args.data}: data folder not found")
     bad, n = verify_checksums(args.data)
     print(f"{n - len(bad)}/{n} files match SHA256SUMS.txt")
     for line in bad[:50]:
@@ -113,7 +116,7 @@ def cmd_extract(args) -> int:
     if args.fit_normalisation:
         train = set(train_in_every_split(dataset.splits(args.fit_normalisation)))
         train_recordings = [r for r in recordings if r.group_id in train]
-    rows = []
+    rows, failed = [], []
     for name in args.encoder.split(","):
         encoder = create_encoder(args, name, args.precision)
         if args.fit_normalisation:
@@ -126,12 +129,22 @@ def cmd_extract(args) -> int:
                          flush_every=args.flush_every, workers=args.workers, lock_timeout_s=args.lock_timeout)
         print(report.summary())
         rows += problem_rows(report.problems, name)
+        if report.stopped:
+            failed.append(f"{name}: stopped early, disk full")
+            break
+        if report.done == 0 and report.skipped == 0:
+            failed.append(f"{name}: no recording could be embedded")
     rows = problem_rows(dataset.problems, "dataset") + rows
     if rows:  # the summary table, last, and as CSV next to the cache
         print("\n" + format_table(rows), file=sys.stderr)
-        print(f"problems table: {write_problems_csv(rows, Path(args.cache) / 'extract-problems.csv')}",
-              file=sys.stderr)
-    return 1 if args.strict and rows else 0
+        try:
+            print(f"problems table: {write_problems_csv(rows, Path(args.cache) / 'extract-problems.csv')}",
+                  file=sys.stderr)
+        except OSError as err:  # e.g. the disk that just filled up; the table above says it all
+            print(f"problems table not written ({err.strerror or err})", file=sys.stderr)
+    if failed:
+        print(f"error: {'; '.join(failed)} (see above)", file=sys.stderr)
+    return 1 if failed or (args.strict and rows) else 0
 
 
 def cmd_benchmark(args) -> int:
@@ -149,18 +162,21 @@ def cmd_benchmark(args) -> int:
 
 def cmd_probe(args) -> int:
     from classify.features import find_cache
+    from classify.outputs import OutputFolder
     from classify.run import load_splits, run_probe
     from classify.task import Task
     from embed.datasets import load_dataset
     if args.save_model and args.ensemble:
         raise ValueError("--save-model saves single-encoder probes; drop --ensemble to save")
-    dataset = load_dataset(args.dataset, args.data)
-    task = Task.from_dataset(dataset, args.targets)
-    splits = load_splits(dataset, args.splits or dataset.split_schemes[0], args.seed)
     encoders = args.encoder.split(",")
-    table, results = run_probe(task, encoders, args.probe.split(","), splits, args.cache, args.out,
-                               decision=args.decision, seed=args.seed, ensemble=args.ensemble,
-                               demographics=args.demographics, oof_folds=args.oof_folds, repeats=args.repeats)
+    with OutputFolder(args.out):  # writable, not in use by another probe, marked until finished
+        dataset = load_dataset(args.dataset, args.data)
+        task = Task.from_dataset(dataset, args.targets)
+        splits = load_splits(dataset, args.splits or dataset.split_schemes[0], args.seed)
+        table, results = run_probe(task, encoders, args.probe.split(","), splits, args.cache, args.out,
+                                   decision=args.decision, seed=args.seed, ensemble=args.ensemble,
+                                   demographics=args.demographics, oof_folds=args.oof_folds,
+                                   repeats=args.repeats)
     print(table.to_string(index=False))
     print(f"\nwrote {Path(args.out) / 'scores.csv'} and {Path(args.out) / 'predictions.csv'}")
     if args.save_model:
@@ -189,6 +205,7 @@ def cmd_predict(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    from classify.outputs import OutputFolder
     from classify.run import load_splits, run_probe
     from classify.task import Task
     from embed.datasets.circor import load_circor
@@ -196,33 +213,90 @@ def cmd_demo(args) -> int:
     from embed.extract import extract
     from embed.datasets.synthetic import make_dataset
     start = time.perf_counter()
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="heartprobe-demo-"))
-    data = make_dataset(work / "data", n_patients=args.patients, seed=args.seed)
+    work = Path(args.workdir)
+    data = work / f"data-{args.patients}p-seed{args.seed}"
+    if not (data / "training_data.csv").exists():  # written last: its presence means complete
+        shutil.rmtree(data, ignore_errors=True)
+        make_dataset(data, n_patients=args.patients, seed=args.seed)
     circor = load_circor(data)
     print(f"synthetic CirCor: {len(circor.patients)} patients, {len(circor.recordings())} recordings in {data}")
     encoder = create("logmel")
     report = extract(encoder, circor.recordings(), work / "cache")
     print(report.summary())
     splits = load_splits(circor, "paper")
-    table, _ = run_probe(Task.from_dataset(circor), ["logmel"], ["linear", "xgboost"], splits, work / "cache",
-                         work / "out")
+    with OutputFolder(work / "out"):
+        table, _ = run_probe(Task.from_dataset(circor), ["logmel"], ["linear", "xgboost"], splits, work / "cache",
+                             work / "out")
     print(table.to_string(index=False))
     print(f"\nwrote {work / 'out'}/scores.csv and predictions.csv in {time.perf_counter() - start:.1f} s")
+    if args.clean:
+        shutil.rmtree(work)
+        print(f"removed {work}")
     return 0
 
 
 def cmd_report(args) -> int:
+    from classify.outputs import unfinished_note
     from classify.report import write_report
+    for run in args.runs:
+        if note := unfinished_note(run):
+            print(f"warning: {note}", file=sys.stderr)
     report = write_report([Path(r) for r in args.runs], Path(args.out or args.runs[0]), not args.no_paper)
     print(report.table)
     print(f"\nwrote {report.path} and its PNGs")
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pipeline.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every option's default in its help."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.option_strings and action.default is not None and action.default is not False \
+                and action.default != argparse.SUPPRESS and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose epilog may be a function, called only when help is shown (the
+    encoder and probe lists import torch and scikit-learn, which plain runs need not wait for)."""
+
+    def add_argument(self, *args, **kwargs) -> argparse.Action:
+        if not kwargs.get("help") and kwargs.get("default") is not None and kwargs.get("default") is not False:
+            kwargs["help"] = "(default: %(default)s)"  # argparse prints no help line without help text
+        return super().add_argument(*args, **kwargs)
+
+    def format_help(self) -> str:
+        if callable(self.epilog):
+            self.epilog = self.epilog()
+        return super().format_help()
+
+
+def names_epilog() -> str:
+    from classify.probes import PROBES
+    from embed.encoders import available
+    from embed.datasets.base import split_schemes
+    schemes = "; ".join(f"{name}: {', '.join(names)}" for name, names in split_schemes().items())
+    return (f"encoders: {', '.join(available())}\nprobes: {', '.join(PROBES)}\n"
+            f"split schemes: {schemes} (or a CSV written by `splits`)")
+
+
+def splits_spec(value: str) -> str:
+    """--splits: a scheme name or an existing splits CSV; anything else lists the schemes."""
+    from embed.datasets.base import split_schemes
+    schemes = sorted({s for names in split_schemes().values() for s in names})
+    if value in schemes or Path(value).is_file():
+        return value
+    raise argparse.ArgumentTypeError(f"{value!r} is neither a split scheme ({', '.join(schemes)}) "
+                                     "nor an existing splits CSV file")
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """`prog` defaults to how the program was started: `pipeline.py` or the `heartprobe` script."""
+    parser = Parser(prog=prog, description=__doc__, formatter_class=HelpFormatter, epilog=names_epilog)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=functools.partial(
+        Parser, formatter_class=HelpFormatter, epilog=names_epilog))
 
     p = sub.add_parser("verify", help="check files against SHA256SUMS.txt and parse the dataset")
     add_dataset_options(p)
@@ -277,8 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataset_options(p)
     p.add_argument("--encoder", default="logmel", help="name(s) or NAME@KEY, comma-separated")
     p.add_argument("--probe", default="linear", help="linear | xgboost | mlp (comma-separated for several)")
-    p.add_argument("--splits", default=None, help="a split scheme of the dataset (circor: paper | kfold | campaign; "
-                                                  "physionet2016: kfold | source; default: the first) or a CSV file")
+    p.add_argument("--splits", default=None, type=splits_spec,
+                   help="a split scheme of the dataset (default: its first) or a CSV written by `splits`")
     p.add_argument("--decision", default="any", choices=["any", "mean", "threshold", "weighted"],
                    help="patient rule: any = the paper's hierarchy, mean = argmax of mean probabilities, "
                         "threshold = Present/Unknown thresholds, weighted = argmax of class-weighted mean "
@@ -316,7 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="synthetic CirCor-format data -> extract -> probe, no downloads")
     p.add_argument("--patients", type=int, default=60)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workdir", default=None)
+    p.add_argument("--workdir", default="runs/demo",
+                   help="data, cache and results go here; a rerun reuses the data and the cache")
+    p.add_argument("--clean", action="store_true", help="remove the work folder at the end")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("report", help="markdown table + PNG plots from one or more probe run folders")
@@ -327,12 +403,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    args = build_parser(prog).parse_args(argv)
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (OSError, ValueError, KeyError, RuntimeError, ImportError) as err:
+        # KeyError's str() is its repr; the message alone reads better
+        print(f"error: {err.args[0] if isinstance(err, KeyError) and err.args else err}", file=sys.stderr)
         return 2
 
 

@@ -59,7 +59,7 @@ class GroupTable:
 class DecisionRule(BaseEstimator):
     """Base of the group decision rules; `fit` is a no-op for rules with nothing to tune."""
     name: ClassVar[str] = ""
-    suffix: ClassVar[str] = ""  # appended to the probe name in tables
+    suffix: ClassVar[str] = ""  # appended to the probe name in tables (every rule has one)
     tuned: ClassVar[bool] = False
 
     def fit(self, table: GroupTable, y: np.ndarray, selection_key=None) -> "DecisionRule":
@@ -81,7 +81,7 @@ class DecisionRule(BaseEstimator):
 
 
 class AnyRule(DecisionRule):
-    name, suffix = "any", ""
+    name, suffix = "any", "+any"
 
     def predict(self, table: GroupTable) -> np.ndarray:
         return table.first_call

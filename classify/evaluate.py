@@ -166,7 +166,7 @@ def test_result(task: Task, encoder: str, probe: str, split_name: str, val: Reco
 
 
 def variant_name(probe: str, targets: str = "patient", decision: DecisionName = "any") -> str:
-    """Probe column label: e.g. 'linear', 'linear+loc', 'xgboost+loc+thr'."""
+    """Probe column label: e.g. 'linear+any', 'linear+loc+mean', 'xgboost+loc+thr'."""
     return probe + ("" if targets == "patient" else f"+{targets[:3]}") + make_rule(decision).suffix
 
 

@@ -1,7 +1,6 @@
 """The `probe` job: caches + splits -> scores.csv, predictions.csv and a printed table."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Literal
 
@@ -14,6 +13,7 @@ from .aggregate import RULES, DecisionName
 from .ensemble import mean_scores, stack
 from .evaluate import SplitResult, fit_encoder, proba_columns, summary_table, test_result, variant_name
 from .features import find_cache
+from .outputs import write_csv_atomic
 from .task import Task
 
 
@@ -32,12 +32,6 @@ def load_splits(dataset, spec: str, seed: int = 0, folds: int = 5) -> dict[str, 
     return splits
 
 
-def _write_csv(frame: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    frame.to_csv(tmp, index=False, float_format="%.4f")
-    os.replace(tmp, path)
-
-
 def write_results(results: list[SplitResult], out: str | Path, classes: tuple[str, ...]
                   ) -> tuple[pd.DataFrame, pd.DataFrame]:
     out = Path(out)
@@ -52,8 +46,8 @@ def write_results(results: list[SplitResult], out: str | Path, classes: tuple[st
     predictions = pd.concat(preds, ignore_index=True)
     columns = ["encoder", "probe", "patient_id", "split", "label", "prediction", *proba_columns(classes)]
     predictions = predictions[columns]
-    _write_csv(scores, out / "scores.csv")
-    _write_csv(predictions, out / "predictions.csv")
+    write_csv_atomic(scores, out / "scores.csv", index=False, float_format="%.4f")
+    write_csv_atomic(predictions, out / "predictions.csv", index=False, float_format="%.4f")
     return scores, predictions
 
 

@@ -81,16 +81,22 @@ class Dataset(ABC):
 
 
 _LOADERS: dict[str, Callable[[str | Path], Dataset]] = {}
+_CLASSES: dict[str, type[Dataset]] = {}
 
 
-def register_dataset(name: str) -> Callable:
-    """Register `loader(data_dir) -> Dataset` under `name` (the `--dataset` value)."""
+def register_dataset(name: str, cls: type[Dataset]) -> Callable:
+    """Register `loader(data_dir) -> cls` under `name` (the `--dataset` value)."""
     def add(loader: Callable[[str | Path], Dataset]) -> Callable[[str | Path], Dataset]:
         if name in _LOADERS and _LOADERS[name] is not loader:
             raise ValueError(f"dataset name {name!r} registered twice")
-        _LOADERS[name] = loader
+        _LOADERS[name], _CLASSES[name] = loader, cls
         return loader
     return add
+
+
+def split_schemes() -> dict[str, tuple[str, ...]]:
+    """Dataset name -> its split schemes (for help texts and argument checks)."""
+    return {name: _CLASSES[name].split_schemes for name in available_datasets()}
 
 
 def available_datasets() -> list[str]:

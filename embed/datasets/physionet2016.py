@@ -73,7 +73,7 @@ def _set_folders(data_dir: Path) -> list[Path]:
     return folders
 
 
-@register_dataset("physionet2016")
+@register_dataset("physionet2016", PhysioNet2016)
 def load_physionet2016(data_dir: str | Path) -> PhysioNet2016:
     """Parse every set's REFERENCE.csv; every inconsistency goes into `.problems`."""
     root = Path(data_dir)
