@@ -276,19 +276,21 @@ class Parser(argparse.ArgumentParser):
 def names_epilog() -> str:
     from classify.probes import PROBES
     from embed.encoders import available
-    from embed.datasets.base import split_schemes
-    schemes = "; ".join(f"{name}: {', '.join(names)}" for name, names in split_schemes().items())
     return (f"encoders: {', '.join(available())}\nprobes: {', '.join(PROBES)}\n"
-            f"split schemes: {schemes} (or a CSV written by `splits`)")
+            f"split schemes: {scheme_list()} (or a CSV written by `splits`)")
+
+
+def scheme_list() -> str:
+    from embed.datasets.base import split_schemes
+    return "; ".join(f"{name}: {', '.join(names)}" for name, names in split_schemes().items())
 
 
 def splits_spec(value: str) -> str:
     """--splits: a scheme name or an existing splits CSV; anything else lists the schemes."""
     from embed.datasets.base import split_schemes
-    schemes = sorted({s for names in split_schemes().values() for s in names})
-    if value in schemes or Path(value).is_file():
+    if any(value in names for names in split_schemes().values()) or Path(value).is_file():
         return value
-    raise argparse.ArgumentTypeError(f"{value!r} is neither a split scheme ({', '.join(schemes)}) "
+    raise argparse.ArgumentTypeError(f"{value!r} is neither a split scheme ({scheme_list()}) "
                                      "nor an existing splits CSV file")
 
 
