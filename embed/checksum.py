@@ -1,4 +1,4 @@
-"""File checksums: the one sha256 helper (checkpoints, downloads, saved models)."""
+"""File checksums: one sha256 function for checkpoints, downloads and saved models."""
 from __future__ import annotations
 
 import hashlib
