@@ -60,12 +60,21 @@ def _draw(entry: dict, seed: int) -> np.ndarray:
 
 
 def generate_state_dict(spec: dict) -> dict[str, torch.Tensor]:
-    """Deterministic tensors for every entry of `spec` (the same on every machine)."""
+    """Deterministic tensors for every entry of `spec` (the same on every machine).
+
+    `spec["tied"]` (optional) maps a name to the name whose tensor it shares, for parameters the
+    official model shares between modules (its state dict lists them under every name).
+    """
     out = {}
+    tied = spec.get("tied", {})
     for entry in spec["tensors"]:
+        if entry["name"] in tied:
+            continue
         dtype = getattr(torch, entry["dtype"])
         out[entry["name"]] = torch.from_numpy(np.asarray(_draw(entry, spec["seed"]))).to(dtype)
-    return out
+    for name, source in tied.items():
+        out[name] = out[source]
+    return {entry["name"]: out[entry["name"]] for entry in spec["tensors"]}
 
 
 def clips(sample_rate: int, seconds: float = 2.0, n: int = 2, seed: int = 0) -> np.ndarray:

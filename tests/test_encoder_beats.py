@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import official
 from embed.encoders import create
 from embed.encoders.beats import MultiheadAttention, relative_position_buckets
 from embed.encoders.checkpoint import CheckpointError
@@ -192,3 +193,16 @@ def test_gated_attention_matches_official_formula():
         o = torch.bmm(torch.softmax(w, -1), v).transpose(0, 1).reshape(n, b, dim)
         want = attn.out_proj(o).transpose(0, 1)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_matches_official_outputs(tmp_path):
+    """Against the authors' BEATs code on the same generated checkpoint and clips
+    (tests/fixtures/official/make_beats.py): fbank, frames and clip embedding."""
+    spec, want = official.load_spec("beats"), official.load_outputs("beats")
+    path = save(tmp_path / "BEATs_iter3_plus_AS2M.pt", spec["cfg"], official.generate_state_dict(spec))
+    enc = create("beats", path)
+    x = torch.from_numpy(official.clips(**spec["clips"]))
+    errors = {"frontend": official.relative_error(enc.model.fbank(x), want["frontend"]),
+              "frames": official.relative_error(enc.frame_embeddings(x), want["frames"]),
+              "clip": official.relative_error(enc.embed(x), want["clip"])}
+    assert max(errors.values()) <= 1e-4, errors
