@@ -205,4 +205,5 @@ def test_matches_official_outputs(tmp_path):
     errors = {"frontend": official.relative_error(enc.model.fbank(x), want["frontend"]),
               "frames": official.relative_error(enc.frame_embeddings(x), want["frames"]),
               "clip": official.relative_error(enc.embed(x), want["clip"])}
+    print("relative error vs official:", errors)  # shown by pytest -rP
     assert max(errors.values()) <= 1e-4, errors
