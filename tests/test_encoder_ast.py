@@ -127,13 +127,10 @@ def test_missing_key_and_shape_mismatch_are_named(ckpt, tmp_path) -> None:
 def test_matches_official_outputs(tmp_path):
     """Against the authors' code (dataloader fbank, ASTModel with AudioSet weights) on the same
     generated checkpoint and clips (tests/fixtures/official/make_ast.py)."""
-    spec, want = official.load_spec("ast"), official.load_outputs("ast")
+    spec = official.load_spec("ast")
     path = tmp_path / "audioset_10_10_0.4593.pth"
     torch.save(official.generate_state_dict(spec), path)
     enc = create("ast", path)
-    x = torch.from_numpy(official.clips(**spec["clips"]))
-    errors = {"frontend": official.relative_error(enc.model.fbank(x), want["frontend"]),
-              "frames": official.relative_error(enc.frame_embeddings(x), want["frames"]),
-              "clip": official.relative_error(enc.embed(x), want["clip"])}
+    errors = official.errors_vs_official(enc, "ast", enc.model.fbank)
     print("relative error vs official:", errors)  # shown by pytest -rP
     assert max(errors.values()) <= 1e-4, errors

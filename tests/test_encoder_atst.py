@@ -226,14 +226,11 @@ def test_patch_flattening_matches_official_rearrange():
 def test_matches_official_outputs(tmp_path):
     """Against the authors' load_model / get_timestamp_embedding / get_scene_embedding on the same
     generated Lightning checkpoint and clips (tests/fixtures/official/make_atst.py)."""
-    spec, want = official.load_spec("atst_frame"), official.load_outputs("atst_frame")
+    spec = official.load_spec("atst_frame")
     path = tmp_path / "atstframe_base.ckpt"
     torch.save({"state_dict": official.generate_state_dict(spec), "hyper_parameters": spec["hyper_parameters"],
                 "pytorch-lightning_version": "2.1.4", "epoch": 0, "global_step": 0}, path)
     enc = create("atst_frame", path)
-    x = torch.from_numpy(official.clips(**spec["clips"]))
-    errors = {"frontend": official.relative_error(enc.model.frontend(x), want["frontend"]),
-              "frames": official.relative_error(enc.frame_embeddings(x), want["frames"]),
-              "clip": official.relative_error(enc.embed(x), want["clip"])}
+    errors = official.errors_vs_official(enc, "atst_frame", enc.model.frontend)
     print("relative error vs official:", errors)  # shown by pytest -rP
     assert max(errors.values()) <= 1e-4, errors

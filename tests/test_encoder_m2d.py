@@ -219,14 +219,11 @@ def test_unknown_pickled_object_asks_for_trust(tmp_path) -> None:
 def test_matches_official_outputs(tmp_path):
     """Against the authors' portable runtime on the same generated checkpoint and clip
     (tests/fixtures/official/make_m2d.py): log-mel, frames (two chunks) and clip embedding."""
-    spec, want = official.load_spec("m2d"), official.load_outputs("m2d")
+    spec = official.load_spec("m2d")
     path = tmp_path / spec["folder"] / spec["file"]
     path.parent.mkdir()
     torch.save({"model": official.generate_state_dict(spec)}, path)
     enc = create("m2d", path)
-    x = torch.from_numpy(official.clips(**spec["clips"]))
-    errors = {"frontend": official.relative_error(enc.model.log_mel(x), want["frontend"]),
-              "frames": official.relative_error(enc.frame_embeddings(x), want["frames"]),
-              "clip": official.relative_error(enc.embed(x), want["clip"])}
+    errors = official.errors_vs_official(enc, "m2d", enc.model.log_mel)
     print("relative error vs official:", errors)  # shown by pytest -rP
     assert max(errors.values()) <= 1e-4, errors
