@@ -60,12 +60,21 @@ def _draw(entry: dict, seed: int) -> np.ndarray:
 
 
 def generate_state_dict(spec: dict) -> dict[str, torch.Tensor]:
-    """Deterministic tensors for every entry of `spec` (the same on every machine)."""
+    """Deterministic tensors for every entry of `spec` (the same on every machine).
+
+    `spec["tied"]` (optional) maps a name to the name whose tensor it shares, for parameters the
+    official model shares between modules (its state dict lists them under every name).
+    """
     out = {}
+    tied = spec.get("tied", {})
     for entry in spec["tensors"]:
+        if entry["name"] in tied:
+            continue
         dtype = getattr(torch, entry["dtype"])
         out[entry["name"]] = torch.from_numpy(np.asarray(_draw(entry, spec["seed"]))).to(dtype)
-    return out
+    for name, source in tied.items():
+        out[name] = out[source]
+    return {entry["name"]: out[entry["name"]] for entry in spec["tensors"]}
 
 
 def clips(sample_rate: int, seconds: float = 2.0, n: int = 2, seed: int = 0) -> np.ndarray:
@@ -109,3 +118,22 @@ def load_outputs(encoder: str, name: str = "outputs") -> dict[str, np.ndarray]:
     """The official arrays (e.g. `frontend`, `frames`, `clip`) stored as `<name>.npz`."""
     with np.load(fixture_dir(encoder) / f"{name}.npz", allow_pickle=False) as data:
         return {k: data[k] for k in data.files}
+
+
+def save_outputs(encoder: str, arrays: dict, name: str = "outputs") -> Path:
+    """Store official arrays (tensors or numpy) as float32 in `<name>.npz`; prints their shapes."""
+    path = fixture_dir(encoder) / f"{name}.npz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **{k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()})
+    print(path, {k: tuple(v.shape) for k, v in arrays.items()})
+    return path
+
+
+def errors_vs_official(encoder, fixture: str, front_end, name: str = "outputs") -> dict[str, float]:
+    """Relative errors of a project encoder against the stored official arrays, on the clips the
+    spec names: `front_end(audio)` vs `frontend`, `frame_embeddings` vs `frames`, `embed` vs `clip`."""
+    want = load_outputs(fixture, name)
+    audio = torch.from_numpy(clips(**load_spec(fixture)["clips"]))
+    return {"frontend": relative_error(front_end(audio), want["frontend"]),
+            "frames": relative_error(encoder.frame_embeddings(audio), want["frames"]),
+            "clip": relative_error(encoder.embed(audio), want["clip"])}
