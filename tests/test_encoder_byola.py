@@ -206,6 +206,8 @@ def test_matches_official_outputs(tmp_path: Path, fixture: str, registered: str,
     expected = official.load_outputs(fixture, outputs)
     ours = _outputs(_official_encoder(tmp_path, fixture, registered, frontend=frontend), seconds)
     errors = {k: official.relative_error(ours[k], expected[k]) for k in ("frontend", "frames", "clip")}
+    print(f"\nrelative error vs official, {registered} {frontend}: "
+          + ", ".join(f"{k} {v:.1e}" for k, v in errors.items()))
     assert max(errors.values()) <= 1e-4, errors
 
 

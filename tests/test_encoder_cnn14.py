@@ -145,7 +145,8 @@ def test_pooling_and_layer_options(encoder, ckpt) -> None:
 
 # -- official outputs: PANNs' Cnn14 / Cnn14_16k / Cnn14_8k on a generated network ------------------------
 # (tests/fixtures/official/make_cnn14.py made the arrays; the network is rebuilt here from the spec)
-VARIANT_FILES = [("8k", 8000, "panns.pth"),  # a neutral name: the tensors decide ("16k", 16000, "Cnn14_16k_mAP=0.438.pth"),
+VARIANT_FILES = [("8k", 8000, "panns.pth"),  # a neutral name: the tensors decide
+                 ("16k", 16000, "Cnn14_16k_mAP=0.438.pth"),
                  ("32k", 32000, "Cnn14_mAP=0.431.pth")]
 
 
@@ -192,6 +193,7 @@ def test_matches_official_outputs(official_network, tmp_path: Path, variant: str
     errors = {"frontend": official.relative_error(logmel, expected["frontend"]),
               "frames": official.relative_error(frames, expected["frames"]),
               "clip": official.relative_error(clip, expected["clip"])}
+    print(f"\nrelative error vs official, cnn14 {variant}: " + ", ".join(f"{k} {v:.1e}" for k, v in errors.items()))
     assert max(errors.values()) <= 1e-4, errors
 
 

@@ -153,6 +153,7 @@ def test_tiny_matches_official_outputs() -> None:
                                                   expected["frontend"]),
               "frames": official.relative_error(enc.frame_embeddings(audio).numpy(), expected["frames"]),
               "clip": official.relative_error(enc.embed(audio), expected["clip"])}
+    print("\nrelative error vs official, crepe tiny: " + ", ".join(f"{k} {v:.1e}" for k, v in errors.items()))
     assert max(errors.values()) <= 1e-4, errors
 
 
@@ -167,4 +168,5 @@ def test_full_matches_hear_baseline() -> None:
     scene = create("crepe", capacity="full", hop_s=0.25, pooling="mean").embed(audio)
     errors = {"frames": official.relative_error(frames, expected["frames"]),
               "clip": official.relative_error(scene, expected["clip"])}
+    print("\nrelative error vs HEAR baseline, crepe full: " + ", ".join(f"{k} {v:.1e}" for k, v in errors.items()))
     assert max(errors.values()) <= 1e-4, errors
