@@ -44,7 +44,11 @@ def spec_of(state_dict: dict[str, torch.Tensor], seed: int = 0) -> dict:
 
 
 def _draw(entry: dict, seed: int) -> np.ndarray:
+    """An entry's tensor: its explicit `values` (e.g. calibrated normalisation statistics) when the
+    spec stores them, else drawn by its `init`; a `std` replaces the fan-in scale of `normal`."""
     shape = tuple(entry["shape"])
+    if "values" in entry:
+        return np.asarray(entry["values"], dtype=np.float64).reshape(shape)
     rng = np.random.default_rng([seed, zlib.crc32(entry["name"].encode())])
     init = entry.get("init") or _infer_init(entry["name"], shape)
     if init == "zeros":
@@ -55,6 +59,8 @@ def _draw(entry: dict, seed: int) -> np.ndarray:
         return 1.0 + 0.1 * rng.standard_normal(shape)
     if init == "bias":
         return 0.02 * rng.standard_normal(shape)
+    if "std" in entry:
+        return entry["std"] * rng.standard_normal(shape)
     fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else max(1, shape[0] if shape else 1)
     return rng.standard_normal(shape) / np.sqrt(fan_in)
 

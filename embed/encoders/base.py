@@ -3,6 +3,10 @@
 An encoder turns a batch of equal-length waveforms at its own `sample_rate` into frame
 features `(batch, frames, dim)`; the base class handles devices, precision, batching and
 pooling, so a new encoder only writes `__init__` (build + load weights) and `frames`.
+
+`embed` is the one way from audio to a clip embedding (extract, predict, benchmark and the HEAR
+API all call it): frames -> pooling -> `head`. A model that adds layers after pooling (CNN14's
+fc1 + ReLU) overrides `head`, never `embed`.
 """
 from __future__ import annotations
 
@@ -87,6 +91,11 @@ class Encoder:
         """`(batch, samples)` float waveforms on `self.device` -> `(batch, frames, feature_dim)`."""
         raise NotImplementedError
 
+    def head(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Layers the model applies after pooling, `(batch, pooled_dim) -> (batch, embedding_size)`;
+        runs under the same precision as `frames`. Identity unless a model has such layers."""
+        return pooled
+
     def config(self) -> dict:
         """Everything besides the checkpoint that changes the embeddings (goes into the cache key)."""
         return {}
@@ -119,10 +128,13 @@ class Encoder:
             out = self.frames(x)
         return out.float()
 
+    @torch.inference_mode()
     def embed(self, audio: np.ndarray | torch.Tensor) -> np.ndarray:
-        """`(batch, samples)` -> pooled `(batch, embedding_size)` float32 numpy."""
-        frames = self.frame_embeddings(audio)
-        return pool(frames, self.pooling).cpu().numpy().astype(np.float32)
+        """`(batch, samples)` -> `(batch, embedding_size)` float32 numpy: frames, pooled, then `head`."""
+        pooled = pool(self.frame_embeddings(audio), self.pooling)
+        with self._autocast():
+            out = self.head(pooled)
+        return out.float().cpu().numpy()
 
     def describe(self) -> dict:
         return {
