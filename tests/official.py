@@ -13,10 +13,12 @@ from __future__ import annotations
 import json
 import zlib
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "official"
 Init = Literal["normal", "norm_weight", "bias", "running_var", "zeros"]
@@ -67,6 +69,8 @@ def _draw(entry: dict, seed: int) -> np.ndarray:
 
 def generate_state_dict(spec: dict) -> dict[str, torch.Tensor]:
     """Deterministic tensors for every entry of `spec` (the same on every machine)."""
+    import torch  # here, so that make scripts for TensorFlow models run without torch
+
     out = {}
     for entry in spec["tensors"]:
         dtype = getattr(torch, entry["dtype"])
