@@ -52,6 +52,24 @@ def pool(frames: torch.Tensor, method: str) -> torch.Tensor:
     raise ValueError(f"pooling must be one of {POOLINGS}, got {method!r}")
 
 
+def _fp32_under_bf16(module: torch.nn.Module) -> None:
+    """Make `module` run in fp32 whenever it is called under bf16 autocast (any other precision:
+    unchanged). Checked at call time, so a precision changed after loading is honoured."""
+    if getattr(module, "_fp32_under_bf16", False):
+        return
+    forward = module.forward
+
+    def run(x: torch.Tensor, *args, **kwargs):
+        kind = x.device.type
+        if torch.is_autocast_enabled(kind) and torch.get_autocast_dtype(kind) == torch.bfloat16:
+            with torch.autocast(device_type=kind, enabled=False):
+                return forward(x.float(), *args, **kwargs)
+        return forward(x, *args, **kwargs)
+
+    module.forward = run
+    module._fp32_under_bf16 = True
+
+
 class Encoder:
     """Base class for frozen audio encoders.
 
@@ -65,6 +83,10 @@ class Encoder:
     frame_hop_s: ClassVar[float] = 0.01  # seconds between frame centres, for timestamps
     default_pooling: ClassVar[str] = "mean"
     needs_checkpoint: ClassVar[bool] = True
+    # submodules of `model` (qualified names) that run in fp32 when the precision is bf16: layers
+    # whose bf16 rounding (8-bit mantissa) the rest of the network amplifies past the 0.999 cosine
+    # to fp32 that reduced precision must keep (fp16's 11 bits need none of this)
+    bf16_fp32_modules: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -110,6 +132,8 @@ class Encoder:
             self.model.eval().to(self.device)
             for p in self.model.parameters():
                 p.requires_grad_(False)
+            for name in self.bf16_fp32_modules:
+                _fp32_under_bf16(self.model.get_submodule(name))
         return self
 
     def _autocast(self):

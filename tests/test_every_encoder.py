@@ -1,5 +1,13 @@
-"""One embedding path: for every registered encoder, the HEAR scene embedding of a window equals the
-embedding `extract` caches for it (both go through `Encoder.embed`, pooling and head included)."""
+"""Checks every registered encoder takes, on checkpoints in its official layout (generated, or the
+real weights where the tests find them):
+
+- one embedding path: the HEAR scene embedding of a window equals the embedding `extract` caches
+  for it (both go through `Encoder.embed`, pooling and head included);
+- reduced precision: bf16 and fp16 CPU autocast clip embeddings of real CirCor windows point the
+  same way as fp32 ones (cosine >= 0.999).
+
+`python -m pytest tests/test_every_encoder.py -k precision -s` prints the cosines.
+"""
 from __future__ import annotations
 
 import argparse
@@ -24,7 +32,7 @@ from test_encoder_ast import official_state as ast_state
 from test_encoder_atst import lightning_checkpoint
 from test_encoder_beats import SMALL_CFG, official_state as beats_state, save as beats_save
 from test_encoder_byola import _state as byola_state
-from test_encoder_efficientat import _random_state as efficientat_state
+from test_encoder_efficientat import REAL_MN04, _random_state as efficientat_state
 from test_encoder_m2d import FOLDER as M2D_FOLDER, official_state as m2d_state
 from test_encoder_yamnet import TFLITE
 
@@ -106,12 +114,25 @@ MAKERS: dict[str, Callable[[Path, str], Made]] = {
 }
 
 
-def make_encoder(name: str, tmp: Path, **kwargs):
-    """`name` built on a generated checkpoint in its official layout (real weights only for YAMNet)."""
-    if name not in MAKERS:
-        raise AssertionError(f"encoder {name!r} is registered but has no checkpoint maker here")
-    checkpoint, options = MAKERS[name](tmp, name)
-    return hear.load_model(str(checkpoint) if checkpoint else "", encoder=name, **options, **kwargs)
+REAL_WEIGHTS = {"mn04": REAL_MN04, "yamnet": TFLITE}
+
+
+@pytest.fixture(scope="module")
+def make_encoder(tmp_path_factory) -> Callable:
+    """`make_encoder(name, real=False)`: the encoder on its generated checkpoint (made once per
+    module), or on its real weights with `real=True` where the tests find them."""
+    made: dict[tuple[str, bool], Made] = {}
+
+    def make(name: str, real: bool = False, **kwargs):
+        if name not in MAKERS:
+            raise AssertionError(f"encoder {name!r} is registered but has no checkpoint maker here")
+        real = real and name in REAL_WEIGHTS and REAL_WEIGHTS[name].is_file()
+        if (name, real) not in made:
+            made[name, real] = ((REAL_WEIGHTS[name], {}) if real
+                                else MAKERS[name](tmp_path_factory.mktemp(name), name))
+        checkpoint, options = made[name, real]
+        return hear.load_model(str(checkpoint) if checkpoint else "", encoder=name, **options, **kwargs)
+    return make
 
 
 @pytest.fixture(scope="module")
@@ -131,8 +152,9 @@ def test_every_encoder_has_a_maker() -> None:
 
 
 @pytest.mark.parametrize("name", available())
-def test_hear_scene_embedding_is_the_cached_embedding(name: str, recording: Recording, tmp_path: Path) -> None:
-    model = make_encoder(name, tmp_path)
+def test_hear_scene_embedding_is_the_cached_embedding(name: str, make_encoder, recording: Recording,
+                                                     tmp_path: Path) -> None:
+    model = make_encoder(name)
     report = extract(model, [recording], tmp_path / "cache", SEGMENTS, batch_size=4, workers=1, progress=False)
     assert report.done == 1 and not [p for p in report.problems if p.severity != "warning"]
     cached = open_cache(model, SEGMENTS, tmp_path / "cache").read()["1_AV"]
@@ -144,3 +166,30 @@ def test_hear_scene_embedding_is_the_cached_embedding(name: str, recording: Reco
     assert isinstance(scene, torch.Tensor) and scene.dtype == torch.float32
     assert np.isfinite(cached.embeddings).all() and not np.allclose(cached.embeddings[0], cached.embeddings[1])
     np.testing.assert_allclose(scene.numpy(), cached.embeddings, rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def circor_windows(circor_mini) -> list[Path]:
+    """Two real CirCor recordings (4 kHz); the test cuts 2 s windows from them at each encoder's rate."""
+    return sorted((circor_mini / "training_data").glob("*.wav"))[:2]
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+@pytest.mark.parametrize("name", available())
+def test_reduced_precision_embeddings_point_like_fp32(name: str, make_encoder, circor_windows) -> None:
+    model = make_encoder(name, real=True)
+    seconds, starts = 2.0, np.array([int(1.0 * model.sample_rate)])  # skip the first second's handling noise
+    x = np.concatenate([open_resampled(path, model.sample_rate).windows(starts, int(seconds * model.sample_rate))
+                        for path in circor_windows])
+    fp32 = model.embed(x)
+    assert np.isfinite(fp32).all()
+    cosines = {}
+    for precision in ("bf16", "fp16"):
+        model.precision = precision
+        cosines[precision] = float(cosine(model.embed(x), fp32).min())
+    model.precision = "fp32"
+    print(f"\n{name:10s} bf16 {cosines['bf16']:.6f}  fp16 {cosines['fp16']:.6f}", end="")
+    assert min(cosines.values()) >= 0.999, cosines
