@@ -119,3 +119,10 @@ def load_outputs(encoder: str, name: str = "outputs") -> dict[str, np.ndarray]:
     """The official arrays (e.g. `frontend`, `frames`, `clip`) stored as `<name>.npz`."""
     with np.load(fixture_dir(encoder) / f"{name}.npz", allow_pickle=False) as data:
         return {k: data[k] for k in data.files}
+
+
+def errors_against(encoder: str, **actual) -> dict[str, float]:
+    """Relative error of each given array (e.g. `frontend=..., frames=..., clip=...`) against the
+    official array of the same name."""
+    official = load_outputs(encoder)
+    return {name: relative_error(value, official[name]) for name, value in actual.items()}

@@ -193,3 +193,20 @@ def test_reduced_precision_embeddings_point_like_fp32(name: str, make_encoder, c
     model.precision = "fp32"
     print(f"\n{name:10s} bf16 {cosines['bf16']:.6f}  fp16 {cosines['fp16']:.6f}", end="")
     assert min(cosines.values()) >= 0.999, cosines
+
+
+def test_bf16_fp32_modules_run_in_fp32_only_under_bf16(make_encoder) -> None:
+    model = make_encoder("mn05")
+    kept, rest = model.model.get_submodule(model.bf16_fp32_modules[-1]), model.model.net.features[-1]
+    dtypes = []
+    hooks = [m.register_forward_hook(lambda m, i, out: dtypes.append(out.dtype)) for m in (kept, rest)]
+    x = np.zeros((1, model.sample_rate), np.float32)
+    try:
+        for precision in ("bf16", "fp16", "fp32"):
+            model.precision = precision
+            model.embed(x)
+    finally:
+        model.precision = "fp32"
+        for h in hooks:
+            h.remove()
+    assert dtypes == [torch.float32, torch.bfloat16, torch.float16, torch.float16, torch.float32, torch.float32]

@@ -166,5 +166,7 @@ class Encoder:
             "sample_rate": self.sample_rate,
             "pooling": self.pooling,
             "precision": self.precision,
+            **({"bf16_fp32_modules": list(self.bf16_fp32_modules)}
+               if self.precision == "bf16" and self.bf16_fp32_modules else {}),
             **{f"cfg_{k}": v for k, v in self.config().items()},
         }
