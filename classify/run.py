@@ -13,6 +13,7 @@ from .aggregate import TUNED_DECISIONS
 from .ensemble import mean_scores, stack
 from .evaluate import SplitResult, fit_encoder, summary_table, test_result, variant_name
 from .features import find_cache
+from .outputs import write_csv_atomic
 
 
 def load_splits(circor: CirCor, spec: str, seed: int = 0) -> dict[str, dict[str, str]]:
@@ -41,8 +42,8 @@ def write_results(results: list[SplitResult], out: str | Path) -> tuple[pd.DataF
     columns = ["encoder", "probe", "patient_id", "split", "label", "prediction", "p_present", "p_unknown",
                "p_absent"]
     predictions = predictions[columns]
-    scores.to_csv(out / "scores.csv", index=False, float_format="%.4f")
-    predictions.to_csv(out / "predictions.csv", index=False, float_format="%.4f")
+    write_csv_atomic(scores, out / "scores.csv", index=False, float_format="%.4f")
+    write_csv_atomic(predictions, out / "predictions.csv", index=False, float_format="%.4f")
     return scores, predictions
 
 

@@ -83,6 +83,7 @@ class Encoder:
     frame_hop_s: ClassVar[float] = 0.01  # seconds between frame centres, for timestamps
     default_pooling: ClassVar[str] = "mean"
     needs_checkpoint: ClassVar[bool] = True
+    takes_checkpoint: ClassVar[bool] = True  # False: no weights at all, so --checkpoint is refused
     # submodules of `model` (qualified names) that run in fp32 when the precision is bf16: layers
     # whose bf16 rounding (8-bit mantissa) the rest of the network amplifies past the 0.999 cosine
     # to fp32 that reduced precision must keep (fp16's 11 bits need none of this)
@@ -99,6 +100,8 @@ class Encoder:
     ) -> None:
         if self.needs_checkpoint and checkpoint is None:
             raise ValueError(f"encoder {self.name!r} needs --checkpoint PATH (its official weight file)")
+        if not self.takes_checkpoint and checkpoint is not None:
+            raise ValueError(f"encoder {self.name!r} has no weights; drop --checkpoint {checkpoint}")
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         self.pooling = pooling or self.default_pooling
         if self.pooling not in POOLINGS:
