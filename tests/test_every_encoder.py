@@ -67,6 +67,9 @@ def _cnn14(tmp: Path, name: str) -> Made:
     from embed.encoders.cnn14 import Cnn14
     torch.manual_seed(0)
     state = Cnn14().state_dict()
+    for key, value in state.items():  # He scale (torch's default init shrinks every layer by sqrt 6),
+        if key.startswith(("conv_block", "fc1")) and key.endswith("weight") and value.ndim > 1:
+            value.mul_(6 ** 0.5)  # so the conv features, not fc1's bias, make the embedding
     state["bn0.running_mean"].fill_(-30.0)  # dB-scale input statistics, as in the trained bn0
     state["bn0.running_var"].fill_(400.0)
     path = tmp / "Cnn14_mAP=0.431.pth"
@@ -186,12 +189,15 @@ def test_reduced_precision_embeddings_point_like_fp32(name: str, make_encoder, c
                         for path in circor_windows])
     fp32 = model.embed(x)
     assert np.isfinite(fp32).all()
+    # printed: a generated checkpoint whose output hardly depends on the input would pass trivially
+    spread = float(np.linalg.norm(fp32[0] - fp32[1]) / np.linalg.norm(fp32[0]))
     cosines = {}
     for precision in ("bf16", "fp16"):
         model.precision = precision
         cosines[precision] = float(cosine(model.embed(x), fp32).min())
     model.precision = "fp32"
-    print(f"\n{name:10s} bf16 {cosines['bf16']:.6f}  fp16 {cosines['fp16']:.6f}", end="")
+    print(f"\n{name:10s} bf16 {cosines['bf16']:.6f}  fp16 {cosines['fp16']:.6f}  (windows differ by {spread:.3f})",
+          end="")
     assert min(cosines.values()) >= 0.999, cosines
 
 
