@@ -13,10 +13,12 @@ from __future__ import annotations
 import json
 import zlib
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "official"
 Init = Literal["normal", "norm_weight", "bias", "running_var", "zeros"]
@@ -44,7 +46,11 @@ def spec_of(state_dict: dict[str, torch.Tensor], seed: int = 0) -> dict:
 
 
 def _draw(entry: dict, seed: int) -> np.ndarray:
+    """An entry's tensor: its explicit `values` (e.g. calibrated normalisation statistics) when the
+    spec stores them, else drawn by its `init`; a `std` replaces the fan-in scale of `normal`."""
     shape = tuple(entry["shape"])
+    if "values" in entry:
+        return np.asarray(entry["values"], dtype=np.float64).reshape(shape)
     rng = np.random.default_rng([seed, zlib.crc32(entry["name"].encode())])
     init = entry.get("init") or _infer_init(entry["name"], shape)
     if init == "zeros":
@@ -55,6 +61,8 @@ def _draw(entry: dict, seed: int) -> np.ndarray:
         return 1.0 + 0.1 * rng.standard_normal(shape)
     if init == "bias":
         return 0.02 * rng.standard_normal(shape)
+    if "std" in entry:
+        return entry["std"] * rng.standard_normal(shape)
     fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else max(1, shape[0] if shape else 1)
     return rng.standard_normal(shape) / np.sqrt(fan_in)
 
@@ -65,6 +73,8 @@ def generate_state_dict(spec: dict) -> dict[str, torch.Tensor]:
     `spec["tied"]` (optional) maps a name to the name whose tensor it shares, for parameters the
     official model shares between modules (its state dict lists them under every name).
     """
+    import torch  # here, so that make scripts for TensorFlow models run without torch
+
     out = {}
     tied = spec.get("tied", {})
     for entry in spec["tensors"]:
@@ -132,8 +142,15 @@ def save_outputs(encoder: str, arrays: dict, name: str = "outputs") -> Path:
 def errors_vs_official(encoder, fixture: str, front_end, name: str = "outputs") -> dict[str, float]:
     """Relative errors of a project encoder against the stored official arrays, on the clips the
     spec names: `front_end(audio)` vs `frontend`, `frame_embeddings` vs `frames`, `embed` vs `clip`."""
-    want = load_outputs(fixture, name)
+    import torch
+
     audio = torch.from_numpy(clips(**load_spec(fixture)["clips"]))
-    return {"frontend": relative_error(front_end(audio), want["frontend"]),
-            "frames": relative_error(encoder.frame_embeddings(audio), want["frames"]),
-            "clip": relative_error(encoder.embed(audio), want["clip"])}
+    return errors_against(fixture, name, frontend=front_end(audio), frames=encoder.frame_embeddings(audio),
+                          clip=encoder.embed(audio))
+
+
+def errors_against(encoder: str, name: str = "outputs", **actual) -> dict[str, float]:
+    """Relative error of each given array (e.g. `frontend=..., frames=..., clip=...`) against the
+    official array of the same name in `<name>.npz`."""
+    official = load_outputs(encoder, name)
+    return {name: relative_error(value, official[name]) for name, value in actual.items()}
