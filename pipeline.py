@@ -61,6 +61,22 @@ def add_encoder_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
 
 
+def add_backend_options(p: argparse.ArgumentParser, actors: bool = False) -> None:
+    """Where the work runs (extract and probe): here, or on a Ray cluster (`pip install -e '.[ray]'`)."""
+    p.add_argument("--backend", default="local", choices=["local", "ray"],
+                   help="ray: run the work as Ray tasks/actors (results equal the local backend's)")
+    p.add_argument("--ray-address", default=None, metavar="auto|HOST:PORT",
+                   help="the Ray cluster to join (default: start a local Ray instance)")
+    if actors:
+        p.add_argument("--ray-actors", type=int, default=None,
+                       help="encoder actors (default: one per GPU in the cluster, else one)")
+
+
+def ray_options(args):
+    from embed.ray_backend import RayOptions
+    return RayOptions(address=args.ray_address, actors=getattr(args, "ray_actors", None))
+
+
 def cmd_verify(args) -> int:
     from embed.download import verify_checksums
     bad, n = verify_checksums(args.data)
@@ -115,7 +131,8 @@ def cmd_extract(args) -> int:
         print(f"{name}: {encoder.embedding_size}-d, {encoder.sample_rate} Hz, {encoder.precision} on "
               f"{encoder.device}; {len(circor.recordings())} recordings")
         report = extract(encoder, circor.recordings(), args.cache, segments, args.batch_size,
-                         flush_every=args.flush_every, workers=args.workers, lock_timeout_s=args.lock_timeout)
+                         flush_every=args.flush_every, workers=args.workers, lock_timeout_s=args.lock_timeout,
+                         backend=args.backend, ray=ray_options(args))
         print(report.summary())
         rows += problem_rows(report.problems, name)
     rows = problem_rows(circor.problems, "dataset") + rows
@@ -150,7 +167,8 @@ def cmd_probe(args) -> int:
     splits = load_splits(circor, args.splits, args.seed)
     table = run_probe(circor, args.encoder.split(","), args.probe.split(","), splits, args.cache, args.out,
                       decision=args.decision, seed=args.seed, targets=args.targets, ensemble=args.ensemble,
-                      demographics=args.demographics, oof_folds=args.oof_folds, repeats=args.repeats)
+                      demographics=args.demographics, oof_folds=args.oof_folds, repeats=args.repeats,
+                      backend=args.backend, ray=ray_options(args))
     print(table.to_string(index=False))
     print(f"\nwrote {Path(args.out) / 'scores.csv'} and {Path(args.out) / 'predictions.csv'}")
     if args.save_model:
@@ -245,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lock-timeout", type=float, default=0.0,
                    help="seconds to wait for another run holding the same cache")
     p.add_argument("--strict", action="store_true", help="exit non-zero if any recording had a problem")
+    add_backend_options(p, actors=True)
     p.add_argument("--fit-normalisation", default=None, choices=["paper", "kfold", "campaign"],
                    help="fit the encoder's input statistics (BYOL-A) on the patients that are in train "
                         "in every split of this scheme, as the authors fit them on training data")
@@ -283,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-model", default=None, metavar="DIR",
                    help="also fit each encoder x probe on the first split's train+val and save it for predict")
     p.add_argument("--checkpoint", default=None, help="encoder weight file, recorded in the saved model")
+    add_backend_options(p)
     p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser("predict", help="murmur call per patient from a saved probe (any sample rate)")

@@ -2,17 +2,21 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
-from tqdm import tqdm
 
 from embed.circor import CirCor
 from embed.splits import make_splits, read_splits
 
 from .aggregate import TUNED_DECISIONS
+from .backend import Backend, Shared, run_tasks
 from .ensemble import mean_scores, stack
 from .evaluate import SplitResult, fit_encoder, summary_table, test_result, variant_name
 from .features import find_cache
+
+if TYPE_CHECKING:
+    from embed.ray_backend import RayOptions
 
 
 def load_splits(circor: CirCor, spec: str, seed: int = 0) -> dict[str, dict[str, str]]:
@@ -49,11 +53,13 @@ def write_results(results: list[SplitResult], out: str | Path) -> tuple[pd.DataF
 def run_probe(circor: CirCor, encoders: list[str], probes: list[str], splits: dict[str, dict[str, str]],
               cache_dir: str | Path, out: str | Path, decision: str = "any", seed: int = 0,
               progress: bool = True, targets: str = "patient", ensemble: str | None = None,
-              demographics: bool = False, oof_folds: int = 5, repeats: int = 1) -> pd.DataFrame:
+              demographics: bool = False, oof_folds: int = 5, repeats: int = 1, backend: Backend = "local",
+              ray: "RayOptions | None" = None) -> pd.DataFrame:
     """Every encoder alone, and (with `ensemble`) their mean and/or stacked combination.
 
     `repeats` > 1 reruns every split with probe seeds seed, seed + 1, ... (the paper's 15 runs were
-    5 seeds x 3 splits); the runs are named SPLIT@seedS and the table averages over all of them."""
+    5 seeds x 3 splits); the runs are named SPLIT@seedS and the table averages over all of them.
+    `backend="ray"` runs the fits as Ray tasks (`ray`: the cluster), with the same results."""
     embeddings = {}
     for spec in encoders:
         embeddings[spec] = find_cache(cache_dir, spec).read()
@@ -68,19 +74,23 @@ def run_probe(circor: CirCor, encoders: list[str], probes: list[str], splits: di
     results: list[SplitResult] = []
     runs = [(name if repeats == 1 else f"{name}@seed{seed + r}", split, seed + r)
             for r in range(repeats) for name, split in splits.items()]
-    steps = tqdm(total=len(probes) * len(runs) * len(encoders), desc="probe", unit="fit",
-                 disable=not progress, leave=False)
+    # every encoder x probe x split x seed is an independent fit: run them all first (here or on Ray)
+    jobs = [(probe, split_name, spec) for probe in probes for split_name, _, _ in runs for spec in encoders]
+    shared_circor, shared_embeddings = Shared(circor), {spec: Shared(embeddings[spec]) for spec in encoders}
+    split_of = {name: (split, run_seed) for name, split, run_seed in runs}
+    fits = run_tasks(fit_encoder, [((shared_circor, shared_embeddings[spec], split_of[name][0], probe),
+                                    dict(targets=targets, decision=decision, seed=split_of[name][1],
+                                         oof_folds=oof_folds if need_oof else 0))
+                                   for probe, name, spec in jobs], backend, ray, progress, desc="probe")
+    fitted_by = dict(zip(jobs, fits))
     for probe in probes:
         for split_name, split, run_seed in runs:
             fitted = []
             for spec in encoders:
-                steps.set_postfix_str(f"{spec} {probe} {split_name}")
-                f = fit_encoder(circor, embeddings[spec], split, probe, targets=targets, decision=decision,
-                                seed=run_seed, oof_folds=oof_folds if need_oof else 0)
+                f = fitted_by[(probe, split_name, spec)]
                 fitted.append(f)
                 results.append(test_result(circor, spec, probe + variant, split_name, f.val, f.test, decision,
                                            f.params, f.oof))
-                steps.update(1)
             if not combine:
                 continue
             names = "+".join(encoders)
@@ -95,6 +105,5 @@ def run_probe(circor: CirCor, encoders: list[str], probes: list[str], splits: di
                 results.append(test_result(circor, f"ens:stack({names})",
                                            probe + variant + ("+demo" if demographics else ""), split_name,
                                            val, test, decision, params))
-    steps.close()
     scores, _ = write_results(results, out)
     return summary_table(scores)
