@@ -156,6 +156,18 @@ def cmd_benchmark(args) -> int:
     return 0
 
 
+def cmd_benchmark_ray(args) -> int:
+    from embed.circor import load_circor
+    from embed.ray_benchmark import compare
+    recordings = load_circor(args.data).recordings()[:args.recordings]
+    encoder = create_encoder(args, args.encoder, args.precision)
+    print(f"{args.encoder} ({encoder.precision} on {encoder.device}), batch {args.batch_size}, "
+          f"{len(recordings)} recordings of {args.data}")
+    compare(encoder, recordings, len(recordings), [int(a) for a in args.actors.split(",")], args.batch_size,
+            args.ray_address, print_row=lambda row: print(row, flush=True))
+    return 0
+
+
 def cmd_probe(args) -> int:
     from classify.aggregate import TUNED_DECISIONS
     from classify.run import load_splits, run_probe
@@ -277,6 +289,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--windows", type=int, default=256, help="windows timed per setting")
     p.add_argument("--window", type=float, default=5.0, help="window length in seconds")
     p.set_defaults(func=cmd_benchmark)
+
+    p = sub.add_parser("benchmark-ray", help="local vs Ray extraction: fixed cost, cost per recording, crossover")
+    p.add_argument("--data", required=True)
+    p.add_argument("--encoder", default="logmel")
+    add_encoder_options(p)
+    p.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16"])
+    p.add_argument("--recordings", type=int, default=200, help="the first N recordings (timed on N/4 and N)")
+    p.add_argument("--actors", default="1,2", help="comma-separated Ray actor counts")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--ray-address", default=None, metavar="auto|HOST:PORT")
+    p.set_defaults(func=cmd_benchmark_ray)
 
     p = sub.add_parser("probe", help="train probes on cached embeddings, score per patient")
     p.add_argument("--data", required=True)

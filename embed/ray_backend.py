@@ -84,8 +84,8 @@ def plan_actors(options: RayOptions) -> ActorPlan:
 
 
 # -- rows: plain columns (numbers, strings, raw little-endian bytes), nothing pickled --------------
-def _recording_row(index: int, rec: Recording) -> dict:
-    return {"index": index, "recording_id": rec.recording_id, "patient_id": rec.patient_id,
+def _recording_row(rec: Recording) -> dict:
+    return {"recording_id": rec.recording_id, "patient_id": rec.patient_id,
             "location": rec.location, "wav": str(rec.wav)}
 
 
@@ -141,11 +141,10 @@ class EncoderActor:
         for i in range(len(batch["recording_id"])):
             done += batcher.add(_prepared_from(batch, i, self.window))
         done += batcher.finish()
-        out = {k: [] for k in ("index", "recording_id", "embeddings", "dim", "starts", "train_index",
+        out = {k: [] for k in ("recording_id", "embeddings", "dim", "starts", "train_index",
                                "eval_index", "notes", "error")}
-        for prep, index in zip(done, batch["index"]):  # the batcher keeps the input order
+        for prep in done:
             emb = prep.embeddings if prep.error is None else np.zeros((0, 0), np.float32)
-            out["index"].append(int(index))
             out["recording_id"].append(prep.recording.recording_id)
             out["embeddings"].append(np.ascontiguousarray(emb, np.float32).tobytes())
             out["dim"].append(emb.shape[1] if emb.ndim == 2 else 0)
@@ -177,7 +176,7 @@ def extract_on_ray(encoder: Encoder, todo: list[Recording], cache: EmbeddingCach
             encoder.device = torch.device("cpu")
             encoder.to_device()
         by_id = {r.recording_id: r for r in todo}
-        dataset = (ray.data.from_items([_recording_row(i, r) for i, r in enumerate(todo)],
+        dataset = (ray.data.from_items([_recording_row(r) for r in todo],
                                        override_num_blocks=max(1, min(len(todo), 200)))
                    .map(_prepare_row, fn_kwargs={"sample_rate": encoder.sample_rate, "segments": segments},
                         num_cpus=PREPARE_CPUS)

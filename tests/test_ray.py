@@ -1,6 +1,7 @@
 """The Ray backend on a local Ray instance (2 CPUs, no GPU): embeddings equal the local backend's bit
 for bit, bad recordings land in the same problems table, an actor killed mid-run costs nothing, and
-probe scores equal the local backend's. Skipped when Ray is not installed (`pip install -e '.[ray]'`)."""
+probe scores equal the local backend's. Skipped when Ray is not installed (`pip install -e '.[ray]'`).
+Ray is slow to start: one instance serves the whole module and every run is kept small."""
 from __future__ import annotations
 
 import json
@@ -183,3 +184,24 @@ def test_plain_runs_never_import_ray():
     code = ("import sys, pipeline, classify.run, embed.extract, embed.ray_backend, classify.backend; "
             "pipeline.build_parser(); assert 'ray' not in sys.modules, 'ray imported'")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+def test_without_ray_the_ray_backend_says_how_to_install_it(synthetic_data, tmp_path, monkeypatch):
+    from classify.backend import run_tasks
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as on a plain install
+    recordings = load_circor(synthetic_data).recordings()[:2]
+    with pytest.raises(RuntimeError, match=r"pip install -e '\.\[ray\]'"):
+        extract(create("logmel"), recordings, tmp_path, progress=False, backend="ray")
+    with pytest.raises(RuntimeError, match=r"pip install -e '\.\[ray\]'"):
+        run_tasks(max, [((1, 2), {})], backend="ray", progress=False)
+    assert run_tasks(max, [((1, 2), {}), ((4, 3), {})], progress=False) == [2, 4]
+
+
+def test_benchmark_splits_fixed_and_per_recording_cost():
+    from embed.ray_benchmark import Timing, crossover
+    local = Timing("local", (50, 200), (11.0, 41.0), 1700)  # 0.2 s/recording, 1 s fixed
+    ray_fast = Timing("ray", (50, 200), (25.0, 40.0), 1700)  # 0.1 s/recording, 20 s fixed
+    assert local.per_recording_s == pytest.approx(0.2) and local.fixed_s == pytest.approx(1.0)
+    assert ray_fast.fixed_s == pytest.approx(20.0)
+    assert crossover(local, ray_fast) == pytest.approx(190.0)  # 1 + 0.2 n = 20 + 0.1 n
+    assert crossover(local, Timing("ray", (50, 200), (30.0, 75.0), 1700)) is None  # never catches up
