@@ -9,8 +9,9 @@
 from __future__ import annotations
 
 import argparse
+import functools
+import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -79,6 +80,8 @@ def ray_options(args):
 
 def cmd_verify(args) -> int:
     from embed.download import verify_checksums
+    if not Path(args.data).is_dir():
+        raise FileNotFoundError(f"{args.data}: data folder not found")
     bad, n = verify_checksums(args.data)
     print(f"{n - len(bad)}/{n} files match SHA256SUMS.txt")
     for line in bad[:50]:
@@ -121,7 +124,7 @@ def cmd_extract(args) -> int:
     if args.fit_normalisation:
         train = set(train_in_every_split(make_splits(circor, args.fit_normalisation)))
         train_recordings = [r for r in circor.recordings() if r.patient_id in train]
-    rows = []
+    rows, failed = [], []
     for name in args.encoder.split(","):
         encoder = create_encoder(args, name, args.precision)
         if args.fit_normalisation:
@@ -135,12 +138,22 @@ def cmd_extract(args) -> int:
                          backend=args.backend, ray=ray_options(args))
         print(report.summary())
         rows += problem_rows(report.problems, name)
+        if report.stopped:
+            failed.append(f"{name}: stopped early, disk full")
+            break
+        if report.done == 0 and report.skipped == 0:
+            failed.append(f"{name}: no recording could be embedded")
     rows = problem_rows(circor.problems, "dataset") + rows
     if rows:  # the summary table, last, and as CSV next to the cache
         print("\n" + format_table(rows), file=sys.stderr)
-        print(f"problems table: {write_problems_csv(rows, Path(args.cache) / 'extract-problems.csv')}",
-              file=sys.stderr)
-    return 1 if args.strict and rows else 0
+        try:
+            print(f"problems table: {write_problems_csv(rows, Path(args.cache) / 'extract-problems.csv')}",
+                  file=sys.stderr)
+        except OSError as err:  # e.g. the disk that just filled up; the table above says it all
+            print(f"problems table not written ({err.strerror or err})", file=sys.stderr)
+    if failed:
+        print(f"error: {'; '.join(failed)} (see above)", file=sys.stderr)
+    return 1 if failed or (args.strict and rows) else 0
 
 
 def cmd_benchmark(args) -> int:
@@ -170,17 +183,19 @@ def cmd_benchmark_ray(args) -> int:
 
 def cmd_probe(args) -> int:
     from classify.aggregate import TUNED_DECISIONS
+    from classify.outputs import OutputFolder
     from classify.run import load_splits, run_probe
     from embed.circor import load_circor
     if args.save_model and (args.decision in TUNED_DECISIONS or args.targets != "patient" or args.ensemble):
         raise ValueError("--save-model saves single-encoder probes with patient targets and the any/mean "
                          "decision; drop --decision threshold/weighted, --targets location and --ensemble to save")
-    circor = load_circor(args.data)
-    splits = load_splits(circor, args.splits, args.seed)
-    table = run_probe(circor, args.encoder.split(","), args.probe.split(","), splits, args.cache, args.out,
-                      decision=args.decision, seed=args.seed, targets=args.targets, ensemble=args.ensemble,
-                      demographics=args.demographics, oof_folds=args.oof_folds, repeats=args.repeats,
-                      backend=args.backend, ray=ray_options(args))
+    with OutputFolder(args.out):  # writable, not in use by another probe, marked until finished
+        circor = load_circor(args.data)
+        splits = load_splits(circor, args.splits, args.seed)
+        table = run_probe(circor, args.encoder.split(","), args.probe.split(","), splits, args.cache, args.out,
+                          decision=args.decision, seed=args.seed, targets=args.targets, ensemble=args.ensemble,
+                          demographics=args.demographics, oof_folds=args.oof_folds, repeats=args.repeats,
+                          backend=args.backend, ray=ray_options(args))
     print(table.to_string(index=False))
     print(f"\nwrote {Path(args.out) / 'scores.csv'} and {Path(args.out) / 'predictions.csv'}")
     if args.save_model:
@@ -208,38 +223,95 @@ def cmd_predict(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    from classify.outputs import OutputFolder
     from classify.run import load_splits, run_probe
     from embed.circor import load_circor
     from embed.encoders import create
     from embed.extract import extract
     from embed.synthetic import make_dataset
     start = time.perf_counter()
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="heartprobe-demo-"))
-    data = make_dataset(work / "data", n_patients=args.patients, seed=args.seed)
+    work = Path(args.workdir)
+    data = work / f"data-{args.patients}p-seed{args.seed}"
+    if not (data / "training_data.csv").exists():  # written last: its presence means complete
+        shutil.rmtree(data, ignore_errors=True)
+        make_dataset(data, n_patients=args.patients, seed=args.seed)
     circor = load_circor(data)
     print(f"synthetic CirCor: {len(circor.patients)} patients, {len(circor.recordings())} recordings in {data}")
     encoder = create("logmel")
     report = extract(encoder, circor.recordings(), work / "cache")
     print(report.summary())
     splits = load_splits(circor, "paper")
-    table = run_probe(circor, ["logmel"], ["linear", "xgboost"], splits, work / "cache", work / "out")
+    with OutputFolder(work / "out"):
+        table = run_probe(circor, ["logmel"], ["linear", "xgboost"], splits, work / "cache", work / "out")
     print(table.to_string(index=False))
     print(f"\nwrote {work / 'out'}/scores.csv and predictions.csv in {time.perf_counter() - start:.1f} s")
+    if args.clean:
+        shutil.rmtree(work)
+        print(f"removed {work}")
     return 0
 
 
 def cmd_report(args) -> int:
+    from classify.outputs import unfinished_note
     from classify.report import report_table, write_report
+    for run in args.runs:
+        if note := unfinished_note(run):
+            print(f"warning: {note}", file=sys.stderr)
     path = write_report([Path(r) for r in args.runs], Path(args.out or args.runs[0]), not args.no_paper)
     print(report_table(path))
     print(f"\nwrote {path} and its PNGs")
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pipeline.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every option's default in its help."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.option_strings and action.default is not None and action.default is not False \
+                and action.default != argparse.SUPPRESS and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose epilog may be a function, called only when help is shown (the
+    encoder and probe lists import torch and scikit-learn, which plain runs need not wait for)."""
+
+    def add_argument(self, *args, **kwargs) -> argparse.Action:
+        if not kwargs.get("help") and kwargs.get("default") is not None and kwargs.get("default") is not False:
+            kwargs["help"] = "(default: %(default)s)"  # argparse prints no help line without help text
+        return super().add_argument(*args, **kwargs)
+
+    def format_help(self) -> str:
+        if callable(self.epilog):
+            self.epilog = self.epilog()
+        return super().format_help()
+
+
+def names_epilog() -> str:
+    from classify.probes import PROBES
+    from embed.encoders import available
+    from embed.splits import SCHEMES
+    return (f"encoders: {', '.join(available())}\nprobes: {', '.join(PROBES)}\n"
+            f"split schemes: {', '.join(SCHEMES)} (or a CSV written by `splits`)")
+
+
+def splits_spec(value: str) -> str:
+    """--splits: a scheme name or an existing splits CSV; anything else lists the schemes."""
+    from embed.splits import SCHEMES
+    if value in SCHEMES or Path(value).is_file():
+        return value
+    raise argparse.ArgumentTypeError(f"{value!r} is neither a split scheme ({', '.join(SCHEMES)}) "
+                                     "nor an existing splits CSV file")
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """`prog` defaults to how the program was started: `pipeline.py` or the `heartprobe` script."""
+    from embed.splits import SCHEMES
+    parser = Parser(prog=prog, description=__doc__, formatter_class=HelpFormatter, epilog=names_epilog)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=functools.partial(
+        Parser, formatter_class=HelpFormatter, epilog=names_epilog))
 
     p = sub.add_parser("verify", help="check files against SHA256SUMS.txt and parse the dataset")
     p.add_argument("--data", required=True)
@@ -253,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("splits", help="write patient-level splits as CSV")
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--scheme", choices=["paper", "kfold", "campaign"], default="paper")
+    p.add_argument("--scheme", choices=SCHEMES, default="paper")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--folds", type=int, default=5)
     p.set_defaults(func=cmd_splits)
@@ -276,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds to wait for another run holding the same cache")
     p.add_argument("--strict", action="store_true", help="exit non-zero if any recording had a problem")
     add_backend_options(p, actors=True)
-    p.add_argument("--fit-normalisation", default=None, choices=["paper", "kfold", "campaign"],
+    p.add_argument("--fit-normalisation", default=None, choices=SCHEMES,
                    help="fit the encoder's input statistics (BYOL-A) on the patients that are in train "
                         "in every split of this scheme, as the authors fit them on training data")
     p.set_defaults(func=cmd_extract)
@@ -305,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--encoder", default="logmel", help="name(s) or NAME@KEY, comma-separated")
     p.add_argument("--probe", default="linear", help="linear | xgboost | mlp (comma-separated for several)")
-    p.add_argument("--splits", default="paper", help="paper | kfold | campaign | CSV file")
+    p.add_argument("--splits", default="paper", type=splits_spec, help="paper | kfold | campaign | CSV file")
     p.add_argument("--decision", default="any", choices=["any", "mean", "threshold", "weighted"],
                    help="patient rule: any = the paper's hierarchy, mean = argmax of mean probabilities, "
                         "threshold = Present/Unknown thresholds, weighted = argmax of class-weighted mean "
@@ -344,7 +416,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="synthetic CirCor-format data -> extract -> probe, no downloads")
     p.add_argument("--patients", type=int, default=60)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workdir", default=None)
+    p.add_argument("--workdir", default="runs/demo",
+                   help="data, cache and results go here; a rerun reuses the data and the cache")
+    p.add_argument("--clean", action="store_true", help="remove the work folder at the end")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("report", help="markdown table + PNG plots from one or more probe run folders")
@@ -355,12 +429,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    args = build_parser(prog).parse_args(argv)
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (OSError, ValueError, KeyError, RuntimeError, ImportError) as err:
+        # KeyError's str() is its repr; the message alone reads better
+        print(f"error: {err.args[0] if isinstance(err, KeyError) and err.args else err}", file=sys.stderr)
         return 2
 
 

@@ -30,7 +30,7 @@ THRESHOLD_GRID = np.round(np.arange(0.05, 0.96, 0.05), 2)
 # class weights of the weighted rule: Present and Unknown scaled by e^-1.5 ... e^1.5 against Absent
 WEIGHT_GRID = np.round(np.exp(np.linspace(-1.5, 1.5, 13)), 4)
 DECISION_GRIDS = {"threshold": THRESHOLD_GRID, "weighted": WEIGHT_GRID}
-DECISION_SUFFIX = {"any": "", "mean": "+mean", "threshold": "+thr", "weighted": "+wgt"}
+DECISION_SUFFIX = {"any": "+any", "mean": "+mean", "threshold": "+thr", "weighted": "+wgt"}
 
 
 def recording_targets(circor: CirCor, scheme: str = "patient") -> dict[str, int] | None:
@@ -207,7 +207,7 @@ def test_result(circor: CirCor, encoder: str, probe: str, split_name: str, val: 
 
 
 def variant_name(probe: str, targets: str = "patient", decision: str = "any") -> str:
-    """Probe column label: e.g. 'linear', 'linear+loc', 'xgboost+loc+thr'."""
+    """Probe column label: e.g. 'linear+any', 'linear+loc+mean', 'xgboost+loc+thr'."""
     return probe + ("+loc" if targets == "location" else "") + DECISION_SUFFIX[decision]
 
 

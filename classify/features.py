@@ -1,24 +1,19 @@
 """Cached embeddings + CirCor labels -> arrays a probe can learn from."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 
-from embed.cache import CachedRecording, EmbeddingCache
+from embed.cache import CachedRecording, EmbeddingCache, check_cache_dir, list_caches, read_config
 from embed.circor import CirCor
-
-
-def list_caches(cache_dir: str | Path, encoder: str) -> list[Path]:
-    return sorted(p for p in Path(cache_dir).glob(f"{encoder}-*.h5") if p.stem[len(encoder) + 1:].isalnum())
 
 
 def find_cache(cache_dir: str | Path, spec: str) -> EmbeddingCache:
     """`spec` is an encoder name, or NAME@KEY when several caches exist for that encoder."""
     name, _, key = spec.partition("@")
+    check_cache_dir(cache_dir, create=False)
     paths = [p for p in list_caches(cache_dir, name) if not key or p.stem.endswith(key)]
     if not paths:
         raise FileNotFoundError(f"no embedding cache for {spec!r} in {cache_dir}; run "
@@ -26,14 +21,11 @@ def find_cache(cache_dir: str | Path, spec: str) -> EmbeddingCache:
     if len(paths) > 1:
         listing = "\n  ".join(f"{name}@{p.stem.split('-')[-1]}: {_config_line(p)}" for p in paths)
         raise ValueError(f"several caches for {name!r} in {cache_dir}; pick one as NAME@KEY:\n  {listing}")
-    with h5py.File(paths[0], "r") as fh:
-        config = json.loads(fh.attrs["config"])
-    return EmbeddingCache(cache_dir, name, config)
+    return EmbeddingCache(cache_dir, name, read_config(paths[0]))
 
 
 def _config_line(path: Path) -> str:
-    with h5py.File(path, "r") as fh:
-        config = json.loads(fh.attrs["config"])
+    config = read_config(path)
     return ", ".join(f"{k}={v}" for k, v in config.items() if k not in ("encoder", "segments"))
 
 

@@ -83,7 +83,7 @@ def load_manifest(model_dir: str | Path) -> dict:
         manifest = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as err:
         raise ModelIntegrityError(f"{path}: unreadable manifest ({err})") from err
-    if manifest.get("format") != MODEL_FORMAT or not manifest.get("models"):
+    if not isinstance(manifest, dict) or manifest.get("format") != MODEL_FORMAT or not manifest.get("models"):
         raise ModelIntegrityError(f"{path}: unknown manifest format or no models")
     if tuple(manifest.get("classes", ())) != MURMUR_CLASSES:
         raise ModelIntegrityError(f"{path}: class order {manifest.get('classes')} is not {list(MURMUR_CLASSES)}")

@@ -8,6 +8,7 @@ numbers for reference, and three plots (scores, confusion matrices, per-class re
 from __future__ import annotations
 
 import datetime as _dt
+import textwrap
 import warnings
 from pathlib import Path
 
@@ -234,6 +235,11 @@ def plot_recalls(summary: pd.DataFrame, path: Path) -> Path:
     return path
 
 
+def _wrap(text: str, inches: float, fontsize: float) -> str:
+    """`text` broken into lines that fit `inches` at `fontsize` points (about 0.6 em per character)."""
+    return textwrap.fill(text, max(12, int(inches * 72 / (0.6 * fontsize))))
+
+
 def plot_confusions(items: list[tuple[tuple[str, str], np.ndarray]], summary: pd.DataFrame, path: Path) -> Path:
     """Counts annotated; colour = fraction of the true class, so rare classes stay visible."""
     plt = _pyplot()
@@ -255,13 +261,15 @@ def plot_confusions(items: list[tuple[tuple[str, str], np.ndarray]], summary: pd
         ax.set_yticks(range(len(CLASSES)), CLASSES)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
-        ax.set_title(f"{encoder} · {probe}\nmean W.acc {wacc.get((encoder, probe), np.nan):.3f}, "
-                     f"n = {int(matrix.sum())}", fontsize=10)
+        ax.set_title(f"{_wrap(f'{encoder} · {probe}', 4.0, 10)}\nmean W.acc "
+                     f"{wacc.get((encoder, probe), np.nan):.3f}, n = {int(matrix.sum())}", fontsize=10)
     for ax in list(axes.flat)[len(items):]:
         ax.axis("off")
     if image is not None:
         fig.colorbar(image, ax=axes, shrink=0.6, label="fraction of true class")
-    fig.suptitle("Patient confusion matrices, summed over splits (best mean W.acc)")
+    # wrapped to the figure's width: one matrix alone is narrower than the title
+    fig.suptitle(_wrap("Patient confusion matrices, summed over splits (best mean W.acc)", 4.2 * cols, 12),
+                 fontsize=12)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path

@@ -14,6 +14,7 @@ from .backend import Backend, Shared, run_tasks
 from .ensemble import mean_scores, stack
 from .evaluate import SplitResult, fit_encoder, summary_table, test_result, variant_name
 from .features import find_cache
+from .outputs import write_csv_atomic
 
 if TYPE_CHECKING:
     from embed.ray_backend import RayOptions
@@ -45,8 +46,8 @@ def write_results(results: list[SplitResult], out: str | Path) -> tuple[pd.DataF
     columns = ["encoder", "probe", "patient_id", "split", "label", "prediction", "p_present", "p_unknown",
                "p_absent"]
     predictions = predictions[columns]
-    scores.to_csv(out / "scores.csv", index=False, float_format="%.4f")
-    predictions.to_csv(out / "predictions.csv", index=False, float_format="%.4f")
+    write_csv_atomic(scores, out / "scores.csv", index=False, float_format="%.4f")
+    write_csv_atomic(predictions, out / "predictions.csv", index=False, float_format="%.4f")
     return scores, predictions
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .audio import AudioError, open_resampled
-from .cache import CachedRecording, EmbeddingCache
+from .cache import CachedRecording, DiskFullError, EmbeddingCache, check_recording_id
 from .circor import Problem, Recording
 from .encoders import Encoder
 from .encoders.checkpoint import file_sha256
@@ -80,13 +80,15 @@ class ExtractReport:
     windows: int = 0
     seconds: float = 0.0
     problems: list[Problem] = field(default_factory=list)
+    stopped: str | None = None  # why the run could not go on (disk full); what it finished is kept
 
     def summary(self) -> str:
         rate = self.windows / self.seconds if self.seconds else 0.0
-        return (f"{self.done} recordings embedded ({self.windows} windows, {self.seconds:.1f} s, "
+        line = (f"{self.done} recordings embedded ({self.windows} windows, {self.seconds:.1f} s, "
                 f"{rate:.1f} windows/s), {self.skipped} already cached, "
                 f"{sum(p.severity == 'error' for p in self.problems)} failed, "
                 f"{sum(p.severity == 'warning' for p in self.problems)} warnings -> {self.cache_path}")
+        return line + (f"\nstopped: {self.stopped}" if self.stopped else "")
 
 
 def prepare(recording: Recording, sample_rate: int, segments: SegmentConfig) -> Prepared:
@@ -168,6 +170,10 @@ class WindowBatcher:
             return
         for (prep, row), emb in zip(items, embs):
             rid = prep.recording.recording_id
+            if not np.isfinite(emb).all():  # e.g. NaN weights: never cache what would train on noise
+                prep.error = (f"encoder output has NaN/inf (window {row}); not cached. Check the checkpoint "
+                              f"({self.encoder.checkpoint or 'built-in weights'}) and --precision")
+                continue
             if rid not in self._outputs:
                 self._outputs[rid] = np.zeros((len(prep.windows), len(emb)), np.float32)
             self._outputs[rid][row] = emb
@@ -203,9 +209,12 @@ def extract(
         raise ValueError(f"backend must be 'local' or 'ray', got {backend!r}")
     cache = open_cache(encoder, segments, cache_dir)
     report = ExtractReport(cache.path)
+    recordings = usable_recordings(recordings, report.problems)
     cache.lock(lock_timeout_s)
     try:
         cache.clean_partial()
+        for path, what in cache.salvage():
+            report.problems.append(Problem(str(path), what, "warning"))
         have = cache.recording_ids()
         todo = [r for r in recordings if r.recording_id not in have]
         report.skipped = len(recordings) - len(todo)
@@ -216,6 +225,11 @@ def extract(
         elif todo:
             _run(encoder, todo, cache, segments, batch_size, flush_every, workers, progress, report)
         cache.consolidate()
+    except DiskFullError as err:
+        kept = [f.name for f in (cache.path, cache.parts_dir) if f.exists()]
+        report.stopped = (f"{err.strerror}. The recordings finished before are kept ({' and '.join(kept) or 'none'}"
+                          "; probe reads them as they are); free some space and rerun the same command: "
+                          "it goes on from there")
     finally:
         cache.unlock()
     return report
@@ -249,6 +263,9 @@ class ShardWriter:
         """Whatever finished is kept, even when interrupted."""
         try:
             self.flush()
+        except DiskFullError:
+            self.report.done -= len(self.finished)  # counted as embedded, but could not be kept
+            raise
         finally:
             self.bar.close()
             self.report.seconds = time.perf_counter() - self.start
@@ -257,6 +274,25 @@ class ShardWriter:
 def progress_bar(encoder: Encoder, total: int, progress: bool) -> tqdm:
     return tqdm(total=total, unit="rec", desc=f"extract {encoder.name}", disable=not progress,
                 file=sys.stderr, dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 10.0)
+
+
+def usable_recordings(recordings: list[Recording], problems: list[Problem]) -> list[Recording]:
+    """Drop (and name) recordings whose id cannot name a cache entry and repeats of an id already
+    seen: a `..wav` line, one recording listed twice or by two patients must not stop the others."""
+    seen: dict[str, Recording] = {}
+    for rec in recordings:
+        try:
+            check_recording_id(rec.recording_id)
+        except ValueError as err:
+            problems.append(Problem(str(rec.wav), f"{err}; skipped"))
+            continue
+        if rec.recording_id in seen:
+            first = seen[rec.recording_id]
+            problems.append(Problem(str(rec.wav), f"recording {rec.recording_id} already listed for patient "
+                                                  f"{first.patient_id}; this entry (patient {rec.patient_id}) skipped"))
+            continue
+        seen[rec.recording_id] = rec
+    return list(seen.values())
 
 
 def _run(encoder, todo, cache, segments, batch_size, flush_every, workers, progress, report) -> None:

@@ -11,6 +11,7 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from .circor import CirCor
 
+SCHEMES = ("paper", "kfold", "campaign")
 PAPER_SEEDS = (14, 42, 84)
 SPLIT_VALUES = ("train", "val", "test")
 
@@ -109,7 +110,7 @@ def make_splits(circor: CirCor, scheme: str = "paper", seed: int = 0, folds: int
         return kfold_splits(circor, folds, seed)
     if scheme == "campaign":
         return campaign_splits(circor, seed)
-    raise ValueError(f"unknown split scheme {scheme!r} (paper, kfold, campaign)")
+    raise ValueError(f"unknown split scheme {scheme!r} ({', '.join(SCHEMES)})")
 
 
 def write_splits(splits: dict[str, dict[str, str]], path: str | Path) -> None:

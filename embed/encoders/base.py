@@ -61,6 +61,7 @@ class Encoder:
     frame_hop_s: ClassVar[float] = 0.01  # seconds between frame centres, for timestamps
     default_pooling: ClassVar[str] = "mean"
     needs_checkpoint: ClassVar[bool] = True
+    takes_checkpoint: ClassVar[bool] = True  # False: no weights at all, so --checkpoint is refused
 
     def __init__(
         self,
@@ -73,6 +74,8 @@ class Encoder:
     ) -> None:
         if self.needs_checkpoint and checkpoint is None:
             raise ValueError(f"encoder {self.name!r} needs --checkpoint PATH (its official weight file)")
+        if not self.takes_checkpoint and checkpoint is not None:
+            raise ValueError(f"encoder {self.name!r} has no weights; drop --checkpoint {checkpoint}")
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         self.pooling = pooling or self.default_pooling
         if self.pooling not in POOLINGS:

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from .base import Encoder
-from .checkpoint import CheckpointError, extract_state_dict, load_checkpoint, load_strict
+from .checkpoint import CheckpointError, extract_state_dict, load_checkpoint, load_strict, require_tensors
 from .frontend import mel_filterbank
 from .registry import register
 
@@ -108,6 +108,7 @@ class _BYOLA(Encoder):
         super().__init__(checkpoint, **kwargs)
         state = official_keys(extract_state_dict(load_checkpoint(self.checkpoint, trust_checkpoint=self.trust_checkpoint)),
                               self.checkpoint)
+        require_tensors(state, self.checkpoint)
         if d is None:  # v1: d from fc.0 (d x 512); v2: conv 1024 + fc.3 output
             d = self._detect_d(state)
         self.d = d

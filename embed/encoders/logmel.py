@@ -29,6 +29,7 @@ class LogMelEncoder(Encoder):
     frame_hop_s = 0.01
     default_pooling = "meanstd"
     needs_checkpoint = False
+    takes_checkpoint = False
 
     def __init__(self, checkpoint=None, *, n_mels: int = 40, n_mfcc: int = 20, mfcc: bool = True,
                  **kwargs) -> None:
