@@ -69,6 +69,22 @@ def add_encoder_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
 
 
+def add_backend_options(p: argparse.ArgumentParser, actors: bool = False) -> None:
+    """Where the work runs (extract and probe): here, or on a Ray cluster (`pip install -e '.[ray]'`)."""
+    p.add_argument("--backend", default="local", choices=["local", "ray"],
+                   help="ray: run the work as Ray tasks/actors (results equal the local backend's)")
+    p.add_argument("--ray-address", default=None, metavar="auto|HOST:PORT",
+                   help="the Ray cluster to join (default: start a local Ray instance)")
+    if actors:
+        p.add_argument("--ray-actors", type=int, default=None,
+                       help="encoder actors (default: one per GPU in the cluster, else one)")
+
+
+def ray_options(args):
+    from embed.ray_backend import RayOptions
+    return RayOptions(address=args.ray_address, actors=getattr(args, "ray_actors", None))
+
+
 def cmd_verify(args) -> int:
     from embed.datasets import load_dataset
     from embed.datasets.download import verify_checksums
@@ -126,7 +142,8 @@ def cmd_extract(args) -> int:
         print(f"{name}: {encoder.embedding_size}-d, {encoder.sample_rate} Hz, {encoder.precision} on "
               f"{encoder.device}; {len(recordings)} recordings")
         report = extract(encoder, recordings, args.cache, segments, args.batch_size,
-                         flush_every=args.flush_every, workers=args.workers, lock_timeout_s=args.lock_timeout)
+                         flush_every=args.flush_every, workers=args.workers, lock_timeout_s=args.lock_timeout,
+                         backend=args.backend, ray=ray_options(args))
         print(report.summary())
         rows += problem_rows(report.problems, name)
         if report.stopped:
@@ -160,6 +177,18 @@ def cmd_benchmark(args) -> int:
     return 0
 
 
+def cmd_benchmark_ray(args) -> int:
+    from embed.datasets import load_dataset
+    from embed.ray_benchmark import compare
+    recordings = load_dataset(args.dataset, args.data).recordings()[:args.recordings]
+    encoder = create_encoder(args, args.encoder, args.precision)
+    print(f"{args.encoder} ({encoder.precision} on {encoder.device}), batch {args.batch_size}, "
+          f"{len(recordings)} recordings of {args.data}")
+    compare(encoder, recordings, len(recordings), [int(a) for a in args.actors.split(",")], args.batch_size,
+            args.ray_address, print_row=lambda row: print(row, flush=True))
+    return 0
+
+
 def cmd_probe(args) -> int:
     from classify.features import find_cache
     from classify.outputs import OutputFolder
@@ -176,7 +205,7 @@ def cmd_probe(args) -> int:
         table, results = run_probe(task, encoders, args.probe.split(","), splits, args.cache, args.out,
                                    decision=args.decision, seed=args.seed, ensemble=args.ensemble,
                                    demographics=args.demographics, oof_folds=args.oof_folds,
-                                   repeats=args.repeats)
+                                   repeats=args.repeats, backend=args.backend, ray=ray_options(args))
     print(table.to_string(index=False))
     print(f"\nwrote {Path(args.out) / 'scores.csv'} and {Path(args.out) / 'predictions.csv'}")
     if args.save_model:
@@ -335,6 +364,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--lock-timeout", type=float, default=0.0,
                    help="seconds to wait for another run holding the same cache")
     p.add_argument("--strict", action="store_true", help="exit non-zero if any recording had a problem")
+    add_backend_options(p, actors=True)
     p.add_argument("--fit-normalisation", default=None, metavar="SCHEME",
                    help="fit the encoder's input statistics (BYOL-A) on the patients that are in train "
                         "in every split of this scheme, as the authors fit them on training data")
@@ -348,6 +378,17 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--windows", type=int, default=256, help="windows timed per setting")
     p.add_argument("--window", type=float, default=5.0, help="window length in seconds")
     p.set_defaults(func=cmd_benchmark)
+
+    p = sub.add_parser("benchmark-ray", help="local vs Ray extraction: fixed cost, cost per recording, crossover")
+    add_dataset_options(p)
+    p.add_argument("--encoder", default="logmel")
+    add_encoder_options(p)
+    p.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16"])
+    p.add_argument("--recordings", type=int, default=200, help="the first N recordings (timed on N/4 and N)")
+    p.add_argument("--actors", default="1,2", help="comma-separated Ray actor counts")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--ray-address", default=None, metavar="auto|HOST:PORT")
+    p.set_defaults(func=cmd_benchmark_ray)
 
     p = sub.add_parser("probe", help="train probes on cached embeddings, score per patient")
     add_dataset_options(p)
@@ -374,6 +415,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--save-model", default=None, metavar="DIR",
                    help="save the probes and decision rules selected on the first split, for predict")
     p.add_argument("--checkpoint", default=None, help="encoder weight file, recorded in the saved model")
+    add_backend_options(p)
     p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser("predict", help="murmur call per patient from a saved probe (any sample rate)")

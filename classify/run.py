@@ -2,19 +2,22 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import pandas as pd
-from tqdm import tqdm
 
 from embed.datasets.splits import read_splits
 
 from .aggregate import RULES, DecisionName
+from .backend import Backend, Shared, run_tasks
 from .ensemble import mean_scores, stack
 from .evaluate import SplitResult, fit_encoder, proba_columns, summary_table, test_result, variant_name
 from .features import find_cache
 from .outputs import write_csv_atomic
 from .task import Task
+
+if TYPE_CHECKING:
+    from embed.ray_backend import RayOptions
 
 
 def load_splits(dataset, spec: str, seed: int = 0, folds: int = 5) -> dict[str, dict[str, str]]:
@@ -54,12 +57,14 @@ def write_results(results: list[SplitResult], out: str | Path, classes: tuple[st
 def run_probe(task: Task, encoders: list[str], probes: list[str], splits: dict[str, dict[str, str]],
               cache_dir: str | Path, out: str | Path, decision: DecisionName = "any", seed: int = 0,
               progress: bool = True, ensemble: Literal["mean", "stack", "both"] | None = None, demographics: bool = False,
-              oof_folds: int = 5, repeats: int = 1) -> tuple[pd.DataFrame, list[SplitResult]]:
+              oof_folds: int = 5, repeats: int = 1, backend: Backend = "local",
+              ray: "RayOptions | None" = None) -> tuple[pd.DataFrame, list[SplitResult]]:
     """Every encoder alone, and (with `ensemble`) their mean and/or stacked combination.
     Returns the summary table and every split's result (fitted probe and rule included).
 
     `repeats` > 1 reruns every split with probe seeds seed, seed + 1, ... (the paper's 15 runs were
-    5 seeds x 3 splits); the runs are named SPLIT@seedS and the table averages over all of them."""
+    5 seeds x 3 splits); the runs are named SPLIT@seedS and the table averages over all of them.
+    `backend="ray"` runs the fits as Ray tasks (`ray`: the cluster), with the same results."""
     embeddings = {}
     wanted = task.all_recordings()
     for spec in encoders:
@@ -75,19 +80,23 @@ def run_probe(task: Task, encoders: list[str], probes: list[str], splits: dict[s
     results: list[SplitResult] = []
     runs = [(name if repeats == 1 else f"{name}@seed{seed + r}", split, seed + r)
             for r in range(repeats) for name, split in splits.items()]
-    steps = tqdm(total=len(probes) * len(runs) * len(encoders), desc="probe", unit="fit",
-                 disable=not progress, leave=False)
+    # every encoder x probe x split x seed is an independent fit: run them all first (here or on Ray)
+    jobs = [(probe, split_name, spec) for probe in probes for split_name, _, _ in runs for spec in encoders]
+    shared_task, shared_embeddings = Shared(task), {spec: Shared(embeddings[spec]) for spec in encoders}
+    split_of = {name: (split, run_seed) for name, split, run_seed in runs}
+    fits = run_tasks(fit_encoder, [((shared_task, shared_embeddings[spec], split_of[name][0], probe),
+                                    dict(decision=decision, seed=split_of[name][1],
+                                         oof_folds=oof_folds if need_oof else 0))
+                                   for probe, name, spec in jobs], backend, ray, progress, desc="probe")
+    fitted_by = dict(zip(jobs, fits))
     for probe in probes:
         for split_name, split, run_seed in runs:
             fitted = []
             for spec in encoders:
-                steps.set_postfix_str(f"{spec} {probe} {split_name}")
-                f = fit_encoder(task, embeddings[spec], split, probe, decision=decision,
-                                seed=run_seed, oof_folds=oof_folds if need_oof else 0)
+                f = fitted_by[(probe, split_name, spec)]
                 fitted.append(f)
                 results.append(test_result(task, spec, probe + variant, split_name, f.val, f.test, decision,
                                            f.params, f.oof, model=f.model))
-                steps.update(1)
             if not combine:
                 continue
             names = "+".join(encoders)
@@ -101,6 +110,5 @@ def run_probe(task: Task, encoders: list[str], probes: list[str], splits: dict[s
                 results.append(test_result(task, f"ens:stack({names})",
                                            probe + variant + ("+demo" if demographics else ""), split_name,
                                            val, test, decision, params))
-    steps.close()
     scores, _ = write_results(results, out, task.classes)
     return summary_table(scores), results

@@ -22,7 +22,7 @@ import torch
 
 from embed import hear
 from embed.audio import open_resampled
-from embed.circor import Recording
+from embed.datasets.circor import Recording
 from embed.encoders import available, get_class
 from embed.extract import extract, open_cache
 from embed.segments import SegmentConfig
