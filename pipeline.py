@@ -9,8 +9,9 @@
 from __future__ import annotations
 
 import argparse
+import functools
+import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -50,6 +51,13 @@ def create_encoder(args, name: str, precision: str | None):
                   trust_checkpoint=args.trust_checkpoint, **parse_options(args.encoder_opt))
 
 
+def add_dataset_options(p: argparse.ArgumentParser) -> None:
+    from embed.datasets import available_datasets
+    p.add_argument("--data", required=True, help="the dataset's folder")
+    p.add_argument("--dataset", default="circor", choices=available_datasets(),
+                   help="which dataset layout --data holds")
+
+
 def add_encoder_options(p: argparse.ArgumentParser) -> None:
     """Checkpoint, pooling, device and encoder-specific options (extract and benchmark)."""
     p.add_argument("--checkpoint", default=None, help="official weight file")
@@ -61,31 +69,49 @@ def add_encoder_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
 
 
+def add_backend_options(p: argparse.ArgumentParser, actors: bool = False) -> None:
+    """Where the work runs (extract and probe): here, or on a Ray cluster (`pip install -e '.[ray]'`)."""
+    p.add_argument("--backend", default="local", choices=["local", "ray"],
+                   help="ray: run the work as Ray tasks/actors (results equal the local backend's)")
+    p.add_argument("--ray-address", default=None, metavar="auto|HOST:PORT",
+                   help="the Ray cluster to join (default: start a local Ray instance)")
+    if actors:
+        p.add_argument("--ray-actors", type=int, default=None,
+                       help="encoder actors (default: one per GPU in the cluster, else one)")
+
+
+def ray_options(args):
+    from embed.ray_backend import RayOptions
+    return RayOptions(address=args.ray_address, actors=getattr(args, "ray_actors", None))
+
+
 def cmd_verify(args) -> int:
-    from embed.download import verify_checksums
+    from embed.datasets import load_dataset
+    from embed.datasets.download import verify_checksums
+    if not Path(args.data).is_dir():
+        raise FileNotFoundError(f"{args.data}: data folder not found")
     bad, n = verify_checksums(args.data)
     print(f"{n - len(bad)}/{n} files match SHA256SUMS.txt")
     for line in bad[:50]:
         print(f"  {line}", file=sys.stderr)
-    from embed.circor import load_circor
-    circor = load_circor(args.data)
-    print(f"{len(circor.patients)} patients, {len(circor.recordings())} recordings parsed")
-    _print_problems(circor.problems)
-    return 1 if bad or circor.errors() else 0
+    dataset = load_dataset(args.dataset, args.data)
+    print(f"{len(dataset.group_ids())} patients, {len(dataset.recordings())} recordings parsed")
+    _print_problems(dataset.problems)
+    return 1 if bad or dataset.errors() else 0
 
 
 def cmd_download(args) -> int:
-    from embed.download import DEFAULT_URL, download_circor
+    from embed.datasets.download import DEFAULT_URL, download_circor
     root = download_circor(args.dest, args.url or DEFAULT_URL)
     print(f"CirCor ready in {root}")
     return 0
 
 
 def cmd_splits(args) -> int:
-    from embed.circor import load_circor
-    from embed.splits import make_splits, write_splits
-    circor = load_circor(args.data)
-    splits = make_splits(circor, args.scheme, args.seed, args.folds)
+    from embed.datasets import load_dataset
+    from embed.datasets.splits import write_splits
+    dataset = load_dataset(args.dataset, args.data)
+    splits = dataset.splits(args.scheme or dataset.split_schemes[0], args.seed, args.folds)
     write_splits(splits, args.out)
     for name, split in splits.items():
         counts = {v: list(split.values()).count(v) for v in ("train", "val", "test")}
@@ -95,17 +121,18 @@ def cmd_splits(args) -> int:
 
 
 def cmd_extract(args) -> int:
-    from embed.circor import load_circor
+    from embed.datasets import load_dataset
+    from embed.datasets.splits import train_in_every_split
     from embed.extract import extract, fit_normalisation
-    from embed.segments import SegmentConfig
     from embed.problems import format_table, problem_rows, write_problems_csv
-    from embed.splits import make_splits, train_in_every_split
-    circor = load_circor(args.data)
+    from embed.segments import SegmentConfig
+    dataset = load_dataset(args.dataset, args.data)
+    recordings = dataset.recordings()
     segments = SegmentConfig(args.window, args.train_stride, args.eval_stride)
     if args.fit_normalisation:
-        train = set(train_in_every_split(make_splits(circor, args.fit_normalisation)))
-        train_recordings = [r for r in circor.recordings() if r.patient_id in train]
-    rows = []
+        train = set(train_in_every_split(dataset.splits(args.fit_normalisation)))
+        train_recordings = [r for r in recordings if r.group_id in train]
+    rows, failed = [], []
     for name in args.encoder.split(","):
         encoder = create_encoder(args, name, args.precision)
         if args.fit_normalisation:
@@ -113,17 +140,28 @@ def cmd_extract(args) -> int:
             print(f"{name}: input statistics fit on the {len(train)} patients in train of every "
                   f"{args.fit_normalisation} split: mean {fitted[0]:.4f}, std {fitted[1]:.4f}")
         print(f"{name}: {encoder.embedding_size}-d, {encoder.sample_rate} Hz, {encoder.precision} on "
-              f"{encoder.device}; {len(circor.recordings())} recordings")
-        report = extract(encoder, circor.recordings(), args.cache, segments, args.batch_size,
-                         flush_every=args.flush_every, workers=args.workers, lock_timeout_s=args.lock_timeout)
+              f"{encoder.device}; {len(recordings)} recordings")
+        report = extract(encoder, recordings, args.cache, segments, args.batch_size,
+                         flush_every=args.flush_every, workers=args.workers, lock_timeout_s=args.lock_timeout,
+                         backend=args.backend, ray=ray_options(args))
         print(report.summary())
         rows += problem_rows(report.problems, name)
-    rows = problem_rows(circor.problems, "dataset") + rows
+        if report.stopped:
+            failed.append(f"{name}: stopped early, disk full")
+            break
+        if report.done == 0 and report.skipped == 0:
+            failed.append(f"{name}: no recording could be embedded")
+    rows = problem_rows(dataset.problems, "dataset") + rows
     if rows:  # the summary table, last, and as CSV next to the cache
         print("\n" + format_table(rows), file=sys.stderr)
-        print(f"problems table: {write_problems_csv(rows, Path(args.cache) / 'extract-problems.csv')}",
-              file=sys.stderr)
-    return 1 if args.strict and rows else 0
+        try:
+            print(f"problems table: {write_problems_csv(rows, Path(args.cache) / 'extract-problems.csv')}",
+                  file=sys.stderr)
+        except OSError as err:  # e.g. the disk that just filled up; the table above says it all
+            print(f"problems table not written ({err.strerror or err})", file=sys.stderr)
+    if failed:
+        print(f"error: {'; '.join(failed)} (see above)", file=sys.stderr)
+    return 1 if failed or (args.strict and rows) else 0
 
 
 def _batch_sizes(spec: str, encoder, window_s: float) -> list[int]:
@@ -142,7 +180,7 @@ def cmd_benchmark(args) -> int:
     encoders = {p: create_encoder(args, args.encoder, None if p == "auto" else p) for p in precisions}
     recordings, audio, decode_s = None, None, None
     if args.data:
-        recordings = bench.sample_recordings(args.data, args.recordings, args.seed)
+        recordings = bench.sample_recordings(args.data, args.recordings, args.seed, args.dataset)
         first = next(iter(encoders.values()))
         audio, decode_s = bench.decode_windows(recordings, first)
         print(f"{len(recordings)} recordings sampled from {args.data}: {len(audio)} windows, decode + resample "
@@ -216,25 +254,43 @@ def cmd_gpu_check(args) -> int:
     return 0
 
 
+def cmd_benchmark_ray(args) -> int:
+    from embed.datasets import load_dataset
+    from embed.ray_benchmark import compare
+    recordings = load_dataset(args.dataset, args.data).recordings()[:args.recordings]
+    encoder = create_encoder(args, args.encoder, args.precision)
+    print(f"{args.encoder} ({encoder.precision} on {encoder.device}), batch {args.batch_size}, "
+          f"{len(recordings)} recordings of {args.data}")
+    compare(encoder, recordings, len(recordings), [int(a) for a in args.actors.split(",")], args.batch_size,
+            args.ray_address, print_row=lambda row: print(row, flush=True))
+    return 0
+
+
 def cmd_probe(args) -> int:
-    from classify.aggregate import TUNED_DECISIONS
+    from classify.features import find_cache
+    from classify.outputs import OutputFolder
     from classify.run import load_splits, run_probe
-    from embed.circor import load_circor
-    if args.save_model and (args.decision in TUNED_DECISIONS or args.targets != "patient" or args.ensemble):
-        raise ValueError("--save-model saves single-encoder probes with patient targets and the any/mean "
-                         "decision; drop --decision threshold/weighted, --targets location and --ensemble to save")
-    circor = load_circor(args.data)
-    splits = load_splits(circor, args.splits, args.seed)
-    table = run_probe(circor, args.encoder.split(","), args.probe.split(","), splits, args.cache, args.out,
-                      decision=args.decision, seed=args.seed, targets=args.targets, ensemble=args.ensemble,
-                      demographics=args.demographics, oof_folds=args.oof_folds, repeats=args.repeats)
+    from classify.task import Task
+    from embed.datasets import load_dataset
+    if args.save_model and args.ensemble:
+        raise ValueError("--save-model saves single-encoder probes; drop --ensemble to save")
+    encoders = args.encoder.split(",")
+    with OutputFolder(args.out):  # writable, not in use by another probe, marked until finished
+        dataset = load_dataset(args.dataset, args.data)
+        task = Task.from_dataset(dataset, args.targets)
+        splits = load_splits(dataset, args.splits or dataset.split_schemes[0], args.seed)
+        table, results = run_probe(task, encoders, args.probe.split(","), splits, args.cache, args.out,
+                                   decision=args.decision, seed=args.seed, ensemble=args.ensemble,
+                                   demographics=args.demographics, oof_folds=args.oof_folds,
+                                   repeats=args.repeats, backend=args.backend, ray=ray_options(args))
     print(table.to_string(index=False))
     print(f"\nwrote {Path(args.out) / 'scores.csv'} and {Path(args.out) / 'predictions.csv'}")
     if args.save_model:
-        from classify.model_io import save_probe_models
-        manifest = save_probe_models(circor, args.encoder.split(","), args.probe.split(","), splits, args.cache,
-                                     args.save_model, args.decision, args.seed, args.checkpoint)
-        print(f"saved models (fit on train+val of the first split) with {manifest}")
+        from classify.model_io import save_selected
+        caches = {spec: find_cache(args.cache, spec) for spec in encoders}
+        manifest = save_selected(results, args.save_model, task.classes, dataset.name,
+                                 {spec: (c.config, c.key) for spec, c in caches.items()}, args.checkpoint)
+        print(f"saved the probes and decision rules selected on the first split with {manifest}")
     return 0
 
 
@@ -255,41 +311,103 @@ def cmd_predict(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    from classify.outputs import OutputFolder
     from classify.run import load_splits, run_probe
-    from embed.circor import load_circor
+    from classify.task import Task
+    from embed.datasets.circor import load_circor
     from embed.encoders import create
     from embed.extract import extract
-    from embed.synthetic import make_dataset
+    from embed.datasets.synthetic import make_dataset
     start = time.perf_counter()
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="heartprobe-demo-"))
-    data = make_dataset(work / "data", n_patients=args.patients, seed=args.seed)
+    work = Path(args.workdir)
+    data = work / f"data-{args.patients}p-seed{args.seed}"
+    if not (data / "training_data.csv").exists():  # written last: its presence means complete
+        shutil.rmtree(data, ignore_errors=True)
+        make_dataset(data, n_patients=args.patients, seed=args.seed)
     circor = load_circor(data)
     print(f"synthetic CirCor: {len(circor.patients)} patients, {len(circor.recordings())} recordings in {data}")
     encoder = create("logmel")
     report = extract(encoder, circor.recordings(), work / "cache")
     print(report.summary())
     splits = load_splits(circor, "paper")
-    table = run_probe(circor, ["logmel"], ["linear", "xgboost"], splits, work / "cache", work / "out")
+    with OutputFolder(work / "out"):
+        table, _ = run_probe(Task.from_dataset(circor), ["logmel"], ["linear", "xgboost"], splits, work / "cache",
+                             work / "out")
     print(table.to_string(index=False))
     print(f"\nwrote {work / 'out'}/scores.csv and predictions.csv in {time.perf_counter() - start:.1f} s")
+    if args.clean:
+        shutil.rmtree(work)
+        print(f"removed {work}")
     return 0
 
 
 def cmd_report(args) -> int:
-    from classify.report import report_table, write_report
-    path = write_report([Path(r) for r in args.runs], Path(args.out or args.runs[0]), not args.no_paper)
-    print(report_table(path))
-    print(f"\nwrote {path} and its PNGs")
+    from classify.outputs import unfinished_note
+    from classify.report import write_report
+    for run in args.runs:
+        if note := unfinished_note(run):
+            print(f"warning: {note}", file=sys.stderr)
+    report = write_report([Path(r) for r in args.runs], Path(args.out or args.runs[0]), not args.no_paper)
+    print(report.table)
+    print(f"\nwrote {report.path} and its PNGs")
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pipeline.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every option's default in its help."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.option_strings and action.default is not None and action.default is not False \
+                and action.default != argparse.SUPPRESS and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose epilog may be a function, called only when help is shown (the
+    encoder and probe lists import torch and scikit-learn, which plain runs need not wait for)."""
+
+    def add_argument(self, *args, **kwargs) -> argparse.Action:
+        if not kwargs.get("help") and kwargs.get("default") is not None and kwargs.get("default") is not False:
+            kwargs["help"] = "(default: %(default)s)"  # argparse prints no help line without help text
+        return super().add_argument(*args, **kwargs)
+
+    def format_help(self) -> str:
+        if callable(self.epilog):
+            self.epilog = self.epilog()
+        return super().format_help()
+
+
+def names_epilog() -> str:
+    from classify.probes import PROBES
+    from embed.encoders import available
+    return (f"encoders: {', '.join(available())}\nprobes: {', '.join(PROBES)}\n"
+            f"split schemes: {scheme_list()} (or a CSV written by `splits`)")
+
+
+def scheme_list() -> str:
+    from embed.datasets.base import split_schemes
+    return "; ".join(f"{name}: {', '.join(names)}" for name, names in split_schemes().items())
+
+
+def splits_spec(value: str) -> str:
+    """--splits: a scheme name or an existing splits CSV; anything else lists the schemes."""
+    from embed.datasets.base import split_schemes
+    if any(value in names for names in split_schemes().values()) or Path(value).is_file():
+        return value
+    raise argparse.ArgumentTypeError(f"{value!r} is neither a split scheme ({scheme_list()}) "
+                                     "nor an existing splits CSV file")
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """`prog` defaults to how the program was started: `pipeline.py` or the `heartprobe` script."""
+    parser = Parser(prog=prog, description=__doc__, formatter_class=HelpFormatter, epilog=names_epilog)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=functools.partial(
+        Parser, formatter_class=HelpFormatter, epilog=names_epilog))
 
     p = sub.add_parser("verify", help="check files against SHA256SUMS.txt and parse the dataset")
-    p.add_argument("--data", required=True)
+    add_dataset_options(p)
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("download", help="download the official CirCor v1.0.3 release zip (resumable)")
@@ -298,15 +416,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_download)
 
     p = sub.add_parser("splits", help="write patient-level splits as CSV")
-    p.add_argument("--data", required=True)
+    add_dataset_options(p)
     p.add_argument("--out", required=True)
-    p.add_argument("--scheme", choices=["paper", "kfold", "campaign"], default="paper")
+    p.add_argument("--scheme", default=None, help="circor: paper | kfold | campaign; physionet2016: kfold | source "
+                                                  "(default: the dataset's first)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--folds", type=int, default=5)
     p.set_defaults(func=cmd_splits)
 
     p = sub.add_parser("extract", help="embed every recording's windows into the HDF5 cache")
-    p.add_argument("--data", required=True)
+    add_dataset_options(p)
     p.add_argument("--encoder", default="logmel", help="registry name(s), comma-separated")
     add_encoder_options(p)
     p.add_argument("--cache", default=str(DEFAULT_CACHE))
@@ -324,7 +443,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lock-timeout", type=float, default=0.0,
                    help="seconds to wait for another run holding the same cache")
     p.add_argument("--strict", action="store_true", help="exit non-zero if any recording had a problem")
-    p.add_argument("--fit-normalisation", default=None, choices=["paper", "kfold", "campaign"],
+    add_backend_options(p, actors=True)
+    p.add_argument("--fit-normalisation", default=None, metavar="SCHEME",
                    help="fit the encoder's input statistics (BYOL-A) on the patients that are in train "
                         "in every split of this scheme, as the authors fit them on training data")
     p.set_defaults(func=cmd_extract)
@@ -338,6 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--windows", type=int, default=256, help="windows timed per setting")
     p.add_argument("--window", type=float, default=5.0, help="window length in seconds")
     p.add_argument("--data", default=None, help="time real recordings of this dataset (decode included)")
+    p.add_argument("--dataset", default="circor", help="which dataset layout --data holds")
     p.add_argument("--recordings", type=int, default=24, help="recordings sampled with --data")
     p.add_argument("--accuracy-windows", type=int, default=64,
                    help="real windows on which low precision is compared with fp32")
@@ -354,18 +475,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=8, help="decode/resample threads")
     p.set_defaults(func=cmd_gpu_check)
 
+    p = sub.add_parser("benchmark-ray", help="local vs Ray extraction: fixed cost, cost per recording, crossover")
+    add_dataset_options(p)
+    p.add_argument("--encoder", default="logmel")
+    add_encoder_options(p)
+    p.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16"])
+    p.add_argument("--recordings", type=int, default=200, help="the first N recordings (timed on N/4 and N)")
+    p.add_argument("--actors", default="1,2", help="comma-separated Ray actor counts")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--ray-address", default=None, metavar="auto|HOST:PORT")
+    p.set_defaults(func=cmd_benchmark_ray)
+
     p = sub.add_parser("probe", help="train probes on cached embeddings, score per patient")
-    p.add_argument("--data", required=True)
+    add_dataset_options(p)
     p.add_argument("--encoder", default="logmel", help="name(s) or NAME@KEY, comma-separated")
     p.add_argument("--probe", default="linear", help="linear | xgboost | mlp (comma-separated for several)")
-    p.add_argument("--splits", default="paper", help="paper | kfold | campaign | CSV file")
+    p.add_argument("--splits", default=None, type=splits_spec,
+                   help="a split scheme of the dataset (default: its first) or a CSV written by `splits`")
     p.add_argument("--decision", default="any", choices=["any", "mean", "threshold", "weighted"],
                    help="patient rule: any = the paper's hierarchy, mean = argmax of mean probabilities, "
                         "threshold = Present/Unknown thresholds, weighted = argmax of class-weighted mean "
                         "probabilities; thresholds and weights chosen on val (+ OOF train) for weighted accuracy")
-    p.add_argument("--targets", default="patient", choices=["patient", "location"],
-                   help="training labels: the patient's label on every recording (the paper), or "
-                        "murmur-location-aware recording labels")
+    p.add_argument("--targets", default="patient",
+                   help="training labels: patient = the patient's label on every recording (the paper); "
+                        "location (CirCor) = murmur-location-aware recording labels")
     p.add_argument("--ensemble", default=None, choices=["mean", "stack", "both"],
                    help="with several encoders: also combine them")
     p.add_argument("--demographics", action="store_true", help="stacker also sees age, sex, height, weight, pregnancy")
@@ -376,8 +509,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/probe")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-model", default=None, metavar="DIR",
-                   help="also fit each encoder x probe on the first split's train+val and save it for predict")
+                   help="save the probes and decision rules selected on the first split, for predict")
     p.add_argument("--checkpoint", default=None, help="encoder weight file, recorded in the saved model")
+    add_backend_options(p)
     p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser("predict", help="murmur call per patient from a saved probe (any sample rate)")
@@ -396,7 +530,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="synthetic CirCor-format data -> extract -> probe, no downloads")
     p.add_argument("--patients", type=int, default=60)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workdir", default=None)
+    p.add_argument("--workdir", default="runs/demo",
+                   help="data, cache and results go here; a rerun reuses the data and the cache")
+    p.add_argument("--clean", action="store_true", help="remove the work folder at the end")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("report", help="markdown table + PNG plots from one or more probe run folders")
@@ -407,12 +543,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    args = build_parser(prog).parse_args(argv)
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (OSError, ValueError, KeyError, RuntimeError, ImportError) as err:
+        # KeyError's str() is its repr; the message alone reads better
+        print(f"error: {err.args[0] if isinstance(err, KeyError) and err.args else err}", file=sys.stderr)
         return 2
 
 

