@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Encoder, pool
+from .base import Encoder
 from .checkpoint import CheckpointError, extract_state_dict, load_checkpoint, load_strict
 from .frontend import mel_filterbank
 from .registry import register
@@ -216,10 +216,6 @@ class Cnn14Encoder(Encoder):
             return pooled
         with torch.inference_mode():
             return F.relu(self.model.fc1(pooled.to(self.device)))
-
-    def embed(self, audio: np.ndarray | torch.Tensor) -> np.ndarray:
-        pooled = pool(self.frame_embeddings(audio), self.pooling)
-        return self.head(pooled).cpu().numpy().astype(np.float32)
 
     @torch.inference_mode()
     def tag(self, audio: np.ndarray | torch.Tensor) -> torch.Tensor:
