@@ -51,6 +51,13 @@ def create_encoder(args, name: str, precision: str | None):
                   trust_checkpoint=args.trust_checkpoint, **parse_options(args.encoder_opt))
 
 
+def add_dataset_options(p: argparse.ArgumentParser) -> None:
+    from embed.datasets import available_datasets
+    p.add_argument("--data", required=True, help="the dataset's folder")
+    p.add_argument("--dataset", default="circor", choices=available_datasets(),
+                   help="which dataset layout --data holds")
+
+
 def add_encoder_options(p: argparse.ArgumentParser) -> None:
     """Checkpoint, pooling, device and encoder-specific options (extract and benchmark)."""
     p.add_argument("--checkpoint", default=None, help="official weight file")
@@ -79,32 +86,32 @@ def ray_options(args):
 
 
 def cmd_verify(args) -> int:
-    from embed.download import verify_checksums
+    from embed.datasets import load_dataset
+    from embed.datasets.download import verify_checksums
     if not Path(args.data).is_dir():
         raise FileNotFoundError(f"{args.data}: data folder not found")
     bad, n = verify_checksums(args.data)
     print(f"{n - len(bad)}/{n} files match SHA256SUMS.txt")
     for line in bad[:50]:
         print(f"  {line}", file=sys.stderr)
-    from embed.circor import load_circor
-    circor = load_circor(args.data)
-    print(f"{len(circor.patients)} patients, {len(circor.recordings())} recordings parsed")
-    _print_problems(circor.problems)
-    return 1 if bad or circor.errors() else 0
+    dataset = load_dataset(args.dataset, args.data)
+    print(f"{len(dataset.group_ids())} patients, {len(dataset.recordings())} recordings parsed")
+    _print_problems(dataset.problems)
+    return 1 if bad or dataset.errors() else 0
 
 
 def cmd_download(args) -> int:
-    from embed.download import DEFAULT_URL, download_circor
+    from embed.datasets.download import DEFAULT_URL, download_circor
     root = download_circor(args.dest, args.url or DEFAULT_URL)
     print(f"CirCor ready in {root}")
     return 0
 
 
 def cmd_splits(args) -> int:
-    from embed.circor import load_circor
-    from embed.splits import make_splits, write_splits
-    circor = load_circor(args.data)
-    splits = make_splits(circor, args.scheme, args.seed, args.folds)
+    from embed.datasets import load_dataset
+    from embed.datasets.splits import write_splits
+    dataset = load_dataset(args.dataset, args.data)
+    splits = dataset.splits(args.scheme or dataset.split_schemes[0], args.seed, args.folds)
     write_splits(splits, args.out)
     for name, split in splits.items():
         counts = {v: list(split.values()).count(v) for v in ("train", "val", "test")}
@@ -114,16 +121,17 @@ def cmd_splits(args) -> int:
 
 
 def cmd_extract(args) -> int:
-    from embed.circor import load_circor
+    from embed.datasets import load_dataset
+    from embed.datasets.splits import train_in_every_split
     from embed.extract import extract, fit_normalisation
-    from embed.segments import SegmentConfig
     from embed.problems import format_table, problem_rows, write_problems_csv
-    from embed.splits import make_splits, train_in_every_split
-    circor = load_circor(args.data)
+    from embed.segments import SegmentConfig
+    dataset = load_dataset(args.dataset, args.data)
+    recordings = dataset.recordings()
     segments = SegmentConfig(args.window, args.train_stride, args.eval_stride)
     if args.fit_normalisation:
-        train = set(train_in_every_split(make_splits(circor, args.fit_normalisation)))
-        train_recordings = [r for r in circor.recordings() if r.patient_id in train]
+        train = set(train_in_every_split(dataset.splits(args.fit_normalisation)))
+        train_recordings = [r for r in recordings if r.group_id in train]
     rows, failed = [], []
     for name in args.encoder.split(","):
         encoder = create_encoder(args, name, args.precision)
@@ -132,8 +140,8 @@ def cmd_extract(args) -> int:
             print(f"{name}: input statistics fit on the {len(train)} patients in train of every "
                   f"{args.fit_normalisation} split: mean {fitted[0]:.4f}, std {fitted[1]:.4f}")
         print(f"{name}: {encoder.embedding_size}-d, {encoder.sample_rate} Hz, {encoder.precision} on "
-              f"{encoder.device}; {len(circor.recordings())} recordings")
-        report = extract(encoder, circor.recordings(), args.cache, segments, args.batch_size,
+              f"{encoder.device}; {len(recordings)} recordings")
+        report = extract(encoder, recordings, args.cache, segments, args.batch_size,
                          flush_every=args.flush_every, workers=args.workers, lock_timeout_s=args.lock_timeout,
                          backend=args.backend, ray=ray_options(args))
         print(report.summary())
@@ -143,7 +151,7 @@ def cmd_extract(args) -> int:
             break
         if report.done == 0 and report.skipped == 0:
             failed.append(f"{name}: no recording could be embedded")
-    rows = problem_rows(circor.problems, "dataset") + rows
+    rows = problem_rows(dataset.problems, "dataset") + rows
     if rows:  # the summary table, last, and as CSV next to the cache
         print("\n" + format_table(rows), file=sys.stderr)
         try:
@@ -170,9 +178,9 @@ def cmd_benchmark(args) -> int:
 
 
 def cmd_benchmark_ray(args) -> int:
-    from embed.circor import load_circor
+    from embed.datasets import load_dataset
     from embed.ray_benchmark import compare
-    recordings = load_circor(args.data).recordings()[:args.recordings]
+    recordings = load_dataset(args.dataset, args.data).recordings()[:args.recordings]
     encoder = create_encoder(args, args.encoder, args.precision)
     print(f"{args.encoder} ({encoder.precision} on {encoder.device}), batch {args.batch_size}, "
           f"{len(recordings)} recordings of {args.data}")
@@ -182,27 +190,30 @@ def cmd_benchmark_ray(args) -> int:
 
 
 def cmd_probe(args) -> int:
-    from classify.aggregate import TUNED_DECISIONS
+    from classify.features import find_cache
     from classify.outputs import OutputFolder
     from classify.run import load_splits, run_probe
-    from embed.circor import load_circor
-    if args.save_model and (args.decision in TUNED_DECISIONS or args.targets != "patient" or args.ensemble):
-        raise ValueError("--save-model saves single-encoder probes with patient targets and the any/mean "
-                         "decision; drop --decision threshold/weighted, --targets location and --ensemble to save")
+    from classify.task import Task
+    from embed.datasets import load_dataset
+    if args.save_model and args.ensemble:
+        raise ValueError("--save-model saves single-encoder probes; drop --ensemble to save")
+    encoders = args.encoder.split(",")
     with OutputFolder(args.out):  # writable, not in use by another probe, marked until finished
-        circor = load_circor(args.data)
-        splits = load_splits(circor, args.splits, args.seed)
-        table = run_probe(circor, args.encoder.split(","), args.probe.split(","), splits, args.cache, args.out,
-                          decision=args.decision, seed=args.seed, targets=args.targets, ensemble=args.ensemble,
-                          demographics=args.demographics, oof_folds=args.oof_folds, repeats=args.repeats,
-                          backend=args.backend, ray=ray_options(args))
+        dataset = load_dataset(args.dataset, args.data)
+        task = Task.from_dataset(dataset, args.targets)
+        splits = load_splits(dataset, args.splits or dataset.split_schemes[0], args.seed)
+        table, results = run_probe(task, encoders, args.probe.split(","), splits, args.cache, args.out,
+                                   decision=args.decision, seed=args.seed, ensemble=args.ensemble,
+                                   demographics=args.demographics, oof_folds=args.oof_folds,
+                                   repeats=args.repeats, backend=args.backend, ray=ray_options(args))
     print(table.to_string(index=False))
     print(f"\nwrote {Path(args.out) / 'scores.csv'} and {Path(args.out) / 'predictions.csv'}")
     if args.save_model:
-        from classify.model_io import save_probe_models
-        manifest = save_probe_models(circor, args.encoder.split(","), args.probe.split(","), splits, args.cache,
-                                     args.save_model, args.decision, args.seed, args.checkpoint)
-        print(f"saved models (fit on train+val of the first split) with {manifest}")
+        from classify.model_io import save_selected
+        caches = {spec: find_cache(args.cache, spec) for spec in encoders}
+        manifest = save_selected(results, args.save_model, task.classes, dataset.name,
+                                 {spec: (c.config, c.key) for spec, c in caches.items()}, args.checkpoint)
+        print(f"saved the probes and decision rules selected on the first split with {manifest}")
     return 0
 
 
@@ -225,10 +236,11 @@ def cmd_predict(args) -> int:
 def cmd_demo(args) -> int:
     from classify.outputs import OutputFolder
     from classify.run import load_splits, run_probe
-    from embed.circor import load_circor
+    from classify.task import Task
+    from embed.datasets.circor import load_circor
     from embed.encoders import create
     from embed.extract import extract
-    from embed.synthetic import make_dataset
+    from embed.datasets.synthetic import make_dataset
     start = time.perf_counter()
     work = Path(args.workdir)
     data = work / f"data-{args.patients}p-seed{args.seed}"
@@ -242,7 +254,8 @@ def cmd_demo(args) -> int:
     print(report.summary())
     splits = load_splits(circor, "paper")
     with OutputFolder(work / "out"):
-        table = run_probe(circor, ["logmel"], ["linear", "xgboost"], splits, work / "cache", work / "out")
+        table, _ = run_probe(Task.from_dataset(circor), ["logmel"], ["linear", "xgboost"], splits, work / "cache",
+                             work / "out")
     print(table.to_string(index=False))
     print(f"\nwrote {work / 'out'}/scores.csv and predictions.csv in {time.perf_counter() - start:.1f} s")
     if args.clean:
@@ -253,13 +266,13 @@ def cmd_demo(args) -> int:
 
 def cmd_report(args) -> int:
     from classify.outputs import unfinished_note
-    from classify.report import report_table, write_report
+    from classify.report import write_report
     for run in args.runs:
         if note := unfinished_note(run):
             print(f"warning: {note}", file=sys.stderr)
-    path = write_report([Path(r) for r in args.runs], Path(args.out or args.runs[0]), not args.no_paper)
-    print(report_table(path))
-    print(f"\nwrote {path} and its PNGs")
+    report = write_report([Path(r) for r in args.runs], Path(args.out or args.runs[0]), not args.no_paper)
+    print(report.table)
+    print(f"\nwrote {report.path} and its PNGs")
     return 0
 
 
@@ -292,29 +305,32 @@ class Parser(argparse.ArgumentParser):
 def names_epilog() -> str:
     from classify.probes import PROBES
     from embed.encoders import available
-    from embed.splits import SCHEMES
     return (f"encoders: {', '.join(available())}\nprobes: {', '.join(PROBES)}\n"
-            f"split schemes: {', '.join(SCHEMES)} (or a CSV written by `splits`)")
+            f"split schemes: {scheme_list()} (or a CSV written by `splits`)")
+
+
+def scheme_list() -> str:
+    from embed.datasets.base import split_schemes
+    return "; ".join(f"{name}: {', '.join(names)}" for name, names in split_schemes().items())
 
 
 def splits_spec(value: str) -> str:
     """--splits: a scheme name or an existing splits CSV; anything else lists the schemes."""
-    from embed.splits import SCHEMES
-    if value in SCHEMES or Path(value).is_file():
+    from embed.datasets.base import split_schemes
+    if any(value in names for names in split_schemes().values()) or Path(value).is_file():
         return value
-    raise argparse.ArgumentTypeError(f"{value!r} is neither a split scheme ({', '.join(SCHEMES)}) "
+    raise argparse.ArgumentTypeError(f"{value!r} is neither a split scheme ({scheme_list()}) "
                                      "nor an existing splits CSV file")
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """`prog` defaults to how the program was started: `pipeline.py` or the `heartprobe` script."""
-    from embed.splits import SCHEMES
     parser = Parser(prog=prog, description=__doc__, formatter_class=HelpFormatter, epilog=names_epilog)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=functools.partial(
         Parser, formatter_class=HelpFormatter, epilog=names_epilog))
 
     p = sub.add_parser("verify", help="check files against SHA256SUMS.txt and parse the dataset")
-    p.add_argument("--data", required=True)
+    add_dataset_options(p)
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("download", help="download the official CirCor v1.0.3 release zip (resumable)")
@@ -323,15 +339,16 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_download)
 
     p = sub.add_parser("splits", help="write patient-level splits as CSV")
-    p.add_argument("--data", required=True)
+    add_dataset_options(p)
     p.add_argument("--out", required=True)
-    p.add_argument("--scheme", choices=SCHEMES, default="paper")
+    p.add_argument("--scheme", default=None, help="circor: paper | kfold | campaign; physionet2016: kfold | source "
+                                                  "(default: the dataset's first)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--folds", type=int, default=5)
     p.set_defaults(func=cmd_splits)
 
     p = sub.add_parser("extract", help="embed every recording's windows into the HDF5 cache")
-    p.add_argument("--data", required=True)
+    add_dataset_options(p)
     p.add_argument("--encoder", default="logmel", help="registry name(s), comma-separated")
     add_encoder_options(p)
     p.add_argument("--cache", default=str(DEFAULT_CACHE))
@@ -348,7 +365,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                    help="seconds to wait for another run holding the same cache")
     p.add_argument("--strict", action="store_true", help="exit non-zero if any recording had a problem")
     add_backend_options(p, actors=True)
-    p.add_argument("--fit-normalisation", default=None, choices=SCHEMES,
+    p.add_argument("--fit-normalisation", default=None, metavar="SCHEME",
                    help="fit the encoder's input statistics (BYOL-A) on the patients that are in train "
                         "in every split of this scheme, as the authors fit them on training data")
     p.set_defaults(func=cmd_extract)
@@ -363,7 +380,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_benchmark)
 
     p = sub.add_parser("benchmark-ray", help="local vs Ray extraction: fixed cost, cost per recording, crossover")
-    p.add_argument("--data", required=True)
+    add_dataset_options(p)
     p.add_argument("--encoder", default="logmel")
     add_encoder_options(p)
     p.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16"])
@@ -374,17 +391,18 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_benchmark_ray)
 
     p = sub.add_parser("probe", help="train probes on cached embeddings, score per patient")
-    p.add_argument("--data", required=True)
+    add_dataset_options(p)
     p.add_argument("--encoder", default="logmel", help="name(s) or NAME@KEY, comma-separated")
     p.add_argument("--probe", default="linear", help="linear | xgboost | mlp (comma-separated for several)")
-    p.add_argument("--splits", default="paper", type=splits_spec, help="paper | kfold | campaign | CSV file")
+    p.add_argument("--splits", default=None, type=splits_spec,
+                   help="a split scheme of the dataset (default: its first) or a CSV written by `splits`")
     p.add_argument("--decision", default="any", choices=["any", "mean", "threshold", "weighted"],
                    help="patient rule: any = the paper's hierarchy, mean = argmax of mean probabilities, "
                         "threshold = Present/Unknown thresholds, weighted = argmax of class-weighted mean "
                         "probabilities; thresholds and weights chosen on val (+ OOF train) for weighted accuracy")
-    p.add_argument("--targets", default="patient", choices=["patient", "location"],
-                   help="training labels: the patient's label on every recording (the paper), or "
-                        "murmur-location-aware recording labels")
+    p.add_argument("--targets", default="patient",
+                   help="training labels: patient = the patient's label on every recording (the paper); "
+                        "location (CirCor) = murmur-location-aware recording labels")
     p.add_argument("--ensemble", default=None, choices=["mean", "stack", "both"],
                    help="with several encoders: also combine them")
     p.add_argument("--demographics", action="store_true", help="stacker also sees age, sex, height, weight, pregnancy")
@@ -395,7 +413,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/probe")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-model", default=None, metavar="DIR",
-                   help="also fit each encoder x probe on the first split's train+val and save it for predict")
+                   help="save the probes and decision rules selected on the first split, for predict")
     p.add_argument("--checkpoint", default=None, help="encoder weight file, recorded in the saved model")
     add_backend_options(p)
     p.set_defaults(func=cmd_probe)

@@ -1,20 +1,30 @@
-"""Segment scores -> recording scores -> patient decisions.
+"""Segment scores -> recording scores -> group (patient) decisions.
 
-Recording probability = mean of its segments' probabilities. Patient decision, the paper's
-rule: Present if any recording is predicted Present, else Unknown if any is Unknown, else
-Absent. Alternatives: argmax of the mean recording probabilities; a threshold rule that
-calls Present / Unknown when the patient's max probability of it exceeds a tuned threshold; and
-a weighted rule, argmax of the mean probabilities scaled by tuned class weights (the Bayes
-decision for weighted accuracy when the scales absorb its 5/3/1 costs and the class priors).
+Recording probability = mean of its segments' probabilities. Group decisions are fitted rule
+objects (fit / predict / get_params) over a `GroupTable` of per-group statistics; classes are
+in priority order, the last one being "nothing found" (CirCor: Present, Unknown, Absent):
+
+- *any* (the paper's rule): the first class that any recording is called;
+- *mean*: argmax of the mean recording probabilities;
+- *threshold*: the first class whose max recording probability reaches its tuned threshold;
+- *weighted*: argmax of the mean probabilities scaled by tuned class weights (the Bayes decision
+  for a weighted accuracy when the scales absorb its costs and the class priors).
+
+Tuned rules search a grid for the parameters that maximise the scoring's selection key.
 """
 from __future__ import annotations
 
+import itertools
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
 import numpy as np
 import pandas as pd
+from sklearn.base import BaseEstimator
 
-PRESENT, UNKNOWN, ABSENT = 0, 1, 2
-DECISIONS = ("any", "mean", "threshold", "weighted")
-TUNED_DECISIONS = ("threshold", "weighted")
+from .selection import select_best
+
+DecisionName = Literal["any", "mean", "threshold", "weighted"]
 
 
 def mean_by_group(values: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -25,58 +35,153 @@ def mean_by_group(values: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, n
     return means.index.to_numpy(), means.to_numpy()
 
 
-def patient_rule(recording_classes: np.ndarray) -> int:
-    """The paper's hierarchy: Present > Unknown > Absent."""
-    if (recording_classes == PRESENT).any():
-        return PRESENT
-    if (recording_classes == UNKNOWN).any():
-        return UNKNOWN
-    return ABSENT
+@dataclass
+class GroupTable:
+    """Per group (first-seen order): mean and max recording probabilities, and the first class
+    (in priority order) that any of its recordings is called."""
+    group_ids: np.ndarray
+    mean: np.ndarray  # (n_groups, n_classes)
+    max: np.ndarray  # (n_groups, n_classes)
+    first_call: np.ndarray  # (n_groups,)
+
+    @staticmethod
+    def from_recordings(recording_proba: np.ndarray, recording_groups: np.ndarray) -> "GroupTable":
+        n_classes = recording_proba.shape[1]
+        frame = pd.DataFrame(recording_proba, columns=range(n_classes))
+        frame["_call"] = recording_proba.argmax(axis=1)
+        frame["_g"] = np.asarray(recording_groups)
+        grouped = frame.groupby("_g", sort=False)
+        mean = grouped[list(range(n_classes))].mean()
+        return GroupTable(mean.index.to_numpy(), mean.to_numpy(),
+                          grouped[list(range(n_classes))].max().to_numpy(), grouped["_call"].min().to_numpy())
 
 
-def patient_table(recording_proba: np.ndarray, recording_ids: np.ndarray, patient_of: dict[str, str]
-                  ) -> pd.DataFrame:
-    """Per patient: mean and max recording probabilities, and which classes any recording predicts."""
-    frame = pd.DataFrame(recording_proba, columns=["p_present", "p_unknown", "p_absent"])
-    frame["patient_id"] = [patient_of[r] for r in recording_ids]
-    calls = recording_proba.argmax(axis=1)
-    frame["any_present"], frame["any_unknown"] = calls == PRESENT, calls == UNKNOWN
-    grouped = frame.groupby("patient_id", sort=False)
-    table = grouped[["p_present", "p_unknown", "p_absent"]].mean()
-    table["max_p_present"] = grouped["p_present"].max()
-    table["max_p_unknown"] = grouped["p_unknown"].max()
-    table["any_present"] = grouped["any_present"].any()
-    table["any_unknown"] = grouped["any_unknown"].any()
-    return table.reset_index()
+class DecisionRule(BaseEstimator):
+    """Base of the group decision rules; `fit` is a no-op for rules with nothing to tune."""
+    name: ClassVar[str] = ""
+    suffix: ClassVar[str] = ""  # appended to the probe name in tables (every rule has one)
+    tuned: ClassVar[bool] = False
+
+    def fit(self, table: GroupTable, y: np.ndarray, selection_key=None) -> "DecisionRule":
+        return self
+
+    def predict(self, table: GroupTable) -> np.ndarray:
+        raise NotImplementedError
+
+    def fitted(self) -> dict:
+        """Fitted attributes as JSON-ready lists (what `to_dict` saves besides the params)."""
+        return {}
+
+    def to_dict(self) -> dict:
+        return {"rule": self.name, "params": self.get_params(), "fitted": self.fitted()}
+
+    def describe(self) -> dict:
+        """Fitted values for the params column of scores.csv."""
+        return {}
 
 
-def decide_patients(table: pd.DataFrame, decision: str = "any",
-                    thresholds: tuple[float, float] | None = None) -> np.ndarray:
-    """Patient classes from `patient_table`. `thresholds`: the tuned pair of the threshold rule
-    (Present, Unknown thresholds) or of the weighted rule (Present, Unknown class weights)."""
-    if decision == "any":
-        present, unknown = table["any_present"].to_numpy(), table["any_unknown"].to_numpy()
-    elif decision == "mean":
-        return table[["p_present", "p_unknown", "p_absent"]].to_numpy().argmax(axis=1)
-    elif decision == "threshold":
-        t_present, t_unknown = thresholds if thresholds is not None else (0.5, 0.5)
-        present = table["max_p_present"].to_numpy() >= t_present
-        unknown = table["max_p_unknown"].to_numpy() >= t_unknown
-    elif decision == "weighted":
-        s_present, s_unknown = thresholds if thresholds is not None else (1.0, 1.0)
-        proba = table[["p_present", "p_unknown", "p_absent"]].to_numpy()
-        return (proba * np.array([s_present, s_unknown, 1.0])).argmax(axis=1)
-    else:
-        raise ValueError(f"decision must be one of {DECISIONS}, got {decision!r}")
-    return np.where(present, PRESENT, np.where(unknown, UNKNOWN, ABSENT))
+class AnyRule(DecisionRule):
+    name, suffix = "any", "+any"
+
+    def predict(self, table: GroupTable) -> np.ndarray:
+        return table.first_call
 
 
-def aggregate_patients(segment_proba: np.ndarray, recording_ids: np.ndarray, patient_of: dict[str, str],
-                       decision: str = "any", thresholds: tuple[float, float] | None = None
-                       ) -> pd.DataFrame:
-    """One row per patient: patient_id, prediction, p_present, p_unknown, p_absent (means over
-    its recordings), max_p_present, max_p_unknown (what the threshold rule looks at)."""
-    rec_ids, rec_proba = mean_by_group(segment_proba, recording_ids)
-    table = patient_table(rec_proba, rec_ids, patient_of)
-    table.insert(1, "prediction", decide_patients(table, decision, thresholds))
-    return table.drop(columns=["any_present", "any_unknown"])
+class MeanRule(DecisionRule):
+    name, suffix = "mean", "+mean"
+
+    def predict(self, table: GroupTable) -> np.ndarray:
+        return table.mean.argmax(axis=1)
+
+
+class _TunedRule(DecisionRule):
+    """A rule with one parameter per class but the last, chosen on a grid."""
+    tuned = True
+    grid: ClassVar[np.ndarray] = np.array([])
+    default: ClassVar[float] = 0.0
+    attribute: ClassVar[str] = ""  # the fitted attribute, e.g. "thresholds_"
+    label: ClassVar[str] = ""  # its name in scores.csv's params column
+
+    def _values(self, n_classes: int) -> np.ndarray:
+        values = getattr(self, self.attribute, None)
+        if values is None:
+            values = getattr(self, self.attribute[:-1])
+        if values is None:
+            values = [self.default] * (n_classes - 1)
+        if len(values) != n_classes - 1:
+            raise ValueError(f"{self.name} rule has {len(values)} parameters for {n_classes} classes")
+        return np.asarray(values, dtype=np.float64)
+
+    def _apply(self, table: GroupTable, values: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def predict(self, table: GroupTable) -> np.ndarray:
+        return self._apply(table, self._values(table.mean.shape[1]))
+
+    def fit(self, table: GroupTable, y: np.ndarray, selection_key=None) -> "_TunedRule":
+        """The grid point with the best `selection_key(y, predictions)` (a tuple; first best kept)."""
+        best, _, _ = select_best(itertools.product(self.grid, repeat=table.mean.shape[1] - 1),
+                                 lambda values: (selection_key(y, self._apply(table, np.asarray(values))), None))
+        setattr(self, self.attribute, [float(v) for v in best])
+        return self
+
+    def fitted(self) -> dict:
+        values = getattr(self, self.attribute, None)
+        return {} if values is None else {self.attribute: list(values)}
+
+    def describe(self) -> dict:
+        values = getattr(self, self.attribute, None)
+        return {} if values is None else {self.label: "/".join(f"{v:.2f}" for v in values)}
+
+
+class ThresholdRule(_TunedRule):
+    name, suffix = "threshold", "+thr"
+    grid = np.round(np.arange(0.05, 0.96, 0.05), 2)
+    default, attribute, label = 0.5, "thresholds_", "thresholds"
+
+    def __init__(self, thresholds: list[float] | None = None) -> None:
+        self.thresholds = thresholds
+
+    def _apply(self, table: GroupTable, values: np.ndarray) -> np.ndarray:
+        n_classes = table.mean.shape[1]
+        out = np.full(len(table.mean), n_classes - 1)
+        for k in reversed(range(n_classes - 1)):  # the earliest class that passes wins
+            out = np.where(table.max[:, k] >= values[k], k, out)
+        return out
+
+
+class WeightedRule(_TunedRule):
+    name, suffix = "weighted", "+wgt"
+    # class weights against the last class: e^-1.5 ... e^1.5
+    grid = np.round(np.exp(np.linspace(-1.5, 1.5, 13)), 4)
+    default, attribute, label = 1.0, "weights_", "class_weights"
+
+    def __init__(self, weights: list[float] | None = None) -> None:
+        self.weights = weights
+
+    def _apply(self, table: GroupTable, values: np.ndarray) -> np.ndarray:
+        return (table.mean * np.append(values, 1.0)).argmax(axis=1)
+
+
+RULES: dict[str, type[DecisionRule]] = {r.name: r for r in (AnyRule, MeanRule, ThresholdRule, WeightedRule)}
+
+
+def register_rule(cls: type[DecisionRule]) -> type[DecisionRule]:
+    RULES[cls.name] = cls
+    return cls
+
+
+def make_rule(name: str) -> DecisionRule:
+    if name not in RULES:
+        raise ValueError(f"decision must be one of {tuple(RULES)}, got {name!r}")
+    return RULES[name]()
+
+
+def rule_from_dict(saved: dict) -> DecisionRule:
+    """Rebuild a saved rule from plain JSON (names and numbers only)."""
+    rule = make_rule(saved["rule"]).set_params(**saved.get("params", {}))
+    for attribute, values in saved.get("fitted", {}).items():
+        if not (isinstance(rule, _TunedRule) and attribute == rule.attribute):
+            raise ValueError(f"unknown fitted attribute {attribute!r} for the {rule.name} rule")
+        setattr(rule, attribute, [float(v) for v in values])
+    return rule

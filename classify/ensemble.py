@@ -1,9 +1,9 @@
 """Ensembles of encoders: mean of recording probabilities, or a stacked logistic regression.
 
-Stacking: each encoder's probe gives out-of-fold recording probabilities on the train patients
-(patient-grouped folds, so no patient leaks across folds); a logistic-regression stacker learns
-from their logs (plus, optionally, the recording location and patient demographics); its C
-and the decision thresholds are chosen on val; the test split is used once, at the end.
+Stacking: each encoder's probe gives out-of-fold recording probabilities on the train groups
+(group-wise folds, so no patient leaks across folds); a logistic-regression stacker learns
+from their logs (plus, optionally, the recording location and the group's covariates, e.g.
+demographics); its C and the decision rule are chosen on val; the test split is used once.
 """
 from __future__ import annotations
 
@@ -13,30 +13,19 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from embed.circor import LOCATIONS, CirCor
+from .aggregate import DecisionName
+from .evaluate import EncoderScores, RecordingScores, fit_rule
+from .probes import full_proba
+from .selection import select_best
+from .task import Task
 
-from .evaluate import EncoderScores, RecordingScores, decide, recording_targets
-
-AGE_GROUPS = ("Neonate", "Infant", "Child", "Adolescent", "Young Adult")
 STACK_C = (0.01, 0.1, 1.0)
 
 
-def demographic_features(circor: CirCor, patient_ids: np.ndarray) -> np.ndarray:
-    """Age group one-hot, sex, pregnancy, height, weight (NaN -> 0 plus a missing flag)."""
-    rows = []
-    for pid in patient_ids:
-        p = circor.patients[pid]
-        height = p.height if np.isfinite(p.height) else 0.0
-        weight = p.weight if np.isfinite(p.weight) else 0.0
-        rows.append([p.age == a for a in AGE_GROUPS] + [
-            p.sex == "Female", p.pregnant, height / 100.0, weight / 20.0,
-            not np.isfinite(p.height), not np.isfinite(p.weight)])
-    return np.asarray(rows, dtype=np.float64)
-
-
-def location_features(circor: CirCor, recording_ids: np.ndarray) -> np.ndarray:
-    location = {r.recording_id: r.location for r in circor.recordings()}
-    return np.asarray([[location[r] == loc for loc in LOCATIONS] for r in recording_ids], dtype=np.float64)
+def location_features(task: Task, recording_ids: np.ndarray) -> np.ndarray:
+    """One-hot recording location (no columns for datasets without locations)."""
+    return np.asarray([[task.recording_location.get(r) == loc for loc in task.locations] for r in recording_ids],
+                      dtype=np.float64).reshape(len(recording_ids), len(task.locations))
 
 
 def _aligned(per_encoder: list[RecordingScores]) -> list[RecordingScores]:
@@ -54,48 +43,35 @@ def mean_scores(per_encoder: list[RecordingScores]) -> RecordingScores:
                            np.mean([s.proba for s in aligned], axis=0))
 
 
-def stack_features(circor: CirCor, per_encoder: list[RecordingScores], demographics: bool,
+def stack_features(task: Task, per_encoder: list[RecordingScores], covariates: bool,
                    locations: bool) -> tuple[np.ndarray, RecordingScores]:
     aligned = _aligned(per_encoder)
     parts = [np.log(np.clip(s.proba, 1e-6, 1.0)) for s in aligned]
     base = aligned[0]
     if locations:
-        parts.append(location_features(circor, base.recording_ids))
-    if demographics:
-        parts.append(demographic_features(circor, base.patient_ids))
+        parts.append(location_features(task, base.recording_ids))
+    if covariates:
+        parts.append(task.covariates(base.patient_ids))
     return np.hstack(parts), base
 
 
-def stack(circor: CirCor, fitted: list[EncoderScores], *, targets: str = "patient", decision: str = "any",
-          demographics: bool = False, locations: bool = True) -> tuple[RecordingScores, RecordingScores, dict]:
-    """Fit the stacker on OOF train scores; return (val scores, test scores, chosen params)."""
+def stack(task: Task, fitted: list[EncoderScores], *, decision: DecisionName = "any", demographics: bool = False,
+          locations: bool = True) -> tuple[RecordingScores, RecordingScores, dict]:
+    """Fit the stacker on OOF train scores; return (val scores, test scores, chosen params).
+    `demographics`: the stacker also sees the dataset's covariates."""
     if any(f.oof is None for f in fitted):
         raise ValueError("stacking needs out-of-fold scores: fit encoders with oof_folds > 0")
-    X_train, train = stack_features(circor, [f.oof for f in fitted], demographics, locations)
-    X_val, val = stack_features(circor, [f.val for f in fitted], demographics, locations)
-    X_test, test = stack_features(circor, [f.test for f in fitted], demographics, locations)
-    labels = recording_targets(circor, targets) or {}
-    y = np.array([labels.get(r, circor.patients[p].label) for r, p in zip(train.recording_ids, train.patient_ids)])
+    X_train, train = stack_features(task, [f.oof for f in fitted], demographics, locations)
+    X_val, val = stack_features(task, [f.val for f in fitted], demographics, locations)
+    X_test, test = stack_features(task, [f.test for f in fitted], demographics, locations)
+    y = np.array([task.targets[r] for r in train.recording_ids])
     with threadpool_limits(limits=1, user_api="blas"):
-        return _select_stacker(circor, X_train, y, X_val, val, X_test, test, decision)
+        def val_score(C):
+            model = make_pipeline(StandardScaler(), LogisticRegression(C=C, class_weight="balanced", max_iter=5000))
+            model.fit(X_train, y)
+            scores = RecordingScores(val.recording_ids, val.patient_ids, full_proba(model, X_val, task.n_classes))
+            return fit_rule(task, scores, decision)[1], (model, scores)
 
-
-def _select_stacker(circor, X_train, y, X_val, val, X_test, test, decision):
-    """Choose the stacker's C on val; score the test recordings once with it."""
-    best = None
-    for C in STACK_C:
-        model = make_pipeline(StandardScaler(), LogisticRegression(C=C, class_weight="balanced", max_iter=5000))
-        model.fit(X_train, y)
-        val_scores = RecordingScores(val.recording_ids, val.patient_ids, _proba(model, X_val))
-        _, score = decide(circor, val_scores, decision)
-        if best is None or score > best[0]:
-            best = (score, C, model, val_scores)
-    _, C, model, val_scores = best
-    test_scores = RecordingScores(test.recording_ids, test.patient_ids, _proba(model, X_test))
+        C, _, (model, val_scores) = select_best(STACK_C, val_score)
+        test_scores = RecordingScores(test.recording_ids, test.patient_ids, full_proba(model, X_test, task.n_classes))
     return val_scores, test_scores, {"C": C}
-
-
-def _proba(model, X: np.ndarray) -> np.ndarray:
-    out = np.zeros((len(X), 3))
-    out[:, model.classes_.astype(int)] = model.predict_proba(X)
-    return out

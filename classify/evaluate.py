@@ -1,14 +1,15 @@
-"""Linear evaluation over patient-level splits.
+"""Linear evaluation over group-level (patient) splits.
 
 Per split: every candidate of the probe's grid is fit on the train segments and scored on the
-val patients by patient-level weighted accuracy; the best candidate (fit on train only) then
-predicts the test patients, which are touched once. Optional: out-of-fold recording scores on
-the train patients (patient-grouped folds) for stacking, recording-level targets from murmur
-locations, and patient decisions whose thresholds or class weights are tuned on val.
+val groups by the task's selection metric (CirCor: weighted accuracy); the best candidate (fit on
+train only) then predicts the test groups, which are touched once. Optional: out-of-fold
+recording scores on the train groups (group-wise folds) for stacking and for steadier tuned
+decision rules.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Iterable
 
 import numpy as np
 import pandas as pd
@@ -17,45 +18,24 @@ from sklearn.model_selection import StratifiedGroupKFold
 from threadpoolctl import threadpool_limits
 
 from embed.cache import CachedRecording
-from embed.circor import CirCor
 
-from .aggregate import TUNED_DECISIONS, aggregate_patients, decide_patients, mean_by_group, patient_table
+from .aggregate import DecisionName, DecisionRule, GroupTable, make_rule, mean_by_group
 from .features import SegmentSet, segment_set
-from .metrics import all_metrics, uar, weighted_accuracy
 from .probes import PROBES, fit_probe, full_proba, probe_grid
-
-TARGETS = ("patient", "location")
-PROBA_COLUMNS = ["p_present", "p_unknown", "p_absent"]
-THRESHOLD_GRID = np.round(np.arange(0.05, 0.96, 0.05), 2)
-# class weights of the weighted rule: Present and Unknown scaled by e^-1.5 ... e^1.5 against Absent
-WEIGHT_GRID = np.round(np.exp(np.linspace(-1.5, 1.5, 13)), 4)
-DECISION_GRIDS = {"threshold": THRESHOLD_GRID, "weighted": WEIGHT_GRID}
-DECISION_SUFFIX = {"any": "+any", "mean": "+mean", "threshold": "+thr", "weighted": "+wgt"}
+from .selection import select_best
+from .task import Task
 
 
-def recording_targets(circor: CirCor, scheme: str = "patient") -> dict[str, int] | None:
-    """Per-recording training targets. "location": a Present patient's recordings count as
-    murmur recordings only at the locations listed in 'Murmur locations', Absent elsewhere."""
-    if scheme == "patient":
-        return None
-    if scheme != "location":
-        raise ValueError(f"targets must be one of {TARGETS}, got {scheme!r}")
-    out = {}
-    for patient in circor.patients.values():
-        for rec in patient.recordings:
-            if patient.murmur == "Present":
-                out[rec.recording_id] = 0 if rec.location in patient.murmur_locations else 2
-            else:
-                out[rec.recording_id] = patient.label
-    return out
+def proba_columns(classes: Iterable[str]) -> list[str]:
+    return [f"p_{c.lower()}" for c in classes]
 
 
 @dataclass
 class RecordingScores:
     """Mean segment probabilities per recording."""
     recording_ids: np.ndarray
-    patient_ids: np.ndarray
-    proba: np.ndarray  # (n_recordings, 3)
+    patient_ids: np.ndarray  # group ids
+    proba: np.ndarray  # (n_recordings, n_classes)
 
     @staticmethod
     def from_segments(segments: SegmentSet, proba: np.ndarray) -> "RecordingScores":
@@ -73,46 +53,26 @@ class RecordingScores:
         idx = np.array([pos[r] for r in recording_ids])
         return RecordingScores(self.recording_ids[idx], self.patient_ids[idx], self.proba[idx])
 
+    def table(self) -> GroupTable:
+        return GroupTable.from_recordings(self.proba, self.patient_ids)
 
-def patient_frame(circor: CirCor, scores: RecordingScores, decision: str = "any",
-                  thresholds: tuple[float, float] | None = None) -> pd.DataFrame:
-    frame = aggregate_patients(scores.proba, scores.recording_ids, dict(zip(scores.recording_ids, scores.patient_ids)),
-                               decision, thresholds)
-    frame["label"] = [circor.patients[p].label for p in frame["patient_id"]]
+
+def group_frame(task: Task, scores: RecordingScores, rule: DecisionRule) -> pd.DataFrame:
+    """One row per group: patient_id, prediction, mean probabilities per class, label."""
+    table = scores.table()
+    frame = pd.DataFrame(table.mean, columns=proba_columns(task.classes))
+    frame.insert(0, "patient_id", table.group_ids)
+    frame.insert(1, "prediction", rule.predict(table))
+    frame["label"] = task.labels_of(table.group_ids)
     return frame
 
 
-def _score(frame: pd.DataFrame) -> tuple[float, float]:
-    labels, preds = frame["label"].to_numpy(), frame["prediction"].to_numpy()
-    return weighted_accuracy(labels, preds), uar(labels, preds)
-
-
-def tune_decision(circor: CirCor, scores: RecordingScores, decision: str = "threshold"
-                    ) -> tuple[tuple[float, float], float]:
-    """The decision's two parameters (thresholds on the max recording P(Present) / P(Unknown), or
-    the weighted rule's class weights) that maximise weighted accuracy on `scores` (ties: UAR)."""
-    table = patient_table(scores.proba, scores.recording_ids, dict(zip(scores.recording_ids, scores.patient_ids)))
-    labels = np.array([circor.patients[p].label for p in table["patient_id"]])
-    grid = DECISION_GRIDS[decision]
-    best, best_key = None, (-1.0, -1.0)
-    for first in grid:
-        for second in grid:
-            preds = decide_patients(table, decision, (first, second))
-            key = (weighted_accuracy(labels, preds), uar(labels, preds))
-            if key > best_key:
-                best, best_key = (float(first), float(second)), key
-    return best, best_key[0]
-
-
-def decide(circor: CirCor, val: RecordingScores, decision: str) -> tuple[tuple[float, float] | None, float]:
-    """Tuned parameters (for the threshold and weighted rules, on val) and the val weighted accuracy."""
-    if decision in TUNED_DECISIONS:
-        return tune_decision(circor, val, decision)
-    return None, _score(patient_frame(circor, val, decision))[0]
-
-
-def ids_in(split: dict[str, str], part: str, circor: CirCor) -> list[str]:
-    return [p for p in circor.patient_ids() if split.get(p) == part]
+def fit_rule(task: Task, scores: RecordingScores, decision: DecisionName) -> tuple[DecisionRule, float]:
+    """The decision rule fit on `scores` (tuned rules search their grid) and its selection score."""
+    table = scores.table()
+    y = task.labels_of(table.group_ids)
+    rule = make_rule(decision).fit(table, y, task.scoring.selection_key)
+    return rule, task.scoring.selection_key(y, rule.predict(table))[0]
 
 
 @dataclass
@@ -120,51 +80,49 @@ class EncoderScores:
     """One encoder's probe on one split: recording scores for val, test and (optionally) OOF train."""
     model: object
     params: dict
-    val_weighted_accuracy: float
+    val_score: float
     val: RecordingScores
     test: RecordingScores
     oof: RecordingScores | None = None
 
 
-def fit_encoder(circor: CirCor, embeddings: dict[str, CachedRecording], split: dict[str, str], probe: str, *,
-                targets: str = "patient", decision: str = "any", seed: int = 0, oof_folds: int = 0
-                ) -> EncoderScores:
+def fit_encoder(task: Task, embeddings: dict[str, CachedRecording], split: dict[str, str], probe: str, *,
+                decision: DecisionName = "any", seed: int = 0, oof_folds: int = 0) -> EncoderScores:
     # one BLAS thread: the probes' small matrix products run ~10x slower when BLAS threads
     # oversubscribe the cores (measured: lbfgs on 15k x 120 went from 14 s to 1.3 s)
     with threadpool_limits(limits=1, user_api="blas"):
-        return _fit_encoder(circor, embeddings, split, probe, targets, decision, seed, oof_folds)
+        return _fit_encoder(task, embeddings, split, probe, decision, seed, oof_folds)
 
 
-def _fit_encoder(circor, embeddings, split, probe, targets, decision, seed, oof_folds) -> EncoderScores:
-    labels = recording_targets(circor, targets)
-    train_ids = ids_in(split, "train", circor)
-    train = segment_set(circor, embeddings, train_ids, "train", labels)
-    val = segment_set(circor, embeddings, ids_in(split, "val", circor), "eval")
-    test = segment_set(circor, embeddings, ids_in(split, "test", circor), "eval")
-    best, best_score, best_val = None, -np.inf, None
-    for candidate in probe_grid(probe, seed):
+def _fit_encoder(task, embeddings, split, probe, decision, seed, oof_folds) -> EncoderScores:
+    train_ids = task.ids_in(split, "train")
+    train = segment_set(task, embeddings, train_ids, "train")
+    val = segment_set(task, embeddings, task.ids_in(split, "val"), "eval")
+    test = segment_set(task, embeddings, task.ids_in(split, "test"), "eval")
+
+    def val_score(candidate):
         fit_probe(candidate, train.X, train.y, train.patient_ids)
-        val_scores = RecordingScores.from_segments(val, full_proba(candidate, val.X))
-        _, score = decide(circor, val_scores, decision)
-        if score > best_score:
-            best, best_score, best_val = candidate, score, val_scores
-    test_scores = RecordingScores.from_segments(test, full_proba(best, test.X))
+        scores = RecordingScores.from_segments(val, full_proba(candidate, val.X, task.n_classes))
+        return fit_rule(task, scores, decision)[1], scores
+
+    best, best_score, best_val = select_best(probe_grid(probe, seed), val_score)
+    test_scores = RecordingScores.from_segments(test, full_proba(best, test.X, task.n_classes))
     params = {k: v for k, v in best.get_params().items() if k in PROBES[probe][1]}
-    oof = out_of_fold(circor, embeddings, train_ids, best, labels, oof_folds, seed) if oof_folds else None
+    oof = out_of_fold(task, embeddings, train_ids, best, oof_folds, seed) if oof_folds else None
     return EncoderScores(best, params, float(best_score), best_val, test_scores, oof)
 
 
-def out_of_fold(circor: CirCor, embeddings: dict[str, CachedRecording], patient_ids: list[str], model,
-                labels: dict[str, int] | None, folds: int, seed: int) -> RecordingScores:
-    """Recording scores for training patients from models that never saw their patient."""
-    y = np.array([circor.patients[p].label for p in patient_ids])
+def out_of_fold(task: Task, embeddings: dict[str, CachedRecording], group_ids: list[str], model,
+                folds: int, seed: int) -> RecordingScores:
+    """Recording scores for training groups from models that never saw their group."""
+    y = task.labels_of(group_ids)
     splitter = StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
     out = None
-    for fit_idx, held_idx in splitter.split(np.zeros(len(y)), y, groups=patient_ids):
-        fit = segment_set(circor, embeddings, [patient_ids[i] for i in fit_idx], "train", labels)
-        held = segment_set(circor, embeddings, [patient_ids[i] for i in held_idx], "eval")
+    for fit_idx, held_idx in splitter.split(np.zeros(len(y)), y, groups=group_ids):
+        fit = segment_set(task, embeddings, [group_ids[i] for i in fit_idx], "train")
+        held = segment_set(task, embeddings, [group_ids[i] for i in held_idx], "eval")
         fold_model = fit_probe(clone(model), fit.X, fit.y, fit.patient_ids)
-        scores = RecordingScores.from_segments(held, full_proba(fold_model, held.X))
+        scores = RecordingScores.from_segments(held, full_proba(fold_model, held.X, task.n_classes))
         out = scores if out is None else out.concat(scores)
     return out
 
@@ -175,53 +133,54 @@ class SplitResult:
     probe: str
     split: str
     metrics: dict
-    predictions: pd.DataFrame  # patient_id, split, label, prediction, p_present, p_unknown, p_absent
+    predictions: pd.DataFrame  # patient_id, split, label, prediction, p_<class>...
     params: dict = field(default_factory=dict)
-    val_weighted_accuracy: float = float("nan")
+    val_score: float = float("nan")
+    val_metric: str = "weighted_accuracy"
+    model: object = None  # the fitted probe (single encoders), kept for --save-model
+    rule: DecisionRule | None = None  # the fitted decision rule
 
     def score_row(self) -> dict:
         return {"encoder": self.encoder, "probe": self.probe, "split": self.split, **self.metrics,
-                "val_weighted_accuracy": self.val_weighted_accuracy,
+                f"val_{self.val_metric}": self.val_score,
                 "params": ";".join(f"{k}={v}" for k, v in self.params.items())}
 
 
-def test_result(circor: CirCor, encoder: str, probe: str, split_name: str, val: RecordingScores,
-                test: RecordingScores, decision: str, params: dict | None = None,
-                oof: RecordingScores | None = None) -> SplitResult:
-    """Apply the decision rule to the test recordings and score them.
+def test_result(task: Task, encoder: str, probe: str, split_name: str, val: RecordingScores,
+                test: RecordingScores, decision: DecisionName, params: dict | None = None,
+                oof: RecordingScores | None = None, model: object = None) -> SplitResult:
+    """Fit the decision rule, apply it to the test recordings and score them.
 
-    Thresholds are tuned on val, or on val plus the out-of-fold train scores when given: 95 val
+    Tuned rules are fit on val, or on val plus the out-of-fold train scores when given: 95 val
     patients alone make noisy thresholds, the OOF scores add ~600 patients no model saw.
     """
-    thresholds, val_score = decide(circor, val, decision)
-    if thresholds is not None and oof is not None:
-        thresholds, _ = tune_decision(circor, oof.concat(val), decision)
-    frame = patient_frame(circor, test, decision, thresholds)
-    metrics = all_metrics(frame["label"].to_numpy(), frame["prediction"].to_numpy(), frame[PROBA_COLUMNS].to_numpy())
+    rule, val_score = fit_rule(task, val, decision)
+    if rule.tuned and oof is not None:
+        rule, _ = fit_rule(task, oof.concat(val), decision)
+    frame = group_frame(task, test, rule)
+    metrics = task.scoring.all(frame["label"].to_numpy(), frame["prediction"].to_numpy(),
+                               frame[proba_columns(task.classes)].to_numpy())
     frame.insert(1, "split", split_name)
-    params = dict(params or {})
-    if thresholds is not None:
-        params["thresholds" if decision == "threshold" else "class_weights"] = \
-            f"{thresholds[0]:.2f}/{thresholds[1]:.2f}"
-    return SplitResult(encoder, probe, split_name, metrics, frame, params, float(val_score))
+    return SplitResult(encoder, probe, split_name, metrics, frame, {**(params or {}), **rule.describe()},
+                       float(val_score), task.scoring.primary, model, rule)
 
 
-def variant_name(probe: str, targets: str = "patient", decision: str = "any") -> str:
+def variant_name(probe: str, targets: str = "patient", decision: DecisionName = "any") -> str:
     """Probe column label: e.g. 'linear+any', 'linear+loc+mean', 'xgboost+loc+thr'."""
-    return probe + ("+loc" if targets == "location" else "") + DECISION_SUFFIX[decision]
+    return probe + ("" if targets == "patient" else f"+{targets[:3]}") + make_rule(decision).suffix
 
 
-def evaluate_split(circor: CirCor, embeddings: dict[str, CachedRecording], split: dict[str, str],
-                   probe: str, *, encoder: str = "", split_name: str = "", decision: str = "any",
-                   targets: str = "patient", seed: int = 0) -> SplitResult:
-    fitted = fit_encoder(circor, embeddings, split, probe, targets=targets, decision=decision, seed=seed)
-    return test_result(circor, encoder, variant_name(probe, targets, decision), split_name, fitted.val,
-                       fitted.test, decision, fitted.params)
+SCORE_KEYS = ("encoder", "probe", "split", "n_patients", "params")
+
+
+def metric_columns(scores: pd.DataFrame) -> list[str]:
+    """The metric columns of a scores table, in its order."""
+    return [c for c in scores.columns if c not in SCORE_KEYS and not c.startswith(("val_", "_"))]
 
 
 def summary_table(scores: pd.DataFrame) -> pd.DataFrame:
     """Mean ± std over splits per encoder × probe."""
-    cols = ["weighted_accuracy", "uar", "recall_present", "recall_unknown", "recall_absent", "auroc"]
+    cols = metric_columns(scores)
     grouped = scores.groupby(["encoder", "probe"], sort=False)[cols]
     mean, std = grouped.mean(), grouped.std(ddof=0)
     table = pd.DataFrame(index=mean.index)

@@ -1,13 +1,17 @@
-"""Cached embeddings + CirCor labels -> arrays a probe can learn from."""
+"""Cached embeddings + a task's labels -> arrays a probe can learn from."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 from embed.cache import CachedRecording, EmbeddingCache, check_cache_dir, list_caches, read_config
-from embed.circor import CirCor
+
+from .task import Task
+
+Windows = Literal["train", "eval"]
 
 
 def find_cache(cache_dir: str | Path, spec: str) -> EmbeddingCache:
@@ -31,36 +35,38 @@ def _config_line(path: Path) -> str:
 
 @dataclass
 class SegmentSet:
-    """Segments of a set of patients, with the recording and patient each came from."""
+    """Segments of a set of groups, with the recording and group each came from."""
     X: np.ndarray
-    y: np.ndarray  # patient murmur label per segment (0 Present, 1 Unknown, 2 Absent)
+    y: np.ndarray  # class index per segment
     recording_ids: np.ndarray
-    patient_ids: np.ndarray
+    patient_ids: np.ndarray  # group ids
 
     def __len__(self) -> int:
         return len(self.y)
 
 
-def segment_set(circor: CirCor, embeddings: dict[str, CachedRecording], patient_ids: list[str],
-                which: str, labels: dict[str, int] | None = None) -> SegmentSet:
-    """Stack the `which` ("train" | "eval") windows of every cached recording of these patients.
+def segment_set(task: Task, embeddings: dict[str, CachedRecording], group_ids: list[str],
+                which: Windows) -> SegmentSet:
+    """Stack the `which` windows of every cached recording of these groups.
 
-    `labels` optionally overrides the target per recording (e.g. murmur-location targets).
+    "train" windows carry the task's training targets (its label scheme), "eval" windows
+    their group's label.
     """
+    if which not in ("train", "eval"):
+        raise ValueError(f"which must be 'train' or 'eval', got {which!r}")
     xs, ys, recs, pats = [], [], [], []
-    for pid in patient_ids:
-        patient = circor.patients[pid]
-        for rec in patient.recordings:
-            cached = embeddings.get(rec.recording_id)
+    for gid in group_ids:
+        for rid in task.recordings_of.get(gid, []):
+            cached = embeddings.get(rid)
             if cached is None:
                 continue
             x = cached.train() if which == "train" else cached.eval()
-            label = labels.get(rec.recording_id, patient.label) if labels else patient.label
+            label = task.targets[rid] if which == "train" else task.group_labels[gid]
             xs.append(x)
             ys.append(np.full(len(x), label))
-            recs.append(np.full(len(x), rec.recording_id, dtype=object))
-            pats.append(np.full(len(x), pid, dtype=object))
+            recs.append(np.full(len(x), rid, dtype=object))
+            pats.append(np.full(len(x), gid, dtype=object))
     if not xs:
-        raise ValueError("no cached embeddings for these patients")
+        raise ValueError("no cached embeddings for these groups")
     return SegmentSet(np.concatenate(xs).astype(np.float32), np.concatenate(ys),
                       np.concatenate(recs), np.concatenate(pats))

@@ -1,77 +1,99 @@
-"""Saving and loading fitted probes, safely.
+"""Saving and loading fitted probes and decision rules as data, never as code.
 
-A model folder holds one joblib file per (encoder, probe) and a `manifest.json` with the
-sha256 of every file, the encoder's cache configuration (encoder, checkpoint hash, pooling,
-segments), the class order and the patient decision rule. joblib files are pickles, so a file
-is unpickled only after its hash matches the manifest; anything else is refused with a clear
-error. (The manifest guards against corrupt, swapped or edited model files; it is not a
-signature: only load model folders from people you trust.)
+A model folder holds one `.npz` file per (encoder, probe) and a `manifest.json`. Each `.npz`
+holds only numeric arrays (scaler statistics, coefficients, network weights, XGBoost's own JSON
+model as bytes) and a JSON header naming the probe, its parameters, the classes, the encoder's
+cache key and the fitted decision rule; it is read with `allow_pickle=False`, so loading a model
+folder can never run code. The manifest lists every file's sha256 and carries a sha256 of its
+own content: a changed model file or an edited manifest (say, its decision) is refused, and the
+manifest must agree with the header inside the hashed model file. (This guards against corrupt,
+swapped or edited folders; it is not a signature.)
 
-What is saved: per encoder x probe, the hyper-parameters chosen on the FIRST split's val
-patients (as `probe` does), refit on that split's train + val patients. Its test patients stay
-unseen, so the split's test score in the manifest is an honest estimate for the saved model.
+What is saved is exactly what `probe` selected on the first split: each probe fit on that split's
+train groups with the hyper-parameters chosen on its val groups, and the decision rule fit there
+(tuned rules included). Its test groups stay unseen, so the split's test metrics in the manifest
+are an honest estimate for the saved model.
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
 import time
+import zipfile
 from pathlib import Path
 
-import joblib
-from sklearn.base import BaseEstimator
+import numpy as np
 
-from embed.circor import MURMUR_CLASSES, CirCor
+from embed.checksum import file_sha256
 
-MODEL_FORMAT = 1
+from .aggregate import DecisionRule, rule_from_dict
+from .probes import PROBES
+
+MODEL_FORMAT = 2
 MANIFEST = "manifest.json"
+HEADER = "header_json"
 
 
 class ModelIntegrityError(RuntimeError):
-    """A saved model that does not match its manifest (or has none); never unpickled."""
+    """A model folder that does not match its manifest (or has none); nothing in it is used."""
 
 
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
+def _canonical_sha256(manifest: dict) -> str:
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _file_name(encoder: str, probe: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{encoder}--{probe}") + ".joblib"
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{encoder}--{probe}") + ".npz"
 
 
-def _atomic_write(path: Path, write) -> None:
+def _atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        write(tmp)
+        tmp.write_bytes(data)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
 
 
-def save_models(out_dir: str | Path, models: list[dict], decision: str = "any") -> Path:
-    """Write each `{"estimator", "encoder", "probe", "cache_config", ...}` and the manifest.
+def model_bytes(estimator, probe: str, header: dict) -> bytes:
+    """The `.npz` of one fitted probe: its arrays and a JSON header."""
+    arrays = {f"state:{k}": np.asarray(v) for k, v in estimator.state().items()}
+    full = {"probe": probe, "params": estimator.get_params(), **header}
+    arrays[HEADER] = np.frombuffer(json.dumps(full, sort_keys=True, default=str).encode(), dtype=np.uint8)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
 
-    Extra keys of a model dict (params, checkpoint, trained_on, scores) go into the manifest.
+
+def save_models(out_dir: str | Path, models: list[dict], classes: tuple[str, ...], dataset: str) -> Path:
+    """Write each `{"estimator", "rule", "encoder", "probe", "cache_config", ...}` and the manifest.
+
+    Extra keys of a model dict (checkpoint, trained_on, split_test_metrics) go into the manifest.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     entries = []
     for model in models:
-        info = {k: v for k, v in model.items() if k != "estimator"}
+        rule: DecisionRule = model["rule"]
+        info = {k: v for k, v in model.items() if k not in ("estimator", "rule")}
+        header = {"encoder": model["encoder"], "classes": list(classes), "rule": rule.to_dict(),
+                  "cache_config": model["cache_config"]}
         name = _file_name(model["encoder"], model["probe"])
-        _atomic_write(out / name, lambda tmp: joblib.dump(model["estimator"], tmp))
-        entries.append({"file": name, "sha256": sha256_file(out / name), **info})
-    manifest = {"format": MODEL_FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "classes": list(MURMUR_CLASSES), "decision": decision, "models": entries}
+        _atomic_write(out / name, model_bytes(model["estimator"], model["probe"], header))
+        entries.append({"file": name, "sha256": file_sha256(out / name), "rule": rule.to_dict(),
+                        "params": model["estimator"].get_params(), **info})
+    manifest = {"format": MODEL_FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "dataset": dataset,
+                "classes": list(classes), "decision": models[0]["rule"].name if models else None,
+                "models": entries}
+    manifest = json.loads(json.dumps(manifest, default=str))
+    manifest["manifest_sha256"] = _canonical_sha256(manifest)
     # the manifest goes last, so a folder with a manifest has every file it names
-    _atomic_write(out / MANIFEST, lambda tmp: tmp.write_text(json.dumps(manifest, indent=2, default=str)))
+    _atomic_write(out / MANIFEST, json.dumps(manifest, indent=2).encode())
     return out / MANIFEST
 
 
@@ -85,8 +107,9 @@ def load_manifest(model_dir: str | Path) -> dict:
         raise ModelIntegrityError(f"{path}: unreadable manifest ({err})") from err
     if not isinstance(manifest, dict) or manifest.get("format") != MODEL_FORMAT or not manifest.get("models"):
         raise ModelIntegrityError(f"{path}: unknown manifest format or no models")
-    if tuple(manifest.get("classes", ())) != MURMUR_CLASSES:
-        raise ModelIntegrityError(f"{path}: class order {manifest.get('classes')} is not {list(MURMUR_CLASSES)}")
+    if manifest.get("manifest_sha256") != _canonical_sha256(manifest):
+        raise ModelIntegrityError(f"{path}: the manifest was edited after it was written (its sha256 does not "
+                                  "match its content); refusing to use it")
     return manifest
 
 
@@ -100,8 +123,7 @@ def select_model(manifest: dict, encoder: str | None = None, probe: str | None =
     return hits[0]
 
 
-def load_model(model_dir: str | Path, entry: dict) -> BaseEstimator:
-    """Unpickle one model file, only if its sha256 matches the manifest."""
+def _checked_path(model_dir: str | Path, entry: dict) -> Path:
     folder = Path(model_dir).resolve()
     name = entry.get("file", "")
     path = (folder / name).resolve()
@@ -109,43 +131,57 @@ def load_model(model_dir: str | Path, entry: dict) -> BaseEstimator:
         raise ModelIntegrityError(f"{folder / MANIFEST}: model file name {name!r} points outside the folder")
     if not path.exists():
         raise ModelIntegrityError(f"{path}: listed in the manifest but missing")
-    actual = sha256_file(path)
+    actual = file_sha256(path)
     if actual != entry.get("sha256"):
         raise ModelIntegrityError(f"{path}: sha256 {actual[:16]}... does not match the manifest "
                                   f"({str(entry.get('sha256'))[:16]}...); refusing to load it")
-    return joblib.load(path)
+    return path
 
 
-def fit_for_saving(circor: CirCor, cache_dir: str | Path, encoder: str, probe: str,
-                   split: dict[str, str], split_name: str = "", decision: str = "any", seed: int = 0,
-                   checkpoint: str | None = None) -> dict:
-    """Choose hyper-parameters on the split's val patients, refit on train + val; a `save_models` entry."""
-    from .evaluate import evaluate_split, ids_in
-    from .features import find_cache, segment_set
-    from .probes import probe_grid
+def load_model(model_dir: str | Path, entry: dict, classes: list[str] | None = None
+               ) -> tuple[object, DecisionRule, dict]:
+    """(probe, decision rule, header) of one manifest entry, only if its sha256 matches and its
+    header agrees with the manifest. Arrays only: `allow_pickle=False`."""
+    path = _checked_path(model_dir, entry)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            header = json.loads(npz[HEADER].tobytes().decode())
+            state = {k[len("state:"):]: npz[k] for k in npz.files if k.startswith("state:")}
+    except (ValueError, OSError, KeyError, zipfile.BadZipFile, UnicodeDecodeError) as err:
+        raise ModelIntegrityError(f"{path}: not a model file of this format ({err})") from err
+    for key in ("probe", "encoder", "rule", "cache_config"):
+        if header.get(key) != entry.get(key):
+            raise ModelIntegrityError(f"{path}: the manifest's {key!r} differs from the one saved in the model "
+                                      "file; refusing to use it")
+    if classes is not None and header.get("classes") != list(classes):
+        raise ModelIntegrityError(f"{path}: classes {header.get('classes')} differ from the manifest's {classes}")
+    probe = header["probe"]
+    if probe not in PROBES:
+        raise ModelIntegrityError(f"{path}: unknown probe {probe!r}")
+    cls = PROBES[probe][0]
+    try:
+        return cls.from_state(header["params"], state), rule_from_dict(header["rule"]), header
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise ModelIntegrityError(f"{path}: cannot rebuild the {probe} probe ({err})") from err
 
-    cache = find_cache(cache_dir, encoder)
-    embeddings = cache.read()
-    result = evaluate_split(circor, embeddings, split, probe, encoder=encoder, split_name=split_name,
-                            decision=decision, seed=seed)
-    patients = ids_in(split, "train", circor) + ids_in(split, "val", circor)
-    data = segment_set(circor, embeddings, patients, "train")
-    estimator = probe_grid(probe, seed)[0].set_params(**result.params)
-    estimator.fit(data.X, data.y)
-    return {
-        "estimator": estimator, "encoder": encoder.partition("@")[0], "probe": probe,
-        "params": result.params, "cache_config": cache.config, "cache_key": cache.key,
-        "checkpoint": str(Path(checkpoint).resolve()) if checkpoint else None,
-        "trained_on": {"split": split_name, "patients": len(patients), "segments": len(data)},
-        "split_test_metrics": result.metrics,
-    }
 
-
-def save_probe_models(circor: CirCor, encoders: list[str], probes: list[str], splits: dict[str, dict[str, str]],
-                      cache_dir: str | Path, model_dir: str | Path, decision: str = "any", seed: int = 0,
-                      checkpoint: str | None = None) -> Path:
-    """`probe --save-model`: one model per encoder x probe, fit on the first split's train + val."""
-    split_name, split = next(iter(splits.items()))
-    models = [fit_for_saving(circor, cache_dir, enc, probe, split, split_name, decision, seed, checkpoint)
-              for enc in encoders for probe in probes]
-    return save_models(model_dir, models, decision)
+def save_selected(results, model_dir: str | Path, classes: tuple[str, ...], dataset: str,
+                  cache_configs: dict[str, tuple[dict, str]], checkpoint: str | None = None) -> Path:
+    """`probe --save-model`: the probes and rules `probe` fitted and selected on its first split."""
+    single = [r for r in results if r.model is not None]
+    if not single:
+        raise ValueError("nothing to save: no single-encoder probe was fitted")
+    first_split = single[0].split
+    models = []
+    for r in single:
+        if r.split != first_split:
+            continue
+        config, key = cache_configs[r.encoder]
+        models.append({
+            "estimator": r.model, "rule": r.rule, "encoder": r.encoder.partition("@")[0],
+            "probe": r.probe.split("+")[0], "variant": r.probe, "cache_config": config, "cache_key": key,
+            "checkpoint": str(Path(checkpoint).resolve()) if checkpoint else None,
+            "trained_on": {"split": first_split, "groups": "train (probe), val (hyper-parameters and rule)"},
+            "split_test_metrics": r.metrics,
+        })
+    return save_models(model_dir, models, classes, dataset)

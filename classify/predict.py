@@ -1,4 +1,4 @@
-"""`predict`: a saved probe + its frozen encoder -> a murmur call per patient.
+"""`predict`: a saved probe + its frozen encoder -> a call per patient (group).
 
 Inputs are patient folders in CirCor's layout (`PID.txt` + wavs; a folder of several patients
 works too), folders of wavs without a `.txt`, or loose wav files at any sample rate. A
@@ -6,30 +6,30 @@ recording's location comes from its `.txt` line, else from a `NAME_LOC[_N]` file
 is "unknown". Loose files are grouped by the NAME part of `NAME_LOC[_N]`; any other file is
 its own patient, unless `patient_id` puts every loose file into one patient.
 
-Each recording gets the same treatment as in training: resampled to the encoder's rate
-(long recordings streamed), cut into the evaluation windows of the saved segment config,
-embedded, classified per window; recording probabilities are the window mean, and the
-patient's class follows the saved decision rule (the paper's: Present if any recording is
-Present, else Unknown if any is Unknown, else Absent).
+Recordings go through the same path as in training: `embed.extract.extract` (decoding,
+resampling, window planning, batching) into a temporary cache, then the saved probe scores the
+evaluation windows, recording probabilities are the window means, and the saved (fitted)
+decision rule makes the patient's call.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from embed.audio import AudioError, open_resampled
-from embed.circor import MURMUR_CLASSES, Problem, parse_patient_txt
-from embed.segments import SegmentConfig, plan_segments
+from embed.datasets.circor import RECORDING_NAME, parse_patient_txt
+from embed.problems import Problem
+from embed.segments import SegmentConfig
 
-from .aggregate import patient_rule
+from .aggregate import GroupTable
 from .model_io import load_manifest, load_model, select_model
 from .probes import full_proba
 
-LOOSE_NAME = re.compile(r"^(?P<pid>.+?)_(?P<loc>AV|PV|TV|MV|Phc)(?:_\d+)?$")
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".aiff", ".aif"}
 
 
@@ -39,6 +39,13 @@ class InputRecording:
     patient_id: str
     location: str
     path: Path
+
+
+@dataclass
+class _Job:
+    """What `extract` needs: an id unique within this run (names may repeat across inputs) and a file."""
+    recording_id: str
+    wav: Path
 
 
 def _from_folder(folder: Path, problems: list[Problem]) -> dict[str, list[InputRecording]]:
@@ -65,7 +72,7 @@ def _from_folder(folder: Path, problems: list[Problem]) -> dict[str, list[InputR
 
 
 def _loose(path: Path, patient_id: str | None = None) -> InputRecording:
-    match = LOOSE_NAME.match(path.stem)
+    match = RECORDING_NAME.match(path.stem)
     pid = patient_id or (match["pid"] if match else path.stem)
     return InputRecording(path.stem, pid, match["loc"] if match else "unknown", path)
 
@@ -114,69 +121,93 @@ def build_encoder(entry: dict, checkpoint: str | None = None, device: str = "aut
     return encoder, segments
 
 
-def predict_recording(encoder, segments: SegmentConfig, estimator, rec: InputRecording,
-                      batch_size: int = 32) -> dict:
-    audio = open_resampled(rec.path, encoder.sample_rate)
-    plan = plan_segments(audio.n_samples, encoder.sample_rate, segments)
-    window = int(round(segments.window_s * encoder.sample_rate))
-    windows = audio.windows(plan.starts[plan.eval_index], window)
-    embs = [encoder.embed(np.stack([windows[i] for i in range(lo, min(lo + batch_size, len(windows)))]))
-            for lo in range(0, len(windows), batch_size)]
-    proba = full_proba(estimator, np.concatenate(embs)).mean(axis=0)
-    return {
-        "recording_id": rec.recording_id, "file": str(rec.path), "location": rec.location,
-        "duration_s": round(audio.n_samples / encoder.sample_rate, 3), "windows": int(len(windows)),
-        "class": MURMUR_CLASSES[int(proba.argmax())],
-        "probabilities": {c: float(p) for c, p in zip(MURMUR_CLASSES, proba)}, "notes": audio.notes,
-    }
+def eval_only(segments: SegmentConfig) -> SegmentConfig:
+    """The same evaluation windows with no extra training windows (the training stride is set to the
+    evaluation one, so the union of both plans is the evaluation plan)."""
+    stride = segments.window_s if segments.eval_stride_s is None else segments.eval_stride_s
+    return SegmentConfig(segments.window_s, stride, segments.eval_stride_s)
 
 
-def patient_decision(recordings: list[dict], decision: str) -> tuple[str, dict[str, float]]:
-    proba = np.array([[r["probabilities"][c] for c in MURMUR_CLASSES] for r in recordings])
-    mean = proba.mean(axis=0)
-    if decision == "any":
-        label = patient_rule(proba.argmax(axis=1))
-    elif decision == "mean":
-        label = int(mean.argmax())
-    else:
-        raise ValueError(f"saved decision rule {decision!r} is not supported by predict (any, mean)")
-    return MURMUR_CLASSES[label], {c: float(p) for c, p in zip(MURMUR_CLASSES, mean)}
+def embed_inputs(encoder, segments: SegmentConfig, recordings: list[InputRecording], batch_size: int = 32,
+                 progress: bool = False):
+    """Evaluation-window embeddings per input recording (by position) through `extract`, and the
+    problems it met (files named)."""
+    from embed.extract import extract
+    from embed.cache import EmbeddingCache
+    from embed.extract import cache_config
+
+    jobs = [_Job(f"r{i}", rec.path) for i, rec in enumerate(recordings)]
+    plan = eval_only(segments)
+    with tempfile.TemporaryDirectory(prefix="heartprobe-predict-") as tmp:
+        report = extract(encoder, jobs, tmp, plan, batch_size, progress=progress)
+        cached = EmbeddingCache(tmp, encoder.name, cache_config(encoder, plan)).read()
+    return [cached.get(job.recording_id) for job in jobs], report.problems
+
+
+def output_names(patient_ids: list[str]) -> dict[str, str]:
+    """A distinct, safe file name per patient id: the id itself when it is safe, else its safe form
+    plus a short hash of the id, so ids that sanitise alike (`a b`, `a_b`) never share a file."""
+    names: dict[str, str] = {}
+    taken: set[str] = set()
+    for pid in patient_ids:
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", pid).strip(".") or "patient"
+        name = safe
+        if safe != pid or name.lower() in taken:
+            name = f"{safe}-{hashlib.sha256(pid.encode()).hexdigest()[:10]}"
+        names[pid] = name + ".json"
+        taken.add(name.lower())
+    return names
 
 
 def predict(model_dir: str | Path, inputs: list[str | Path], out_dir: str | Path | None = None, *,
             checkpoint: str | None = None, encoder_name: str | None = None, probe: str | None = None,
             patient_id: str | None = None, device: str = "auto", trust_checkpoint: bool = False,
             batch_size: int = 32) -> tuple[list[dict], list[Problem]]:
-    """One result dict per patient (also written as `out_dir/PID.json`), and the problems met."""
+    """One result dict per patient (also written as `out_dir/NAME.json`, NAME from `output_names`),
+    and the problems met."""
     manifest = load_manifest(model_dir)
     entry = select_model(manifest, encoder_name, probe)
-    estimator = load_model(model_dir, entry)  # refuses a file whose hash differs from the manifest
+    classes = manifest["classes"]
+    # refuses a file whose hash or header differs from the manifest; reads arrays only
+    estimator, rule, _ = load_model(model_dir, entry, classes)
     encoder, segments = build_encoder(entry, checkpoint, device, trust_checkpoint)
     patients, problems = gather_inputs(inputs, patient_id)
-    decision = manifest.get("decision", "any")
+    flat = [rec for recs in patients.values() for rec in recs]
+    embedded, extract_problems = embed_inputs(encoder, segments, flat, batch_size)
+    problems += extract_problems
+    by_file: dict[str, list[Problem]] = {}
+    for p in extract_problems:
+        by_file.setdefault(p.path, []).append(p)
+    cached_of = {id(rec): cached for rec, cached in zip(flat, embedded)}
+    names = output_names(list(patients))
     results = []
     for pid, recs in patients.items():
-        done = []
+        done, proba = [], []
         for rec in recs:
-            try:
-                done.append(predict_recording(encoder, segments, estimator, rec, batch_size))
-            except AudioError as err:
-                problems.append(Problem(str(rec.path), err.problem))
-        for r in done:
-            problems.extend(Problem(r["file"], note, "warning") for note in r["notes"])
-        result = {"patient_id": pid, "class": None, "probabilities": None, "decision_rule": decision,
+            cached = cached_of[id(rec)]
+            if cached is None:
+                continue
+            p = full_proba(estimator, cached.eval(), len(classes)).mean(axis=0)
+            proba.append(p)
+            done.append({
+                "recording_id": rec.recording_id, "file": str(rec.path), "location": rec.location,
+                "windows": int(len(cached.eval_index)), "class": classes[int(p.argmax())],
+                "probabilities": {c: float(v) for c, v in zip(classes, p)},
+                "notes": [q.message for q in by_file.get(str(rec.path), []) if q.severity == "warning"]})
+        result = {"patient_id": pid, "class": None, "probabilities": None, "decision_rule": rule.to_dict(),
                   "model": {"encoder": entry["encoder"], "probe": entry["probe"], "file": entry["file"]},
                   "recordings": done,
-                  "skipped": [{"file": p.path, "problem": p.message} for p in problems
-                              if p.severity == "error" and any(p.path == str(r.path) for r in recs)]}
+                  "skipped": [{"file": q.path, "problem": q.message} for rec in recs
+                              for q in by_file.get(str(rec.path), []) if q.severity == "error"]}
         if done:
-            result["class"], result["probabilities"] = patient_decision(done, decision)
+            table = GroupTable.from_recordings(np.array(proba), np.full(len(proba), 0))
+            result["class"] = classes[int(rule.predict(table)[0])]
+            result["probabilities"] = {c: float(v) for c, v in zip(classes, table.mean[0])}
         else:
             problems.append(Problem(pid, "no usable recording; no prediction"))
         results.append(result)
         if out_dir is not None:
             out = Path(out_dir)
             out.mkdir(parents=True, exist_ok=True)
-            safe = re.sub(r"[^A-Za-z0-9_.-]", "_", pid)
-            (out / f"{safe}.json").write_text(json.dumps(result, indent=2))
+            (out / names[pid]).write_text(json.dumps(result, indent=2))
     return results, problems

@@ -1,7 +1,8 @@
 """Probes: scikit-learn estimators over frozen embeddings, each with a small search grid.
 
 Classes are imbalanced (most patients have no murmur), so every probe weights samples by
-inverse class frequency.
+inverse class frequency. Each probe can export its fitted state as plain arrays (`state`) and be
+rebuilt from them (`from_state`), so a saved model is data, never code.
 """
 from __future__ import annotations
 
@@ -37,6 +38,29 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
     def predict(self, X: np.ndarray) -> np.ndarray:
         return self.classes_[self.predict_proba(X).argmax(axis=1)]
 
+    def state(self) -> dict[str, np.ndarray]:
+        scaler, logistic = self.model_[0], self.model_[-1]
+        return {"classes": self.classes_, "mean": scaler.mean_, "scale": scaler.scale_, "var": scaler.var_,
+                "coef": logistic.coef_, "intercept": logistic.intercept_}
+
+    @classmethod
+    def from_state(cls, params: dict, state: dict[str, np.ndarray]) -> "LinearProbe":
+        probe = cls(**params)
+        scaler = scaler_from_state(state)
+        logistic = LogisticRegression(C=probe.C, max_iter=probe.max_iter, class_weight=probe.class_weight)
+        logistic.coef_, logistic.intercept_ = state["coef"], state["intercept"]
+        logistic.classes_, logistic.n_features_in_ = state["classes"], state["coef"].shape[1]
+        probe.model_, probe.classes_ = make_pipeline(scaler, logistic), state["classes"]
+        return probe
+
+
+def scaler_from_state(state: dict[str, np.ndarray]) -> StandardScaler:
+    """A fitted StandardScaler from its saved statistics."""
+    scaler = StandardScaler()
+    scaler.mean_, scaler.scale_, scaler.var_ = state["mean"], state["scale"], state["var"]
+    scaler.n_features_in_ = len(state["mean"])
+    return scaler
+
 
 class XGBoostProbe(ClassifierMixin, BaseEstimator):
     """Gradient-boosted trees (hist), class-balanced sample weights."""
@@ -69,6 +93,21 @@ class XGBoostProbe(ClassifierMixin, BaseEstimator):
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         return self.classes_[self.predict_proba(X).argmax(axis=1)]
+
+    def state(self) -> dict[str, np.ndarray]:
+        """The booster as XGBoost's own JSON model (bytes), and the class labels."""
+        raw = self.model_.get_booster().save_raw("json")
+        return {"classes": self.classes_, "booster_json": np.frombuffer(bytes(raw), dtype=np.uint8)}
+
+    @classmethod
+    def from_state(cls, params: dict, state: dict[str, np.ndarray]) -> "XGBoostProbe":
+        from xgboost import XGBClassifier
+
+        probe = cls(**params)
+        probe.model_ = XGBClassifier(n_jobs=probe.n_jobs)
+        probe.model_.load_model(bytearray(state["booster_json"].tobytes()))
+        probe.classes_ = state["classes"]
+        return probe
 
 
 from .mlp import MLPProbe  # noqa: E402  (after the base probes, which it does not need)
@@ -104,7 +143,7 @@ def fit_probe(model: BaseEstimator, X: np.ndarray, y: np.ndarray, groups: np.nda
     return model.fit(X, y)
 
 
-def full_proba(model: BaseEstimator, X: np.ndarray, n_classes: int = 3) -> np.ndarray:
+def full_proba(model: BaseEstimator, X: np.ndarray, n_classes: int) -> np.ndarray:
     """predict_proba with a column for every class, even ones absent from training."""
     proba = model.predict_proba(X)
     out = np.zeros((len(X), n_classes), dtype=np.float64)

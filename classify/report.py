@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .evaluate import summary_table
-from .metrics import CLASSES, bootstrap_ci, confusion, uar, weighted_accuracy
+from dataclasses import dataclass
+
+from .evaluate import metric_columns, summary_table
+from .metrics import LABEL_METRICS, bootstrap_ci, confusion
 
 KEY = ["encoder", "probe", "split"]
-METRICS = ["weighted_accuracy", "uar", "recall_present", "recall_unknown", "recall_absent", "auroc"]
-HEADERS = {"weighted_accuracy": "W.acc", "uar": "UAR", "recall_present": "Rec. Present",
-           "recall_unknown": "Rec. Unknown", "recall_absent": "Rec. Absent", "auroc": "AUROC"}
+SHORT = {"weighted_accuracy": "W.acc", "uar": "UAR", "macc": "MAcc", "auroc": "AUROC"}
 PAPER_LABEL = "fine-tuned (paper)"
 PAPER_SOURCE = "Niizumi et al., EMBC 2024; mean of 15 runs over 3 splits"
 # Fine-tuned W.acc / UAR from the seed paper (not probes: full fine-tuning of each encoder).
@@ -50,7 +50,8 @@ def load_runs(run_dirs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
                 raise FileNotFoundError(f"run folder {run} has no {name} (write it with `pipeline.py probe`)")
         s = pd.read_csv(run / "scores.csv", dtype=text, keep_default_na=False, na_values=[""])
         p = pd.read_csv(run / "predictions.csv", dtype=text, keep_default_na=False, na_values=[""])
-        missing = [c for c in KEY + METRICS if c not in s.columns]
+        missing = [c for c in KEY if c not in s.columns] + (
+            [] if any(m in s.columns for m in LABEL_METRICS) else [f"one of {list(LABEL_METRICS)}"])
         missing += [c for c in KEY + ["label", "prediction"] if c not in p.columns]
         if missing:
             raise ValueError(f"{run}: missing columns {missing}")
@@ -59,7 +60,7 @@ def load_runs(run_dirs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
     scores, preds = pd.concat(scores, ignore_index=True), pd.concat(preds, ignore_index=True)
     repeated = scores[scores.duplicated(KEY, keep=False)]
     if len(repeated):
-        varying = repeated.groupby(KEY)[METRICS].nunique(dropna=False).gt(1).any(axis=1)
+        varying = repeated.groupby(KEY)[metric_columns(scores)].nunique(dropna=False).gt(1).any(axis=1)
         if varying.any():
             names = [" × ".join(k) for k in varying[varying].index[:3]]
             warnings.warn(f"{int(varying.sum())} encoder × probe × split rows differ between runs "
@@ -71,57 +72,88 @@ def load_runs(run_dirs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def summarise(scores: pd.DataFrame, predictions: pd.DataFrame) -> pd.DataFrame:
     """One row per encoder × probe, best mean W.acc first: numeric mean/std, formatted cells, CIs."""
-    grouped = scores.groupby(["encoder", "probe"], sort=False)[METRICS]
+    metrics = metric_columns(scores)
+    grouped = scores.groupby(["encoder", "probe"], sort=False)[metrics]
     table = summary_table(scores).set_index(["encoder", "probe"])  # the "mean ± std" cells
     mean, std = grouped.mean().add_suffix("_mean"), grouped.std(ddof=0).add_suffix("_std")
     table = table.join(mean).join(std)
     pooled = predictions.groupby(["encoder", "probe"], sort=False)
-    for metric, name in ((weighted_accuracy, "weighted_accuracy"), (uar, "uar")):
+    for name in label_metrics(scores):
+        metric = LABEL_METRICS[name]
         cis = {k: bootstrap_ci(g["label"].to_numpy(int), g["prediction"].to_numpy(int), metric, N_BOOT, BOOT_SEED)
                for k, g in pooled}
         table[f"{name}_ci_low"] = [cis.get(k, (np.nan, np.nan))[0] for k in table.index]
         table[f"{name}_ci_high"] = [cis.get(k, (np.nan, np.nan))[1] for k in table.index]
     table["test_patients"] = pooled.size().reindex(table.index).fillna(0).astype(int)
-    table = table.sort_values("weighted_accuracy_mean", ascending=False, kind="stable")
+    table = table.sort_values(f"{label_metrics(scores)[0]}_mean", ascending=False, kind="stable")
     return table.reset_index()
 
 
-def confusions(predictions: pd.DataFrame) -> dict[tuple[str, str], np.ndarray]:
+def label_metrics(frame: pd.DataFrame) -> list[str]:
+    """The label-based metrics a scores (or summary) table holds, in their declared order."""
+    return [m for m in LABEL_METRICS if m in frame.columns]
+
+
+def recall_columns(frame: pd.DataFrame) -> list[str]:
+    return [c for c in frame.columns if c.startswith("recall_") and not c.endswith(("_mean", "_std"))]
+
+
+def class_names(frame: pd.DataFrame) -> list[str]:
+    """Class names from the recall columns (`recall_present` -> "Present"), in class order."""
+    return [c[len("recall_"):].capitalize() for c in recall_columns(frame)]
+
+
+def header(metric: str) -> str:
+    return f"Rec. {metric[len('recall_'):].capitalize()}" if metric.startswith("recall_") else SHORT.get(metric, metric)
+
+
+def confusions(predictions: pd.DataFrame, n_classes: int) -> dict[tuple[str, str], np.ndarray]:
     """Patient confusion matrix per encoder × probe, summed over splits (= pooled predictions)."""
-    return {k: confusion(g["label"].to_numpy(int), g["prediction"].to_numpy(int))
+    return {k: confusion(g["label"].to_numpy(int), g["prediction"].to_numpy(int), n_classes)
             for k, g in predictions.groupby(["encoder", "probe"], sort=False)}
 
 
 def markdown_table(summary: pd.DataFrame, paper_reference: bool = True) -> str:
-    head = ["encoder", "probe", "splits", HEADERS["weighted_accuracy"], "W.acc 95% CI", HEADERS["uar"],
-            "UAR 95% CI"] + [HEADERS[m] for m in METRICS[2:]]
+    labels = label_metrics(summary)
+    others = [c[:-len("_mean")] for c in summary.columns if c.endswith("_mean") and c[:-len("_mean")] not in labels]
+    head = ["encoder", "probe", "splits"]
+    for m in labels:
+        head += [header(m), f"{header(m)} 95% CI"]
+    head += [header(m) for m in others]
     rows = []
     for r in summary.itertuples(index=False):
         r = r._asdict()
-        cells = [_md(r["encoder"]), _md(r["probe"]), str(r["splits"]), _cell(r["weighted_accuracy"]),
-                 _ci(r["weighted_accuracy_ci_low"], r["weighted_accuracy_ci_high"]), _cell(r["uar"]),
-                 _ci(r["uar_ci_low"], r["uar_ci_high"])] + [_cell(r[m]) for m in METRICS[2:]]
-        rows.append((r["weighted_accuracy_mean"], cells))
-    if paper_reference:
+        cells = [_md(r["encoder"]), _md(r["probe"]), str(r["splits"])]
+        for m in labels:
+            cells += [_cell(r[m]), _ci(r[f"{m}_ci_low"], r[f"{m}_ci_high"])]
+        cells += [_cell(r[m]) for m in others]
+        rows.append((r[f"{labels[0]}_mean"], cells))
+    if paper_reference and labels[:2] == ["weighted_accuracy", "uar"]:
         for name, (wacc, u) in PAPER_FINETUNED.items():
-            cells = [name, f"**{PAPER_LABEL}**", "15 runs", f"{wacc:.3f}", "—", f"{u:.3f}", "—", "—", "—", "—",
-                     "—"]
-            rows.append((wacc, cells))
+            cells = [name, f"**{PAPER_LABEL}**", "15 runs", f"{wacc:.3f}", "—", f"{u:.3f}", "—"]
+            rows.append((wacc, cells + ["—"] * (len(head) - len(cells))))
     rows.sort(key=lambda item: -item[0] if np.isfinite(item[0]) else np.inf)  # stable: ties keep order
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * (len(head) - 3)) + "|"]
     lines += ["| " + " | ".join(cells) + " |" for _, cells in rows]
     return "\n".join(lines)
 
 
-def confusion_markdown(matrix: np.ndarray, title: str) -> str:
+def confusion_markdown(matrix: np.ndarray, title: str, classes: list[str]) -> str:
     lines = [f"**{title}** (rows: true, columns: predicted; patients summed over splits)", "",
-             "| true \\ predicted | " + " | ".join(CLASSES) + " |", "|---|" + "---:|" * len(CLASSES)]
-    lines += [f"| {name} | " + " | ".join(str(int(v)) for v in row) + " |" for name, row in zip(CLASSES, matrix)]
+             "| true \\ predicted | " + " | ".join(classes) + " |", "|---|" + "---:|" * len(classes)]
+    lines += [f"| {name} | " + " | ".join(str(int(v)) for v in row) + " |" for name, row in zip(classes, matrix)]
     return "\n".join(lines)
 
 
-def write_report(run_dirs: list[Path], out: Path, paper_reference: bool = True) -> Path:
-    """Read the runs, write `report.md`, `summary.csv` and the PNGs into `out`; returns report.md."""
+@dataclass
+class Report:
+    path: Path  # report.md
+    table: str  # its main markdown table
+
+
+def write_report(run_dirs: list[Path], out: Path, paper_reference: bool = True) -> Report:
+    """Read the runs, write `report.md`, `summary.csv` and the PNGs into `out`; returns report.md's
+    path and its main table."""
     run_dirs = [Path(r) for r in run_dirs]
     scores, predictions = load_runs(run_dirs)
     if scores.empty:
@@ -129,22 +161,25 @@ def write_report(run_dirs: list[Path], out: Path, paper_reference: bool = True) 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     summary = summarise(scores, predictions)
-    matrices = confusions(predictions)
+    classes = class_names(scores)
+    paper_reference = paper_reference and label_metrics(scores)[:2] == ["weighted_accuracy", "uar"]
+    matrices = confusions(predictions, len(classes))
     best = [k for k in zip(summary["encoder"], summary["probe"]) if k in matrices][:N_CONFUSION]
 
     summary.to_csv(out / "summary.csv", index=False, float_format="%.4f")
     plot_scores(summary, out / "scores.png", paper_reference)
-    plot_confusions([(k, matrices[k]) for k in best], summary, out / "confusion.png")
-    plot_recalls(summary, out / "recalls.png")
+    plot_confusions([(k, matrices[k]) for k in best], summary, out / "confusion.png", classes)
+    plot_recalls(summary, out / "recalls.png", classes)
 
     runs = ", ".join(f"`{r}`" for r in run_dirs)
+    table = markdown_table(summary, paper_reference)
     parts = [
         "# heartprobe report", "",
         f"Mean ± std (population, over splits) per encoder × probe, {len(scores)} encoder × probe × split rows, "
-        "best mean W.acc first. 95% CI: percentile bootstrap over the test patients pooled across splits "
+        f"best mean {header(label_metrics(scores)[0])} first. 95% CI: percentile bootstrap over the test patients pooled across splits "
         f"({N_BOOT} resamples, seed {BOOT_SEED}). All metrics are per patient "
-        f"({', '.join(f'{i}={c}' for i, c in enumerate(CLASSES))}).", "",
-        markdown_table(summary, paper_reference), "",
+        f"({', '.join(f'{i}={c}' for i, c in enumerate(classes))}).", "",
+        table, "",
     ]
     if paper_reference:
         parts += [f"Rows marked **{PAPER_LABEL}** are not probes: they are the seed paper's fully fine-tuned "
@@ -155,12 +190,12 @@ def write_report(run_dirs: list[Path], out: Path, paper_reference: bool = True) 
               "Files: [scores.png](scores.png) · [confusion.png](confusion.png) · [recalls.png](recalls.png) · "
               "[summary.csv](summary.csv)", "", "## Confusion matrices", ""]
     for k in best:
-        parts += [confusion_markdown(matrices[k], f"{k[0]} × {k[1]}"), ""]
+        parts += [confusion_markdown(matrices[k], f"{k[0]} × {k[1]}", classes), ""]
     parts += ["---", f"Produced by `classify.report.write_report` (`python pipeline.py report`) from {runs} "
               f"on {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}.", ""]
     path = out / "report.md"
     path.write_text("\n".join(parts), encoding="utf-8")
-    return path
+    return Report(path, table)
 
 
 # ---- plots ---------------------------------------------------------------------------------------
@@ -209,27 +244,28 @@ def plot_scores(summary: pd.DataFrame, path: Path, paper_reference: bool = True)
     plt = _pyplot()
     colors = ["tab:blue", "tab:orange"]
     fig, ax = plt.subplots(figsize=(9, _figure_height(len(summary), 0.5)), layout="constrained")
-    _hbars(ax, summary, ["weighted_accuracy", "uar"], ["W.acc", "UAR"], colors)
+    metrics = label_metrics(summary)[:2]
+    _hbars(ax, summary, metrics, [header(m) for m in metrics], colors)
     if paper_reference:
         wacc, u = PAPER_FINETUNED["M2D"]
         ax.axvline(wacc, color=colors[0], ls="--", lw=1.2, label=f"M2D {PAPER_LABEL} W.acc {wacc:.3f}")
         ax.axvline(u, color=colors[1], ls="--", lw=1.2, label=f"M2D {PAPER_LABEL} UAR {u:.3f}")
     ax.set_xlabel("score (mean over splits; error bar = std over splits)")
-    ax.set_title("Patient-level W.acc and UAR per encoder × probe")
+    ax.set_title(f"Patient-level {' and '.join(header(m) for m in metrics)} per encoder × probe")
     fig.legend(loc="outside lower center", ncols=2, fontsize=8, frameon=False)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
 
 
-def plot_recalls(summary: pd.DataFrame, path: Path) -> Path:
+def plot_recalls(summary: pd.DataFrame, path: Path, classes: list[str]) -> Path:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(9, _figure_height(len(summary), 0.65)), layout="constrained")
-    _hbars(ax, summary, ["recall_present", "recall_unknown", "recall_absent"], list(CLASSES),
-           ["tab:red", "tab:gray", "tab:green"])
+    _hbars(ax, summary, [f"recall_{c.lower()}" for c in classes], list(classes),
+           ["tab:red", "tab:gray", "tab:green", "tab:purple", "tab:olive"][:len(classes)])
     ax.set_xlabel("recall (mean over splits; error bar = std over splits)")
     ax.set_title("Per-class patient recall per encoder × probe")
-    fig.legend(loc="outside lower center", ncols=3, fontsize=8, frameon=False, title="true class", title_fontsize=8)
+    fig.legend(loc="outside lower center", ncols=len(classes), fontsize=8, frameon=False, title="true class", title_fontsize=8)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
@@ -240,14 +276,16 @@ def _wrap(text: str, inches: float, fontsize: float) -> str:
     return textwrap.fill(text, max(12, int(inches * 72 / (0.6 * fontsize))))
 
 
-def plot_confusions(items: list[tuple[tuple[str, str], np.ndarray]], summary: pd.DataFrame, path: Path) -> Path:
+def plot_confusions(items: list[tuple[tuple[str, str], np.ndarray]], summary: pd.DataFrame, path: Path,
+                    classes: list[str]) -> Path:
     """Counts annotated; colour = fraction of the true class, so rare classes stay visible."""
     plt = _pyplot()
     n = max(len(items), 1)
     cols = min(n, 2)
     rows = -(-n // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 4.2 * rows), layout="constrained", squeeze=False)
-    wacc = dict(zip(zip(summary["encoder"], summary["probe"]), summary["weighted_accuracy_mean"]))
+    primary = label_metrics(summary)[0]
+    wacc = dict(zip(zip(summary["encoder"], summary["probe"]), summary[f"{primary}_mean"]))
     image = None
     for ax, ((encoder, probe), matrix) in zip(axes.flat, items):
         totals = matrix.sum(axis=1, keepdims=True)
@@ -257,18 +295,18 @@ def plot_confusions(items: list[tuple[tuple[str, str], np.ndarray]], summary: pd
             for j in range(matrix.shape[1]):
                 ax.text(j, i, f"{matrix[i, j]}\n{frac[i, j]:.0%}", ha="center", va="center", fontsize=9,
                         color="white" if frac[i, j] > 0.6 else "black")
-        ax.set_xticks(range(len(CLASSES)), CLASSES)
-        ax.set_yticks(range(len(CLASSES)), CLASSES)
+        ax.set_xticks(range(len(classes)), classes)
+        ax.set_yticks(range(len(classes)), classes)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
-        ax.set_title(f"{_wrap(f'{encoder} · {probe}', 4.0, 10)}\nmean W.acc "
+        ax.set_title(f"{_wrap(f'{encoder} · {probe}', 4.0, 10)}\nmean {header(primary)} "
                      f"{wacc.get((encoder, probe), np.nan):.3f}, n = {int(matrix.sum())}", fontsize=10)
     for ax in list(axes.flat)[len(items):]:
         ax.axis("off")
     if image is not None:
         fig.colorbar(image, ax=axes, shrink=0.6, label="fraction of true class")
     # wrapped to the figure's width: one matrix alone is narrower than the title
-    fig.suptitle(_wrap("Patient confusion matrices, summed over splits (best mean W.acc)", 4.2 * cols, 12),
+    fig.suptitle(_wrap(f"Patient confusion matrices, summed over splits (best mean {header(primary)})", 4.2 * cols, 12),
                  fontsize=12)
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -285,11 +323,3 @@ def _ci(low: float, high: float) -> str:
 
 def _md(text) -> str:
     return str(text).replace("|", "\\|")
-
-
-def report_table(report: Path) -> str:
-    """The main markdown table of a written report.md (what `pipeline.py report` prints)."""
-    lines = Path(report).read_text(encoding="utf-8").splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("| encoder |"))
-    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
-    return "\n".join(lines[start:end])

@@ -2,37 +2,41 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import pandas as pd
 
-from embed.circor import CirCor
-from embed.splits import make_splits, read_splits
+from embed.datasets.splits import read_splits
 
-from .aggregate import TUNED_DECISIONS
+from .aggregate import RULES, DecisionName
 from .backend import Backend, Shared, run_tasks
 from .ensemble import mean_scores, stack
-from .evaluate import SplitResult, fit_encoder, summary_table, test_result, variant_name
+from .evaluate import SplitResult, fit_encoder, proba_columns, summary_table, test_result, variant_name
 from .features import find_cache
 from .outputs import write_csv_atomic
+from .task import Task
 
 if TYPE_CHECKING:
     from embed.ray_backend import RayOptions
 
 
-def load_splits(circor: CirCor, spec: str, seed: int = 0) -> dict[str, dict[str, str]]:
-    """`spec`: paper | kfold | campaign | a CSV written by `pipeline.py splits`."""
-    if spec in ("paper", "kfold", "campaign"):
-        return make_splits(circor, spec, seed)
+def load_splits(dataset, spec: str, seed: int = 0, folds: int = 5) -> dict[str, dict[str, str]]:
+    """`spec`: one of the dataset's split schemes, or a CSV written by `pipeline.py splits`."""
+    if spec in dataset.split_schemes:
+        return dataset.splits(spec, seed, folds)
+    if not Path(spec).is_file():
+        raise ValueError(f"--splits {spec!r}: neither a split scheme of {dataset.name} "
+                         f"({', '.join(dataset.split_schemes)}) nor a CSV file")
     splits = read_splits(spec)
-    missing = set(circor.patients) - set(next(iter(splits.values()), {}))
+    missing = set(dataset.group_ids()) - set(next(iter(splits.values()), {}))
     if missing:
         raise ValueError(f"{spec}: {len(missing)} patients of the data have no split "
                          f"(e.g. {sorted(missing)[:3]}); regenerate it with `pipeline.py splits`")
     return splits
 
 
-def write_results(results: list[SplitResult], out: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+def write_results(results: list[SplitResult], out: str | Path, classes: tuple[str, ...]
+                  ) -> tuple[pd.DataFrame, pd.DataFrame]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     scores = pd.DataFrame([r.score_row() for r in results])
@@ -43,44 +47,45 @@ def write_results(results: list[SplitResult], out: str | Path) -> tuple[pd.DataF
         frame.insert(0, "encoder", r.encoder)
         preds.append(frame)
     predictions = pd.concat(preds, ignore_index=True)
-    columns = ["encoder", "probe", "patient_id", "split", "label", "prediction", "p_present", "p_unknown",
-               "p_absent"]
+    columns = ["encoder", "probe", "patient_id", "split", "label", "prediction", *proba_columns(classes)]
     predictions = predictions[columns]
     write_csv_atomic(scores, out / "scores.csv", index=False, float_format="%.4f")
     write_csv_atomic(predictions, out / "predictions.csv", index=False, float_format="%.4f")
     return scores, predictions
 
 
-def run_probe(circor: CirCor, encoders: list[str], probes: list[str], splits: dict[str, dict[str, str]],
-              cache_dir: str | Path, out: str | Path, decision: str = "any", seed: int = 0,
-              progress: bool = True, targets: str = "patient", ensemble: str | None = None,
-              demographics: bool = False, oof_folds: int = 5, repeats: int = 1, backend: Backend = "local",
-              ray: "RayOptions | None" = None) -> pd.DataFrame:
+def run_probe(task: Task, encoders: list[str], probes: list[str], splits: dict[str, dict[str, str]],
+              cache_dir: str | Path, out: str | Path, decision: DecisionName = "any", seed: int = 0,
+              progress: bool = True, ensemble: Literal["mean", "stack", "both"] | None = None, demographics: bool = False,
+              oof_folds: int = 5, repeats: int = 1, backend: Backend = "local",
+              ray: "RayOptions | None" = None) -> tuple[pd.DataFrame, list[SplitResult]]:
     """Every encoder alone, and (with `ensemble`) their mean and/or stacked combination.
+    Returns the summary table and every split's result (fitted probe and rule included).
 
     `repeats` > 1 reruns every split with probe seeds seed, seed + 1, ... (the paper's 15 runs were
     5 seeds x 3 splits); the runs are named SPLIT@seedS and the table averages over all of them.
     `backend="ray"` runs the fits as Ray tasks (`ray`: the cluster), with the same results."""
     embeddings = {}
+    wanted = task.all_recordings()
     for spec in encoders:
         embeddings[spec] = find_cache(cache_dir, spec).read()
-        missing = sum(r.recording_id not in embeddings[spec] for r in circor.recordings())
+        missing = sum(r not in embeddings[spec] for r in wanted)
         if missing:
             print(f"note: {missing} recordings have no {spec} embeddings (failed or not extracted); "
                   "their patients are scored on the rest")
     combine = ensemble is not None and len(encoders) > 1
-    # OOF train scores feed the stacker and steady the decision thresholds
-    need_oof = (combine and ensemble in ("stack", "both")) or decision in TUNED_DECISIONS
-    variant = variant_name("", targets, decision)
+    # OOF train scores feed the stacker and steady the tuned decision rules
+    need_oof = (combine and ensemble in ("stack", "both")) or RULES[decision].tuned
+    variant = variant_name("", task.target_scheme, decision)
     results: list[SplitResult] = []
     runs = [(name if repeats == 1 else f"{name}@seed{seed + r}", split, seed + r)
             for r in range(repeats) for name, split in splits.items()]
     # every encoder x probe x split x seed is an independent fit: run them all first (here or on Ray)
     jobs = [(probe, split_name, spec) for probe in probes for split_name, _, _ in runs for spec in encoders]
-    shared_circor, shared_embeddings = Shared(circor), {spec: Shared(embeddings[spec]) for spec in encoders}
+    shared_task, shared_embeddings = Shared(task), {spec: Shared(embeddings[spec]) for spec in encoders}
     split_of = {name: (split, run_seed) for name, split, run_seed in runs}
-    fits = run_tasks(fit_encoder, [((shared_circor, shared_embeddings[spec], split_of[name][0], probe),
-                                    dict(targets=targets, decision=decision, seed=split_of[name][1],
+    fits = run_tasks(fit_encoder, [((shared_task, shared_embeddings[spec], split_of[name][0], probe),
+                                    dict(decision=decision, seed=split_of[name][1],
                                          oof_folds=oof_folds if need_oof else 0))
                                    for probe, name, spec in jobs], backend, ray, progress, desc="probe")
     fitted_by = dict(zip(jobs, fits))
@@ -90,21 +95,20 @@ def run_probe(circor: CirCor, encoders: list[str], probes: list[str], splits: di
             for spec in encoders:
                 f = fitted_by[(probe, split_name, spec)]
                 fitted.append(f)
-                results.append(test_result(circor, spec, probe + variant, split_name, f.val, f.test, decision,
-                                           f.params, f.oof))
+                results.append(test_result(task, spec, probe + variant, split_name, f.val, f.test, decision,
+                                           f.params, f.oof, model=f.model))
             if not combine:
                 continue
             names = "+".join(encoders)
             if ensemble in ("mean", "both"):
-                results.append(test_result(circor, f"ens:mean({names})", probe + variant, split_name,
+                results.append(test_result(task, f"ens:mean({names})", probe + variant, split_name,
                                            mean_scores([f.val for f in fitted]),
                                            mean_scores([f.test for f in fitted]), decision,
                                            oof=mean_scores([f.oof for f in fitted]) if need_oof else None))
             if ensemble in ("stack", "both"):
-                val, test, params = stack(circor, fitted, targets=targets, decision=decision,
-                                          demographics=demographics)
-                results.append(test_result(circor, f"ens:stack({names})",
+                val, test, params = stack(task, fitted, decision=decision, demographics=demographics)
+                results.append(test_result(task, f"ens:stack({names})",
                                            probe + variant + ("+demo" if demographics else ""), split_name,
                                            val, test, decision, params))
-    scores, _ = write_results(results, out)
-    return summary_table(scores)
+    scores, _ = write_results(results, out, task.classes)
+    return summary_table(scores), results

@@ -19,9 +19,10 @@ from tqdm import tqdm
 
 from .audio import AudioError, open_resampled
 from .cache import CachedRecording, DiskFullError, EmbeddingCache, check_recording_id
-from .circor import Problem, Recording
+from .datasets.base import Recording
 from .encoders import Encoder
-from .encoders.checkpoint import file_sha256
+from .checksum import file_sha256
+from .problems import Problem
 from .segments import SegmentConfig, plan_segments
 
 if TYPE_CHECKING:

@@ -15,7 +15,7 @@ import types
 
 import torch
 
-from .encoders import Encoder, available, create, pool
+from .encoders import Encoder, available, create
 
 
 def load_model(model_file_path: str = "", encoder: str = "logmel", **kwargs) -> Encoder:
@@ -40,7 +40,8 @@ def get_timestamp_embeddings(audio: torch.Tensor, model: Encoder) -> tuple[torch
 
 
 def get_scene_embeddings(audio: torch.Tensor, model: Encoder) -> torch.Tensor:
-    return pool(model.frame_embeddings(audio), model.pooling).cpu()
+    """The clip embedding `extract` caches: `model.embed`, pooling and any head included."""
+    return torch.from_numpy(model.embed(audio))
 
 
 def module(encoder: str) -> types.ModuleType:

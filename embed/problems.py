@@ -4,11 +4,31 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Iterable
 
-from .circor import Problem
-
 COLUMNS = ("stage", "severity", "file", "problem")
+
+
+MESSAGE_LIMIT = 500
+
+
+def shorten(text: str, limit: int = 120) -> str:
+    """`text` cut to `limit` characters, saying how long it was."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str
+    message: str
+    severity: str = "error"  # "error": the item was dropped; "warning": kept, fixed or noted
+
+    def __post_init__(self) -> None:  # a 50 MB bad line must not be echoed whole anywhere
+        object.__setattr__(self, "message", shorten(self.message, MESSAGE_LIMIT))
+
+    def __str__(self) -> str:
+        return f"{self.severity}: {self.path}: {self.message}"
 
 
 def problem_rows(problems: Iterable[Problem], stage: str) -> list[dict[str, str]]:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .cache import EmbeddingCache
-from .circor import Recording
+from .datasets.base import Recording
 from .encoders import Encoder
 from .extract import ExtractReport, Prepared, ShardWriter, WindowBatcher, outcome, prepare, progress_bar
 from .segments import Segmentation, SegmentConfig
@@ -84,14 +84,23 @@ def plan_actors(options: RayOptions) -> ActorPlan:
 
 
 # -- rows: plain columns (numbers, strings, raw little-endian bytes), nothing pickled --------------
+@dataclass(frozen=True)
+class RowRecording:
+    """A recording rebuilt from a row: what decoding and the cache need, for any dataset."""
+    recording_id: str
+    group_id: str
+    location: str
+    wav: Path
+
+
 def _recording_row(rec: Recording) -> dict:
-    return {"recording_id": rec.recording_id, "patient_id": rec.patient_id,
+    return {"recording_id": rec.recording_id, "group_id": rec.group_id,
             "location": rec.location, "wav": str(rec.wav)}
 
 
 def _prepare_row(row: dict, sample_rate: int, segments: SegmentConfig) -> dict:
     """CPU task: decode + resample + cut windows of one recording."""
-    rec = Recording(str(row["recording_id"]), str(row["patient_id"]), str(row["location"]), Path(row["wav"]))
+    rec = RowRecording(str(row["recording_id"]), str(row["group_id"]), str(row["location"]), Path(row["wav"]))
     prep = prepare(rec, sample_rate, segments)
     windows = np.zeros((0, 0), np.float32)
     if prep.error is None:
@@ -117,8 +126,8 @@ def _notes_of(batch: dict, i: int) -> list[str]:
 
 def _prepared_from(batch: dict, i: int, window: int) -> Prepared:
     """Row `i` of a batch of prepared recordings, as the local backend's Prepared."""
-    rec = Recording(str(batch["recording_id"][i]), str(batch["patient_id"][i]), str(batch["location"][i]),
-                    Path(str(batch["wav"][i])))
+    rec = RowRecording(str(batch["recording_id"][i]), str(batch["group_id"][i]), str(batch["location"][i]),
+                       Path(str(batch["wav"][i])))
     error = str(batch["error"][i]) or None
     windows = None if error else np.frombuffer(batch["windows"][i], np.float32).reshape(-1, window)
     return Prepared(rec, windows, _plan_of(batch, i), _notes_of(batch, i), error)

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .circor import Recording
+from .datasets.base import Recording
 from .encoders import Encoder
 from .extract import extract
 from .ray_backend import RayOptions, connect

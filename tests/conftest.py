@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from embed.synthetic import make_dataset
+from embed.datasets.synthetic import make_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("HEARTPROBE_SHARED", REPO.parent / "shared"))
 CIRCOR_MINI = SHARED / "circor-mini"
+PHYSIONET2016_MINI = SHARED / "physionet2016-mini"
 
 
 @pytest.fixture(scope="session")
@@ -23,3 +24,10 @@ def circor_mini() -> Path:
     if not (CIRCOR_MINI / "training_data.csv").exists():
         pytest.skip("../shared/circor-mini not present")
     return CIRCOR_MINI
+
+
+@pytest.fixture(scope="session")
+def physionet2016_mini() -> Path:
+    if not (PHYSIONET2016_MINI / "training-a" / "REFERENCE.csv").exists():
+        pytest.skip("../shared/physionet2016-mini not present")
+    return PHYSIONET2016_MINI

@@ -13,10 +13,12 @@ from __future__ import annotations
 import json
 import zlib
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "official"
 Init = Literal["normal", "norm_weight", "bias", "running_var", "zeros"]
@@ -44,7 +46,11 @@ def spec_of(state_dict: dict[str, torch.Tensor], seed: int = 0) -> dict:
 
 
 def _draw(entry: dict, seed: int) -> np.ndarray:
+    """An entry's tensor: its explicit `values` (e.g. calibrated normalisation statistics) when the
+    spec stores them, else drawn by its `init`; a `std` replaces the fan-in scale of `normal`."""
     shape = tuple(entry["shape"])
+    if "values" in entry:
+        return np.asarray(entry["values"], dtype=np.float64).reshape(shape)
     rng = np.random.default_rng([seed, zlib.crc32(entry["name"].encode())])
     init = entry.get("init") or _infer_init(entry["name"], shape)
     if init == "zeros":
@@ -55,17 +61,30 @@ def _draw(entry: dict, seed: int) -> np.ndarray:
         return 1.0 + 0.1 * rng.standard_normal(shape)
     if init == "bias":
         return 0.02 * rng.standard_normal(shape)
+    if "std" in entry:
+        return entry["std"] * rng.standard_normal(shape)
     fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else max(1, shape[0] if shape else 1)
     return rng.standard_normal(shape) / np.sqrt(fan_in)
 
 
 def generate_state_dict(spec: dict) -> dict[str, torch.Tensor]:
-    """Deterministic tensors for every entry of `spec` (the same on every machine)."""
+    """Deterministic tensors for every entry of `spec` (the same on every machine).
+
+    `spec["tied"]` (optional) maps a name to the name whose tensor it shares, for parameters the
+    official model shares between modules (its state dict lists them under every name).
+    """
+    import torch  # here, so that make scripts for TensorFlow models run without torch
+
     out = {}
+    tied = spec.get("tied", {})
     for entry in spec["tensors"]:
+        if entry["name"] in tied:
+            continue
         dtype = getattr(torch, entry["dtype"])
         out[entry["name"]] = torch.from_numpy(np.asarray(_draw(entry, spec["seed"]))).to(dtype)
-    return out
+    for name, source in tied.items():
+        out[name] = out[source]
+    return {entry["name"]: out[entry["name"]] for entry in spec["tensors"]}
 
 
 def clips(sample_rate: int, seconds: float = 2.0, n: int = 2, seed: int = 0) -> np.ndarray:
@@ -109,3 +128,29 @@ def load_outputs(encoder: str, name: str = "outputs") -> dict[str, np.ndarray]:
     """The official arrays (e.g. `frontend`, `frames`, `clip`) stored as `<name>.npz`."""
     with np.load(fixture_dir(encoder) / f"{name}.npz", allow_pickle=False) as data:
         return {k: data[k] for k in data.files}
+
+
+def save_outputs(encoder: str, arrays: dict, name: str = "outputs") -> Path:
+    """Store official arrays (tensors or numpy) as float32 in `<name>.npz`; prints their shapes."""
+    path = fixture_dir(encoder) / f"{name}.npz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **{k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()})
+    print(path, {k: tuple(v.shape) for k, v in arrays.items()})
+    return path
+
+
+def errors_vs_official(encoder, fixture: str, front_end, name: str = "outputs") -> dict[str, float]:
+    """Relative errors of a project encoder against the stored official arrays, on the clips the
+    spec names: `front_end(audio)` vs `frontend`, `frame_embeddings` vs `frames`, `embed` vs `clip`."""
+    import torch
+
+    audio = torch.from_numpy(clips(**load_spec(fixture)["clips"]))
+    return errors_against(fixture, name, frontend=front_end(audio), frames=encoder.frame_embeddings(audio),
+                          clip=encoder.embed(audio))
+
+
+def errors_against(encoder: str, name: str = "outputs", **actual) -> dict[str, float]:
+    """Relative error of each given array (e.g. `frontend=..., frames=..., clip=...`) against the
+    official array of the same name in `<name>.npz`."""
+    official = load_outputs(encoder, name)
+    return {name: relative_error(value, official[name]) for name, value in actual.items()}

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from embed.cache import CacheLockedError, CachedRecording, EmbeddingCache
-from embed.circor import load_circor
+from embed.datasets.circor import load_circor
 from embed.encoders import create
 from embed.extract import extract, open_cache
 from embed.segments import SegmentConfig

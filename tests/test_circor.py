@@ -1,6 +1,6 @@
 import shutil
 
-from embed.circor import MURMUR_CLASSES, load_circor, read_tsv
+from embed.datasets.circor import MURMUR_CLASSES, load_circor, read_tsv
 
 
 def test_mini_subset_parses_like_the_release(circor_mini):

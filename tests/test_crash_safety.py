@@ -18,12 +18,13 @@ import pytest
 
 import pipeline
 from embed.cache import EmbeddingCache
-from embed.circor import load_circor
-from embed.download import DownloadError, safe_extract, sha256_of, verify_checksums
+from embed.datasets.circor import load_circor
+from embed.checksum import file_sha256
+from embed.datasets.download import DownloadError, safe_extract, verify_checksums
 from embed.encoders import create
 from embed.extract import extract, open_cache
 from embed.segments import SegmentConfig
-from embed.synthetic import make_dataset
+from embed.datasets.synthetic import make_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 SLOW = ["--batch-size", "1", "--flush-every", "1", "--workers", "1"]  # one shard per recording
@@ -211,7 +212,7 @@ def test_corrupt_zip_and_checksum_failures_are_reported(tmp_path):
     root.mkdir()
     (root / "a.txt").write_bytes(b"alpha")
     (root / "b.txt").write_bytes(b"beta")
-    (root / "SHA256SUMS.txt").write_text(f"{sha256_of(root / 'a.txt')} a.txt\n{sha256_of(root / 'b.txt')} b.txt\n"
+    (root / "SHA256SUMS.txt").write_text(f"{file_sha256(root / 'a.txt')} a.txt\n{file_sha256(root / 'b.txt')} b.txt\n"
                                          f"{'0' * 64} c.txt\n")
     assert verify_checksums(root) == ([f"{root / 'c.txt'}: missing"], 3)
     (root / "b.txt").write_bytes(b"betA")  # same size, other content

@@ -6,7 +6,7 @@ from functools import partial
 
 import pytest
 
-from embed.download import DownloadError, download_circor, fetch, safe_extract, verify_checksums
+from embed.datasets.download import DownloadError, download_circor, fetch, safe_extract, verify_checksums
 
 
 class RangeHandler(http.server.SimpleHTTPRequestHandler):

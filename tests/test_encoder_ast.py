@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+import official
 from embed.encoders import create, pool
 from embed.encoders.checkpoint import CheckpointError
 
@@ -121,3 +122,15 @@ def test_missing_key_and_shape_mismatch_are_named(ckpt, tmp_path) -> None:
     torch.save(reshaped, tmp_path / "shape.pth")
     with pytest.raises(CheckpointError, match=r"v\.pos_embed: checkpoint \(1, 1094, 768\)"):
         create("ast", tmp_path / "shape.pth")
+
+
+def test_matches_official_outputs(tmp_path):
+    """Against the authors' code (dataloader fbank, ASTModel with AudioSet weights) on the same
+    generated checkpoint and clips (tests/fixtures/official/make_ast.py)."""
+    spec = official.load_spec("ast")
+    path = tmp_path / "audioset_10_10_0.4593.pth"
+    torch.save(official.generate_state_dict(spec), path)
+    enc = create("ast", path)
+    errors = official.errors_vs_official(enc, "ast", enc.model.fbank)
+    print("relative error vs official:", errors)  # shown by pytest -rP
+    assert max(errors.values()) <= 1e-4, errors

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+import official
 from embed.encoders import create
 from embed.encoders.atst import MAX_DB, MIN_DB, ATSTFrontEnd, LinearPatchEmbed
 from embed.encoders.checkpoint import CheckpointError
@@ -220,3 +221,16 @@ def test_patch_flattening_matches_official_rearrange():
         want[:, w] = embed.patch_embed(vec)
     torch.testing.assert_close(got, want)
     assert math.isclose(embed.patch_w * 0.01, 0.04)
+
+
+def test_matches_official_outputs(tmp_path):
+    """Against the authors' load_model / get_timestamp_embedding / get_scene_embedding on the same
+    generated Lightning checkpoint and clips (tests/fixtures/official/make_atst.py)."""
+    spec = official.load_spec("atst_frame")
+    path = tmp_path / "atstframe_base.ckpt"
+    torch.save({"state_dict": official.generate_state_dict(spec), "hyper_parameters": spec["hyper_parameters"],
+                "pytorch-lightning_version": "2.1.4", "epoch": 0, "global_step": 0}, path)
+    enc = create("atst_frame", path)
+    errors = official.errors_vs_official(enc, "atst_frame", enc.model.frontend)
+    print("relative error vs official:", errors)  # shown by pytest -rP
+    assert max(errors.values()) <= 1e-4, errors

@@ -9,20 +9,13 @@ import numpy as np
 import pytest
 import torch
 
+import official
 from embed.encoders import create
 from embed.encoders.beats import MultiheadAttention, relative_position_buckets
 from embed.encoders.checkpoint import CheckpointError
 
-# cfg as stored in BEATs_iter3_plus_AS2M.pt
-ITER3_CFG = {
-    "encoder_layers": 12, "encoder_embed_dim": 768, "encoder_ffn_embed_dim": 3072,
-    "encoder_attention_heads": 12, "activation_fn": "gelu", "dropout": 0.0, "attention_dropout": 0.0,
-    "activation_dropout": 0.0, "encoder_layerdrop": 0.05, "dropout_input": 0.0, "layer_norm_first": False,
-    "conv_bias": False, "conv_pos": 128, "conv_pos_groups": 16, "relative_position_embedding": True,
-    "num_buckets": 320, "max_distance": 800, "gru_rel_pos": True, "deep_norm": True, "input_patch_size": 16,
-    "layer_wise_gradient_decay_ratio": 0.6, "embed_dim": 512, "finetuned_model": False,
-    "predictor_dropout": 0.0, "predictor_class": 527,
-}
+# cfg as stored in BEATs_iter3_plus_AS2M.pt (kept with the official-output fixture)
+ITER3_CFG = official.load_spec("beats")["cfg"]
 
 
 def official_state(cfg: dict, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -192,3 +185,14 @@ def test_gated_attention_matches_official_formula():
         o = torch.bmm(torch.softmax(w, -1), v).transpose(0, 1).reshape(n, b, dim)
         want = attn.out_proj(o).transpose(0, 1)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_matches_official_outputs(tmp_path):
+    """Against the authors' BEATs code on the same generated checkpoint and clips
+    (tests/fixtures/official/make_beats.py): fbank, frames and clip embedding."""
+    spec = official.load_spec("beats")
+    path = save(tmp_path / "BEATs_iter3_plus_AS2M.pt", spec["cfg"], official.generate_state_dict(spec))
+    enc = create("beats", path)
+    errors = official.errors_vs_official(enc, "beats", enc.model.fbank)
+    print("relative error vs official:", errors)  # shown by pytest -rP
+    assert max(errors.values()) <= 1e-4, errors

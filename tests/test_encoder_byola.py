@@ -108,7 +108,11 @@ def test_embeddings(ckpts, name: str, registered: str, hop: int) -> None:
 
 def test_normalisation_statistics(ckpts) -> None:
     enc = create("byola", ckpts["d512"][0])
-    assert (enc.config()["norm_mean"], enc.config()["norm_std"]) == pytest.approx((-5.4919195, 5.0389895))
+    # the default front end is EVAR's (nnAudio Slaney, as v2), with its published SPCV2 statistics
+    assert (enc.config()["norm_mean"], enc.config()["norm_std"]) == pytest.approx((-9.660292, 4.7219563))
+    assert enc.config()["frontend"] == "evar"
+    readme = create("byola", ckpts["d512"][0], frontend="readme")
+    assert readme.norm_stats == pytest.approx((-5.4919195, 5.0389895)) and readme.config()["frontend"] == "readme"
     assert create("byola2", ckpts["v2"][0]).norm_stats == pytest.approx((-9.660292, 4.7219563))
     waves = [tone(200, 1.0), tone(1000, 2.5, amp=0.05)]
     x = np.stack([tone(300, 1.0), tone(2000, 1.0)])
@@ -143,9 +147,9 @@ def test_extract_fits_normalisation_on_training_patients_only(ckpts, tmp_path) -
     import h5py
     import pipeline
     from embed.audio import open_resampled
-    from embed.circor import load_circor
-    from embed.splits import make_splits, train_in_every_split
-    from embed.synthetic import make_dataset
+    from embed.datasets.circor import load_circor
+    from embed.datasets.splits import make_splits, train_in_every_split
+    from embed.datasets.synthetic import make_dataset
 
     synthetic_data = make_dataset(tmp_path / "data", n_patients=16, seed=3)
     circor = load_circor(synthetic_data)
@@ -158,14 +162,64 @@ def test_extract_fits_normalisation_on_training_patients_only(ckpts, tmp_path) -
     args = ["extract", "--data", str(synthetic_data), "--encoder", "byola", "--checkpoint", str(ckpts["d512"][0]),
             "--cache", str(cache), "--batch-size", "8", "--window", "1", "--train-stride", "1"]
     assert pipeline.main(args + ["--fit-normalisation", "paper"]) == 0
-    assert pipeline.main(args) == 0  # the official default statistics: another cache file
+    # the other front end with its published default statistics: another cache file
+    assert pipeline.main(args + ["--encoder-opt", "frontend=readme"]) == 0
     files = sorted(cache.glob("byola-*.h5"))
     assert len(files) == 2
-    configs = [json.loads(h5py.File(f, "r").attrs["config"]) for f in files]
-    stats = sorted((c["cfg_norm_mean"], c["cfg_norm_std"]) for c in configs)
-    assert (-5.4919195, 5.0389895) in stats
+    configs = {c["cfg_frontend"]: c for c in (json.loads(h5py.File(f, "r").attrs["config"]) for f in files)}
+    assert set(configs) == {"evar", "readme"}
+    assert (configs["readme"]["cfg_norm_mean"], configs["readme"]["cfg_norm_std"]) == (-5.4919195, 5.0389895)
+    fitted = (configs["evar"]["cfg_norm_mean"], configs["evar"]["cfg_norm_std"])
 
     expected = create("byola", ckpts["d512"][0]).fit_normalisation(
         open_resampled(r.wav, SR).samples for r in circor.recordings() if r.patient_id in set(train))
-    fitted = [s for s in stats if s != (-5.4919195, 5.0389895)]
-    assert fitted == [pytest.approx(expected, rel=1e-6)]
+    assert fitted == pytest.approx(expected, rel=1e-6)
+
+
+# -- official outputs: the authors' code (byol-a README path, EVAR) on a generated checkpoint ------------
+# (tests/fixtures/official/make_byola.py made the arrays; the checkpoint is rebuilt here from the spec)
+
+def _outputs(enc, seconds: float) -> dict[str, np.ndarray]:
+    """Normalised log-mel (the network input), frame features and clip embedding of the fixture clips."""
+    import official
+    audio = official.clips(SR, seconds=seconds)
+    mean, std = enc.norm_stats
+    with torch.inference_mode():
+        lms = (enc.model["lms"](torch.from_numpy(audio)) - mean) / std
+    return {"frontend": lms.numpy(), "frames": enc.frame_embeddings(audio).numpy(), "clip": enc.embed(audio)}
+
+
+def _official_encoder(tmp_path: Path, fixture: str, registered: str, **options):
+    import official
+    path = tmp_path / f"{fixture}.pth"
+    torch.save(official.generate_state_dict(official.load_spec(fixture)), path)  # plain state dict, as released
+    return create(registered, path, **options)
+
+
+@pytest.mark.parametrize("fixture,registered,frontend,outputs,seconds", [
+    ("byola", "byola", "evar", "outputs_evar", 2.0),
+    ("byola", "byola", "readme", "outputs_readme", 2.0),
+    ("byola2", "byola2", "evar", "outputs", 1.0)])
+def test_matches_official_outputs(tmp_path: Path, fixture: str, registered: str, frontend: str, outputs: str,
+                                  seconds: float) -> None:
+    import official
+    expected = official.load_outputs(fixture, outputs)
+    ours = _outputs(_official_encoder(tmp_path, fixture, registered, frontend=frontend), seconds)
+    errors = {k: official.relative_error(ours[k], expected[k]) for k in ("frontend", "frames", "clip")}
+    print(f"\nrelative error vs official, {registered} {frontend}: "
+          + ", ".join(f"{k} {v:.1e}" for k, v in errors.items()))
+    assert max(errors.values()) <= 1e-4, errors
+
+
+def test_readme_and_evar_front_ends_differ(tmp_path: Path) -> None:
+    """The option really switches the mel filter bank: each front end misses the other's official output."""
+    import official
+    for frontend, other in (("evar", "outputs_readme"), ("readme", "outputs_evar")):
+        ours = _outputs(_official_encoder(tmp_path, "byola", "byola", frontend=frontend), 2.0)
+        expected = official.load_outputs("byola", other)
+        assert official.relative_error(ours["frontend"], expected["frontend"]) > 0.1
+        assert official.relative_error(ours["frames"], expected["frames"]) > 1e-3
+    with pytest.raises(ValueError, match="frontend"):
+        _official_encoder(tmp_path, "byola", "byola", frontend="torchaudio")
+    with pytest.raises(ValueError, match="v1 only"):
+        _official_encoder(tmp_path, "byola2", "byola2", frontend="readme")

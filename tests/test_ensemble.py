@@ -3,17 +3,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from classify.aggregate import decide_patients, patient_table
-from classify.ensemble import demographic_features, mean_scores, stack
-from classify.evaluate import (RecordingScores, fit_encoder, ids_in, out_of_fold, recording_targets,
-                               tune_decision)
+from classify.aggregate import WeightedRule, make_rule, rule_from_dict
+from classify.ensemble import mean_scores, stack
+from classify.evaluate import RecordingScores, fit_encoder, fit_rule, out_of_fold
 from classify.mlp import MLPProbe
 from classify.probes import LinearProbe
-from embed.circor import load_circor
+from classify.task import Task
+from embed.datasets.circor import load_circor
 from embed.encoders import create
 from embed.extract import extract, open_cache
 from embed.segments import SegmentConfig
-from embed.splits import paper_split
+from embed.datasets.splits import paper_split
 from pipeline import main
 
 
@@ -23,34 +23,37 @@ def setup(synthetic_data, tmp_path_factory):
     cache = tmp_path_factory.mktemp("cache")
     extract(create("logmel"), circor.recordings(), cache, progress=False)
     embeddings = open_cache(create("logmel"), SegmentConfig(), cache).read()
-    return circor, embeddings, paper_split(circor, 14), cache
+    return circor, embeddings, paper_split(circor, 14), cache, Task.from_dataset(circor)
 
 
 def test_location_targets_mark_only_murmur_locations(setup):
     circor = setup[0]
-    targets = recording_targets(circor, "location")
+    targets = circor.recording_labels("location")
     for patient in circor.patients.values():
         for rec in patient.recordings:
             if patient.murmur == "Present":
                 assert targets[rec.recording_id] == (0 if rec.location in patient.murmur_locations else 2)
             else:
                 assert targets[rec.recording_id] == patient.label
-    assert recording_targets(circor, "patient") is None
+    assert Task.from_dataset(circor, "location").targets == targets
+    assert set(circor.recording_labels("patient").values()) == {0, 1, 2}
+    with pytest.raises(ValueError, match="label scheme"):
+        circor.recording_labels("beat")
 
 
 def test_oof_scores_never_see_their_patient(setup):
-    circor, embeddings, split, _ = setup
-    train = ids_in(split, "train", circor)
-    oof = out_of_fold(circor, embeddings, train, LinearProbe(C=0.1), None, folds=3, seed=0)
+    circor, embeddings, split, _, task = setup
+    train = task.ids_in(split, "train")
+    oof = out_of_fold(task, embeddings, train, LinearProbe(C=0.1), folds=3, seed=0)
     assert set(oof.patient_ids) == set(train)
     assert len(set(oof.recording_ids)) == len(oof.recording_ids)
     # a model trained on all train patients fits them better than the honest OOF one
     from classify.features import segment_set
     from classify.probes import full_proba
-    data = segment_set(circor, embeddings, train, "train")
+    data = segment_set(task, embeddings, train, "train")
     model = LinearProbe(C=0.1).fit(data.X, data.y)
-    evals = segment_set(circor, embeddings, train, "eval")
-    seen = RecordingScores.from_segments(evals, full_proba(model, evals.X)).reindex(oof.recording_ids)
+    evals = segment_set(task, embeddings, train, "eval")
+    seen = RecordingScores.from_segments(evals, full_proba(model, evals.X, 3)).reindex(oof.recording_ids)
     labels = np.array([circor.patients[p].label for p in oof.patient_ids])
     def loss(s): return -np.mean(np.log(s.proba[np.arange(len(labels)), labels] + 1e-9))
     assert loss(seen) < loss(oof)
@@ -65,8 +68,13 @@ def test_thresholds_maximise_val_weighted_accuracy(setup):
     proba[labels == 0, 0] = 0.62  # Present patients score 0.62, others 0.1
     proba[labels == 1, 1] = 0.4
     scores = RecordingScores(np.array(recs), np.array(pids), proba)
-    (t_present, t_unknown), score = tune_decision(circor, scores)
+    rule, score = fit_rule(setup[4], scores, "threshold")
+    t_present, t_unknown = rule.thresholds_
     assert 0.1 < t_present <= 0.62 and 0.1 < t_unknown <= 0.4 and score == 1.0
+    # a fitted rule is plain data: it round-trips through JSON and predicts the same
+    again = rule_from_dict(rule.to_dict())
+    assert (again.predict(scores.table()) == rule.predict(scores.table())).all()
+    assert again.get_params() == {"thresholds": None} and again.thresholds_ == rule.thresholds_
 
 
 def test_weighted_decision_scales_mean_probabilities(setup):
@@ -80,31 +88,32 @@ def test_weighted_decision_scales_mean_probabilities(setup):
     proba[labels == 0] = [0.4, 0.1, 0.5]
     proba[labels == 1] = [0.1, 0.35, 0.55]
     scores = RecordingScores(np.array(recs), np.array(pids), proba)
-    table = patient_table(proba, np.array(recs), dict(zip(recs, pids)))
-    assert (decide_patients(table, "weighted") == 2).all()  # default weights 1/1 = the mean rule
-    assert (decide_patients(table, "weighted", (1.0, 1.0)) == decide_patients(table, "mean")).all()
-    (s_present, s_unknown), score = tune_decision(circor, scores, "weighted")
+    table = scores.table()
+    assert (WeightedRule().predict(table) == 2).all()  # default weights 1/1 = the mean rule
+    assert (WeightedRule([1.0, 1.0]).predict(table) == make_rule("mean").predict(table)).all()
+    rule, score = fit_rule(setup[4], scores, "weighted")
+    s_present, s_unknown = rule.weights_
     assert score == 1.0 and 1.25 < s_present < 8.0 and 1.57 < s_unknown < 8.0 and 0.1 * s_present < 0.35 * s_unknown
-    ordered = np.array([circor.patients[p].label for p in table["patient_id"]])
-    assert (decide_patients(table, "weighted", (s_present, s_unknown)) == ordered).all()
+    ordered = np.array([circor.patients[p].label for p in table.group_ids])
+    assert (WeightedRule([s_present, s_unknown]).predict(table) == ordered).all()
 
 
 def test_stack_and_mean_ensembles(setup):
-    circor, embeddings, split, _ = setup
-    fitted = [fit_encoder(circor, embeddings, split, "linear", oof_folds=3, seed=s) for s in (0, 1)]
-    val, test, params = stack(circor, fitted, demographics=True)
+    circor, embeddings, split, _, task = setup
+    fitted = [fit_encoder(task, embeddings, split, "linear", oof_folds=3, seed=s) for s in (0, 1)]
+    val, test, params = stack(task, fitted, demographics=True)
     assert params["C"] in (0.01, 0.1, 1.0)
-    assert set(test.patient_ids) == set(ids_in(split, "test", circor))
+    assert set(test.patient_ids) == set(task.ids_in(split, "test"))
     assert np.allclose(test.proba.sum(axis=1), 1)
     mean = mean_scores([f.test for f in fitted])
     assert np.allclose(mean.proba, (fitted[0].test.proba + fitted[1].test.reindex(mean.recording_ids).proba) / 2)
     with pytest.raises(ValueError, match="out-of-fold"):
-        stack(circor, [fit_encoder(circor, embeddings, split, "linear")], demographics=False)
+        stack(task, [fit_encoder(task, embeddings, split, "linear")], demographics=False)
 
 
 def test_demographic_features(setup):
     circor = setup[0]
-    feats = demographic_features(circor, np.array(circor.patient_ids()[:5]))
+    feats = circor.covariates(np.array(circor.patient_ids()[:5]))
     assert feats.shape == (5, 11) and np.isfinite(feats).all()
     assert (feats[:, :5].sum(axis=1) <= 1).all()
 
@@ -119,7 +128,7 @@ def test_mlp_probe_learns():
 
 
 def test_cli_ensemble_run(setup, tmp_path):
-    circor, _, _, cache = setup
+    circor, _, _, cache, _ = setup
     key = next(cache.glob("logmel-*.h5")).stem.split("-")[1]
     out = tmp_path / "ens"
     code = main(["probe", "--data", str(circor.root), "--encoder", f"logmel,logmel@{key}", "--probe", "linear",
@@ -134,7 +143,7 @@ def test_cli_ensemble_run(setup, tmp_path):
 
 
 def test_cli_repeats_rerun_each_split_with_new_probe_seeds(setup, tmp_path):
-    circor, _, _, cache = setup
+    circor, _, _, cache, _ = setup
     out = tmp_path / "rep"
     assert main(["probe", "--data", str(circor.root), "--encoder", "logmel", "--probe", "xgboost", "--cache",
                  str(cache), "--out", str(out), "--repeats", "2", "--seed", "5", "--decision", "weighted"]) == 0

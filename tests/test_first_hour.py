@@ -16,7 +16,7 @@ import torch
 import pipeline
 from classify import run as run_module
 from classify.outputs import UNFINISHED, OutputFolder, write_csv_atomic
-from embed.synthetic import make_dataset
+from embed.datasets.synthetic import make_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,14 +51,14 @@ def test_help_shows_defaults_and_lists_names(capsys, monkeypatch):
     assert text.startswith("usage: heartprobe probe")
     assert re.search(r"--seed SEED\s+\(default: 0\)", text) and "(default: runs/probe)" in text
     assert "encoders: " in text and "mn04" in text and "logmel" in text
-    assert "probes: linear, xgboost, mlp" in text and "split schemes: paper, kfold, campaign" in text
+    assert "probes: linear, xgboost, mlp" in text and "split schemes: circor: paper, kfold, campaign; physionet2016: kfold, source" in text
 
 
 def test_misspelt_split_scheme_lists_the_schemes(data, capsys):
     with pytest.raises(SystemExit) as exit_:
         pipeline.main(["probe", "--data", str(data), "--splits", "papr"])
     assert exit_.value.code == 2
-    assert "'papr' is neither a split scheme (paper, kfold, campaign) nor an existing splits CSV" in _err(capsys)
+    assert "'papr' is neither a split scheme (circor: paper, kfold, campaign; physionet2016: kfold, source) nor an existing splits CSV" in _err(capsys)
 
 
 def test_verify_on_a_missing_folder_says_so(tmp_path, capsys):

@@ -18,8 +18,8 @@ import pipeline
 from embed import cache as cache_module
 from embed.audio import AudioError, open_resampled, read_audio
 from embed.cache import EmbeddingCache, list_caches, read_config
-from embed.circor import load_circor
-from embed.synthetic import make_dataset
+from embed.datasets.circor import load_circor
+from embed.datasets.synthetic import make_dataset
 
 
 @pytest.fixture(scope="module")

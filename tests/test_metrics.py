@@ -1,10 +1,13 @@
 import numpy as np
 import pytest
 
-from classify.aggregate import aggregate_patients, patient_rule
-from classify.metrics import all_metrics, bootstrap_ci, confusion, macro_auroc, uar, weighted_accuracy
+from classify.aggregate import GroupTable, make_rule
+from classify.evaluate import RecordingScores, group_frame
+from classify.metrics import Scoring, bootstrap_ci, confusion, macc, macro_auroc, uar, weighted_accuracy
+from classify.task import Task
 
 P, U, A = 0, 1, 2
+MURMUR = Scoring(("Present", "Unknown", "Absent"), ("weighted_accuracy", "uar"), (5.0, 3.0, 1.0))
 
 
 def test_weighted_accuracy_by_hand():
@@ -20,8 +23,22 @@ def test_all_absent_predictor_scores_low_weighted_accuracy():
     labels = np.array([P] * 10 + [U] * 4 + [A] * 36)
     preds = np.full(50, A)
     assert weighted_accuracy(labels, preds) == pytest.approx(36 / (50 + 12 + 36))
-    m = all_metrics(labels, preds)
+    m = MURMUR.all(labels, preds)
     assert m["recall_absent"] == 1 and m["recall_present"] == 0 and m["uar"] == pytest.approx(1 / 3)
+    assert list(m)[:2] == ["weighted_accuracy", "uar"] and m["n_patients"] == 50
+
+
+def test_macc_is_mean_of_sensitivity_and_specificity():
+    abnormal, normal = 0, 1
+    labels = np.array([abnormal] * 4 + [normal] * 6)
+    preds = np.array([abnormal, abnormal, abnormal, normal] + [normal] * 3 + [abnormal] * 3)
+    assert macc(labels, preds) == pytest.approx((3 / 4 + 3 / 6) / 2)
+    scoring = Scoring(("abnormal", "normal"), ("macc", "auroc"))
+    m = scoring.all(labels, preds, np.eye(2)[labels])
+    assert m["macc"] == pytest.approx(0.625) and m["recall_abnormal"] == 0.75 and m["auroc"] == 1.0
+    assert scoring.selection_key(labels, preds) == (pytest.approx(0.625),)
+    with pytest.raises(ValueError, match="unknown metrics"):
+        Scoring(("a", "b"), ("f1",))
 
 
 def test_macro_auroc_perfect_and_reversed():
@@ -31,20 +48,26 @@ def test_macro_auroc_perfect_and_reversed():
     assert macro_auroc(labels, 1 - proba) == 0.0
 
 
-def test_patient_rule_hierarchy():
-    assert patient_rule(np.array([A, U, P])) == P
-    assert patient_rule(np.array([A, U, A])) == U
-    assert patient_rule(np.array([A, A])) == A
+def test_any_rule_is_the_class_hierarchy():
+    onehot = np.eye(3)
+    for calls, expected in (([A, U, P], P), ([A, U, A], U), ([A, A], A)):
+        table = GroupTable.from_recordings(onehot[calls] * 0.8 + 0.05, np.zeros(len(calls)))
+        assert make_rule("any").predict(table).tolist() == [expected]
 
 
 def test_aggregation_segments_to_patients():
     # patient 1: rec a mostly Absent, rec b Present on average -> Present
     proba = np.array([[0.1, 0.1, 0.8], [0.2, 0.1, 0.7], [0.9, 0.0, 0.1], [0.3, 0.2, 0.5]])
-    recs = np.array(["a", "a", "b", "b"])
-    frame = aggregate_patients(proba, recs, {"a": "1", "b": "1"}, "any")
-    assert frame["prediction"].tolist() == [P]
+    from classify.features import SegmentSet
+    segments = SegmentSet(np.zeros((4, 1)), np.zeros(4), np.array(["a", "a", "b", "b"]), np.array(["1"] * 4))
+    scores = RecordingScores.from_segments(segments, proba)
+    task = Task(MURMUR, ["1"], {"1": P}, {"1": ["a", "b"]}, {"a": P, "b": P})
+    frame = group_frame(task, scores, make_rule("any"))
+    assert frame["prediction"].tolist() == [P] and frame["label"].tolist() == [P]
     assert frame["p_present"].iloc[0] == pytest.approx(np.mean([0.15, 0.6]))
-    assert aggregate_patients(proba, recs, {"a": "1", "b": "1"}, "mean")["prediction"].tolist() == [A]
+    assert group_frame(task, scores, make_rule("mean"))["prediction"].tolist() == [A]
+    with pytest.raises(ValueError, match="decision must be one of"):
+        make_rule("majority")
 
 
 def test_bootstrap_ci_brackets_the_estimate():

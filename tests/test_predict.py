@@ -1,5 +1,6 @@
-"""`probe --save-model` + `predict`: saved models with a hash manifest, refused when tampered
-with, and per-patient predictions from a CirCor folder or loose wavs at any sample rate."""
+"""`probe --save-model` + `predict`: saved models as arrays with a hash manifest, refused when
+tampered with, never executed, and per-patient predictions from a CirCor folder or loose wavs at
+any sample rate."""
 from __future__ import annotations
 
 import json
@@ -7,16 +8,18 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import soundfile as sf
 from scipy.signal import resample_poly
 
 import pipeline
-from classify.model_io import ModelIntegrityError, load_manifest, load_model, select_model, sha256_file
-from classify.predict import gather_inputs
+from classify.model_io import ModelIntegrityError, _canonical_sha256, load_manifest, load_model, select_model
+from classify.predict import build_encoder, gather_inputs, output_names
 from classify.probes import full_proba
-from embed.circor import MURMUR_CLASSES, load_circor
-from embed.synthetic import make_dataset
+from embed.checksum import file_sha256
+from embed.datasets.circor import MURMUR_CLASSES, load_circor
+from embed.datasets.synthetic import make_dataset
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +48,9 @@ def _expected_from_cache(trained, pid: str) -> dict[str, np.ndarray]:
     """What the saved probe says from the embeddings `extract` cached: predict must agree."""
     from classify.features import find_cache
     manifest = load_manifest(trained["model"])
-    estimator = load_model(trained["model"], select_model(manifest))
+    estimator, _, _ = load_model(trained["model"], select_model(manifest))
     cached = find_cache(trained["cache"], "logmel").read()
-    return {r.recording_id: full_proba(estimator, cached[r.recording_id].eval()).mean(axis=0)
+    return {r.recording_id: full_proba(estimator, cached[r.recording_id].eval(), 3).mean(axis=0)
             for r in trained["circor"].patients[pid].recordings}
 
 
@@ -56,9 +59,14 @@ def test_manifest_records_hashes_config_classes_and_rule(trained):
     assert manifest["classes"] == list(MURMUR_CLASSES) and manifest["decision"] == "any"
     (entry,) = manifest["models"]
     assert entry["encoder"] == "logmel" and entry["probe"] == "linear" and "C" in entry["params"]
-    assert entry["sha256"] == sha256_file(trained["model"] / entry["file"])
+    assert entry["sha256"] == file_sha256(trained["model"] / entry["file"])
     assert entry["cache_config"]["encoder"] == "logmel" and "checkpoint_sha256" in entry["cache_config"]
-    assert entry["trained_on"]["split"] == "split1" and entry["trained_on"]["patients"] > 15
+    assert entry["trained_on"]["split"] == "split1" and entry["rule"] == {"rule": "any", "params": {}, "fitted": {}}
+    # exactly what `probe` selected: the saved model's test metrics are probe's split1 row
+    scores = pd.read_csv(trained["work"] / "out" / "scores.csv").set_index("split")
+    assert entry["split_test_metrics"]["weighted_accuracy"] == pytest.approx(scores.loc["split1", "weighted_accuracy"],
+                                                                              abs=5e-5)
+    assert f"C={entry['params']['C']}" in scores.loc["split1", "params"]
 
 
 def test_predict_on_a_circor_patient_folder(trained, capsys, tmp_path):
@@ -157,12 +165,97 @@ def test_manifest_problems_are_refused(trained, tmp_path):
         load_manifest(model)
 
 
-def test_encoder_mismatch_is_refused(trained, capsys, tmp_path):
+def test_encoder_mismatch_is_refused(trained):
     """A model trained on other embeddings (here: another checkpoint hash) is never applied."""
+    entry = select_model(load_manifest(trained["model"]))
+    other = {**entry, "cache_config": {**entry["cache_config"], "checkpoint_sha256": "0" * 64}}
+    with pytest.raises(ValueError, match="differs from the one the probe was trained on.*checkpoint_sha256"):
+        build_encoder(other)
+
+
+def _rewrite_manifest(model: Path, edit) -> None:
+    """Edit the manifest as an attacker would, recomputing its own hash."""
+    manifest = json.loads((model / "manifest.json").read_text())
+    edit(manifest)
+    manifest["manifest_sha256"] = _canonical_sha256(manifest)
+    (model / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_edited_manifest_decision_is_refused(trained, capsys, tmp_path):
     model = _copy_model(trained, tmp_path)
     manifest = json.loads((model / "manifest.json").read_text())
-    manifest["models"][0]["cache_config"]["checkpoint_sha256"] = "0" * 64
+    manifest["decision"] = "mean"
+    manifest["models"][0]["rule"] = {"rule": "mean", "params": {}, "fitted": {}}
     (model / "manifest.json").write_text(json.dumps(manifest))
     wav = trained["circor"].recordings()[0].wav
-    code, _, err = _predict(capsys, "--model", str(model), "--input", str(wav), "--out", str(tmp_path / "p"))
-    assert code == 2 and "differs from the one the probe was trained on" in err and "checkpoint_sha256" in err
+    code, results, err = _predict(capsys, "--model", str(model), "--input", str(wav), "--out", str(tmp_path / "p"))
+    assert code == 2 and not results and "manifest was edited" in err
+    # with its own hash recomputed, the edit still disagrees with the rule inside the hashed model file
+    def to_mean(m):
+        m["models"][0]["rule"] = {"rule": "mean", "params": {}, "fitted": {}}
+    _rewrite_manifest(model, to_mean)
+    with pytest.raises(ModelIntegrityError, match="'rule' differs from the one saved in the model file"):
+        load_model(model, select_model(load_manifest(model)))
+
+
+def test_crafted_model_folder_runs_no_code(trained, tmp_path):
+    """A model file carrying a pickle, with a manifest rewritten to match its hash: refused, and
+    the pickle's payload never runs."""
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    model = _copy_model(trained, tmp_path)
+    entry = select_model(load_manifest(model))
+    for name, write in (("evil.npz", lambda p: np.savez(p, header_json=np.array([Payload()], dtype=object))),
+                        ("evil.joblib", lambda p: __import__("pickle").dump(Payload(), open(p, "wb")))):
+        write(model / name)
+
+        def point_at_evil(m, name=name):
+            m["models"][0]["file"] = name
+            m["models"][0]["sha256"] = file_sha256(model / name)
+        _rewrite_manifest(model, point_at_evil)
+        with pytest.raises(ModelIntegrityError, match="not a model file of this format"):
+            load_model(model, select_model(load_manifest(model)))
+        assert not marker.exists()
+    assert entry["file"].endswith(".npz")
+
+
+def test_tuned_rule_is_saved_and_used_by_predict(trained, capsys, tmp_path):
+    model = tmp_path / "model-wgt"
+    assert pipeline.main(["probe", "--data", str(trained["data"]), "--cache", str(trained["cache"]), "--out",
+                          str(tmp_path / "out"), "--decision", "weighted", "--oof-folds", "3",
+                          "--save-model", str(model)]) == 0
+    capsys.readouterr()
+    entry = select_model(load_manifest(model), "logmel", "linear")
+    assert entry["variant"] == "linear+wgt"
+    weights = entry["rule"]["fitted"]["weights_"]
+    scores = pd.read_csv(tmp_path / "out" / "scores.csv").set_index("split")
+    assert scores.loc["split1", "params"].endswith(f"class_weights={weights[0]:.2f}/{weights[1]:.2f}")
+    circor = trained["circor"]
+    wavs = [str(r.wav) for r in circor.patients[circor.patient_ids()[1]].recordings]
+    code, (result,), _ = _predict(capsys, "--model", str(model), "--input", *wavs, "--patient-id", "P",
+                                  "--out", str(tmp_path / "p"))
+    mean = np.array([result["probabilities"][c] for c in MURMUR_CLASSES])
+    assert result["decision_rule"]["fitted"]["weights_"] == weights
+    assert result["class"] == MURMUR_CLASSES[int((mean * np.array([*weights, 1.0])).argmax())]
+
+
+def test_patients_whose_ids_sanitise_alike_get_their_own_files(trained, capsys, tmp_path):
+    wav = trained["circor"].recordings()[0].wav
+    inputs = []
+    for pid in ("a b", "a_b", "ü1", "é1"):
+        folder = tmp_path / "in" / pid
+        folder.mkdir(parents=True)
+        shutil.copy(wav, folder / "x.wav")
+        inputs.append(str(folder))
+    code, results, _ = _predict(capsys, "--model", str(trained["model"]), "--input", *inputs,
+                                "--out", str(tmp_path / "pred"))
+    assert code == 0 and len(results) == 4
+    files = sorted((tmp_path / "pred").iterdir())
+    assert len(files) == 4
+    assert sorted(json.loads(f.read_text())["patient_id"] for f in files) == sorted(["a b", "a_b", "ü1", "é1"])
+    names = output_names(["a_b", "a b", "A_B"])
+    assert names["a_b"] == "a_b.json" and len({n.lower() for n in names.values()}) == 3

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from embed.audio import AudioError, open_resampled, read_audio
-from embed.circor import CirCor, Problem, load_circor, parse_patient_txt, read_tsv
+from embed.datasets.circor import CirCor, Problem, load_circor, parse_patient_txt, read_tsv
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -21,12 +21,14 @@ ray = pytest.importorskip("ray")
 import pipeline  # noqa: E402
 from classify.run import load_splits, run_probe  # noqa: E402
 from embed.cache import EmbeddingCache  # noqa: E402
-from embed.circor import load_circor  # noqa: E402
+from classify.task import Task  # noqa: E402
+from embed.datasets import load_dataset  # noqa: E402
+from embed.datasets.circor import load_circor  # noqa: E402
 from embed.encoders import create  # noqa: E402
 from embed.encoders.logmel import LogMelEncoder  # noqa: E402
 from embed.extract import extract  # noqa: E402
 from embed.ray_backend import RayOptions, connect  # noqa: E402
-from embed.synthetic import make_dataset  # noqa: E402
+from embed.datasets.synthetic import make_dataset  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CALL = RayOptions(recordings_per_call=3)  # several actor calls even on a few recordings
@@ -62,7 +64,7 @@ def _assert_same(got: dict, want: dict) -> None:
 def _subset(data: Path, n_patients: int):
     circor = load_circor(data)
     keep = set(sorted(circor.patients)[:n_patients])
-    return [r for r in circor.recordings() if r.patient_id in keep]
+    return [r for r in circor.recordings() if r.group_id in keep]
 
 
 def test_cli_ray_extract_resumes_and_equals_local_with_the_same_problems(tmp_path, capsys):
@@ -151,12 +153,12 @@ def test_ray_extract_equals_local_on_circor_mini_mn04(circor_mini, tmp_path):
 
 
 def test_probe_scores_on_ray_equal_local(synthetic_data, tmp_path):
-    circor = load_circor(synthetic_data)
+    circor = load_dataset("circor", synthetic_data)
     extract(create("logmel"), circor.recordings(), tmp_path / "cache", progress=False)
     splits = {"split1": load_splits(circor, "paper")["split1"]}  # Ray workers start slowly: 2 fits each
     frames = {}
     for backend in ("local", "ray"):
-        run_probe(circor, ["logmel"], ["linear", "xgboost"], splits, tmp_path / "cache", tmp_path / backend,
+        run_probe(Task.from_dataset(circor, "patient"), ["logmel"], ["linear", "xgboost"], splits, tmp_path / "cache", tmp_path / backend,
                   progress=False, backend=backend)
         frames[backend] = [pd.read_csv(tmp_path / backend / f) for f in ("scores.csv", "predictions.csv")]
     for got, want in zip(frames["ray"], frames["local"]):

@@ -13,8 +13,8 @@ import soundfile as sf
 import pipeline
 from embed.audio import open_resampled, read_audio
 from embed.cache import EmbeddingCache
-from embed.circor import load_circor
-from embed.synthetic import make_dataset
+from embed.datasets.circor import load_circor
+from embed.datasets.synthetic import make_dataset
 
 RATE = 4000
 

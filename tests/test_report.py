@@ -9,11 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from classify.metrics import all_metrics, bootstrap_ci, confusion, weighted_accuracy
+from classify.metrics import Scoring, bootstrap_ci, confusion, weighted_accuracy
 from classify.report import PAPER_FINETUNED, PAPER_LABEL, confusions, load_runs, write_report
 from pipeline import main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+MURMUR = Scoring(("Present", "Unknown", "Absent"), ("weighted_accuracy", "uar"), (5.0, 3.0, 1.0))
 ENCODERS = [("mn04", "linear", 0.8), ("ens:mean(mn04+yamnet)", "linear+loc", 0.65), ("logmel", "xgboost", 0.45)]
 
 
@@ -30,7 +31,7 @@ def make_run(folder: Path, rows=ENCODERS, splits=("split1", "split2", "split3"),
             proba[np.arange(n), prediction] += 1
             proba /= proba.sum(axis=1, keepdims=True)
             scores.append({"encoder": encoder, "probe": probe, "split": split,
-                           **all_metrics(labels, prediction, proba), "val_weighted_accuracy": 0.5, "params": "C=1"})
+                           **MURMUR.all(labels, prediction, proba), "val_weighted_accuracy": 0.5, "params": "C=1"})
             preds.append(pd.DataFrame({"encoder": encoder, "probe": probe, "patient_id": 10000 + np.arange(n),
                                        "split": split, "label": labels, "prediction": prediction,
                                        "p_present": proba[:, 0], "p_unknown": proba[:, 1], "p_absent": proba[:, 2]}))
@@ -55,8 +56,9 @@ def table_rows(markdown: str) -> list[list[str]]:
 def report(tmp_path_factory):
     base = tmp_path_factory.mktemp("report")
     run = make_run(base / "run")
-    path = write_report([run], base / "report")
-    return run, path
+    result = write_report([run], base / "report")
+    assert result.table in result.path.read_text()  # what `pipeline.py report` prints
+    return run, result.path
 
 
 def test_table_rows_and_means_match_the_csv(report):
@@ -83,7 +85,7 @@ def test_paper_reference_rows(report, tmp_path):
     assert rows["M2D"][3] == "0.832" and rows["M2D"][5] == "0.713"
     assert rows["BYOL-A"][3] == "0.556"
     assert "Niizumi" in path.read_text()
-    bare = write_report([run], tmp_path / "bare", paper_reference=False).read_text()
+    bare = write_report([run], tmp_path / "bare", paper_reference=False).path.read_text()
     assert PAPER_LABEL not in bare and "0.832" not in bare
     assert len(table_rows(bare)) == len(ENCODERS)
 
@@ -103,7 +105,7 @@ def test_confusion_counts_match_predictions(report):
     run, path = report
     preds = pd.read_csv(run / "predictions.csv")
     text = path.read_text()
-    matrices = confusions(preds.astype({"encoder": str, "probe": str}))
+    matrices = confusions(preds.astype({"encoder": str, "probe": str}), 3)
     for encoder, probe, _ in ENCODERS:
         group = preds[(preds.encoder == encoder) & (preds.probe == probe)]
         expected = confusion(group.label.to_numpy(), group.prediction.to_numpy())
@@ -156,3 +158,28 @@ def test_cli_report(tmp_path, capsys):
     assert "| mn04 | linear | 2 |" in printed and (run / "report.md").is_file() and (run / "scores.png").is_file()
     assert main(["report", "--runs", str(run), str(tmp_path / "gone"), "--out", str(tmp_path / "r")]) == 2
     assert "gone" in capsys.readouterr().err
+
+
+def test_two_class_runs_report_their_own_metric_and_classes(tmp_path):
+    """A PhysioNet 2016 run: MAcc first, abnormal/normal recalls and matrices, no CirCor paper rows."""
+    rng = np.random.default_rng(0)
+    scoring = Scoring(("abnormal", "normal"), ("macc", "auroc"))
+    scores, preds = [], []
+    for split in ("fold1", "fold2"):
+        labels = rng.integers(0, 2, 30)
+        prediction = np.where(rng.random(30) < 0.8, labels, 1 - labels)
+        proba = np.eye(2)[prediction] * 0.6 + 0.2
+        scores.append({"encoder": "logmel", "probe": "linear", "split": split,
+                       **scoring.all(labels, prediction, proba), "val_macc": 0.5, "params": "C=1"})
+        preds.append(pd.DataFrame({"encoder": "logmel", "probe": "linear", "patient_id": [f"a{i:04d}" for i in range(30)],
+                                   "split": split, "label": labels, "prediction": prediction,
+                                   "p_abnormal": proba[:, 0], "p_normal": proba[:, 1]}))
+    run = tmp_path / "pn"
+    run.mkdir()
+    pd.DataFrame(scores).to_csv(run / "scores.csv", index=False)
+    pd.concat(preds).to_csv(run / "predictions.csv", index=False)
+    result = write_report([run], tmp_path / "out")
+    head = result.table.splitlines()[0]
+    assert head.startswith("| encoder | probe | splits | MAcc | MAcc 95% CI | Rec. Abnormal | Rec. Normal | AUROC")
+    assert PAPER_LABEL not in result.path.read_text()
+    assert "| true \\ predicted | Abnormal | Normal |" in result.path.read_text()

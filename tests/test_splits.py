@@ -2,8 +2,8 @@ from collections import Counter
 
 import pytest
 
-from embed.circor import load_circor
-from embed.splits import make_splits, paper_split, read_splits, stratify_key, write_splits
+from embed.datasets.circor import load_circor
+from embed.datasets.splits import make_splits, paper_split, read_splits, stratify_key, write_splits
 
 
 @pytest.fixture(scope="module")
@@ -20,10 +20,14 @@ def test_paper_split_proportions_and_determinism(circor):
     assert split != paper_split(circor, 42)
 
 
-def test_stratify_key_is_one_hot(circor):
-    pid = circor.patient_ids()[0]
-    key = stratify_key(circor, pid)
-    assert len(key) == 5 and key[:2].count("1") == 1 and key[2:].count("1") == 1
+def test_paper_split_keeps_murmur_proportions(circor):
+    """Stratified by outcome and murmur: each class's share of test stays near its share overall."""
+    split = paper_split(circor, 42)
+    for murmur in ("Present", "Unknown", "Absent"):
+        members = [p for p, patient in circor.patients.items() if patient.murmur == murmur]
+        in_test = sum(split[p] == "test" for p in members)
+        assert abs(in_test - 0.25 * len(members)) <= 1.5, murmur
+    assert len({stratify_key(circor, p) for p in circor.patients}) > 1
 
 
 def test_kfold_tests_every_patient_once(circor):

@@ -3,6 +3,10 @@
 An encoder turns a batch of equal-length waveforms at its own `sample_rate` into frame
 features `(batch, frames, dim)`; the base class handles devices, precision, batching and
 pooling, so a new encoder only writes `__init__` (build + load weights) and `frames`.
+
+`embed` is the one way from audio to a clip embedding (extract, predict, benchmark and the HEAR
+API all call it): frames -> pooling -> `head`. A model that adds layers after pooling (CNN14's
+fc1 + ReLU) overrides `head`, never `embed`.
 """
 from __future__ import annotations
 
@@ -48,6 +52,24 @@ def pool(frames: torch.Tensor, method: str) -> torch.Tensor:
     raise ValueError(f"pooling must be one of {POOLINGS}, got {method!r}")
 
 
+def _fp32_under_bf16(module: torch.nn.Module) -> None:
+    """Make `module` run in fp32 whenever it is called under bf16 autocast (any other precision:
+    unchanged). Checked at call time, so a precision changed after loading is honoured."""
+    if getattr(module, "_fp32_under_bf16", False):
+        return
+    forward = module.forward
+
+    def run(x: torch.Tensor, *args, **kwargs):
+        kind = x.device.type
+        if torch.is_autocast_enabled(kind) and torch.get_autocast_dtype(kind) == torch.bfloat16:
+            with torch.autocast(device_type=kind, enabled=False):
+                return forward(x.float(), *args, **kwargs)
+        return forward(x, *args, **kwargs)
+
+    module.forward = run
+    module._fp32_under_bf16 = True
+
+
 class Encoder:
     """Base class for frozen audio encoders.
 
@@ -62,6 +84,10 @@ class Encoder:
     default_pooling: ClassVar[str] = "mean"
     needs_checkpoint: ClassVar[bool] = True
     takes_checkpoint: ClassVar[bool] = True  # False: no weights at all, so --checkpoint is refused
+    # submodules of `model` (qualified names) that run in fp32 when the precision is bf16: layers
+    # whose bf16 rounding (8-bit mantissa) the rest of the network amplifies past the 0.999 cosine
+    # to fp32 that reduced precision must keep (fp16's 11 bits need none of this)
+    bf16_fp32_modules: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -90,6 +116,11 @@ class Encoder:
         """`(batch, samples)` float waveforms on `self.device` -> `(batch, frames, feature_dim)`."""
         raise NotImplementedError
 
+    def head(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Layers the model applies after pooling, `(batch, pooled_dim) -> (batch, embedding_size)`;
+        runs under the same precision as `frames`. Identity unless a model has such layers."""
+        return pooled
+
     def config(self) -> dict:
         """Everything besides the checkpoint that changes the embeddings (goes into the cache key)."""
         return {}
@@ -104,6 +135,8 @@ class Encoder:
             self.model.eval().to(self.device)
             for p in self.model.parameters():
                 p.requires_grad_(False)
+            for name in self.bf16_fp32_modules:
+                _fp32_under_bf16(self.model.get_submodule(name))
         return self
 
     def _autocast(self):
@@ -122,10 +155,13 @@ class Encoder:
             out = self.frames(x)
         return out.float()
 
+    @torch.inference_mode()
     def embed(self, audio: np.ndarray | torch.Tensor) -> np.ndarray:
-        """`(batch, samples)` -> pooled `(batch, embedding_size)` float32 numpy."""
-        frames = self.frame_embeddings(audio)
-        return pool(frames, self.pooling).cpu().numpy().astype(np.float32)
+        """`(batch, samples)` -> `(batch, embedding_size)` float32 numpy: frames, pooled, then `head`."""
+        pooled = pool(self.frame_embeddings(audio), self.pooling)
+        with self._autocast():
+            out = self.head(pooled)
+        return out.float().cpu().numpy()
 
     def describe(self) -> dict:
         return {
@@ -133,5 +169,7 @@ class Encoder:
             "sample_rate": self.sample_rate,
             "pooling": self.pooling,
             "precision": self.precision,
+            **({"bf16_fp32_modules": list(self.bf16_fp32_modules)}
+               if self.precision == "bf16" and self.bf16_fp32_modules else {}),
             **{f"cfg_{k}": v for k, v in self.config().items()},
         }

@@ -8,8 +8,9 @@ inference path with the same parameter names, so an official file such as
 'label_dict') loads strictly.
 
 Front end (as `BEATs.preprocess`): 16 kHz mono, waveform * 2**15, Kaldi fbank with 128 bins,
-25 ms Hanning windows every 10 ms (Kaldi defaults otherwise: pre-emphasis 0.97, DC removal,
-snip edges, 20 Hz..Nyquist), then (fbank - 15.41663) / (2 * 6.55582).
+25 ms windows every 10 ms, all other options at torchaudio's Kaldi defaults (povey window,
+pre-emphasis 0.97, DC removal, no dither, snip edges, 20 Hz..Nyquist), then
+(fbank - 15.41663) / (2 * 6.55582).
 
 Model: 16x16 conv patches over (time, mel) -> LayerNorm(512) -> Linear 512->768 -> conv
 positional embedding (weight-normed grouped Conv1d, kernel 128) -> 12 post-LN ("deep norm")
@@ -206,7 +207,8 @@ class BEATsModel(nn.Module):
             self.predictor = nn.Linear(cfg["encoder_embed_dim"], cfg["predictor_class"])
 
     def fbank(self, audio: torch.Tensor) -> torch.Tensor:
-        feats = kaldi_fbank(audio.float() * 2 ** 15, 16000, 128, frame_length_ms=25.0, frame_shift_ms=10.0)
+        feats = kaldi_fbank(audio.float() * 2 ** 15, 16000, 128, frame_length_ms=25.0, frame_shift_ms=10.0,
+                            window="povey")
         return (feats - FBANK_MEAN) / (2 * FBANK_STD)
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
@@ -253,4 +255,4 @@ class BEATsEncoder(Encoder):
 
     def config(self) -> dict:
         return {"tokens": "mean_over_freq_patches", "layer": "last",
-                "finetuned": bool(self.cfg["finetuned_model"]), "version": 1}
+                "finetuned": bool(self.cfg["finetuned_model"]), "version": 2}

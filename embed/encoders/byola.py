@@ -8,11 +8,17 @@ a training checkpoint) is cut off and other modules (projector, predictor) are i
 
 Front end: 16 kHz, STFT n_fft 1024, window 1024 (periodic Hann), hop 160, centred with reflect
 padding, power spectrum, 64 mel bands 60-7800 Hz, `log(mel + float32 eps)`, then `(x - mean) / std`
-with dataset statistics. v1 used torchaudio's MelSpectrogram (HTK mel, unnormalised triangles); v2
-uses nnAudio's (Slaney mel, Slaney area normalisation), so their statistics differ. The authors
-compute mean/std on the downstream task's training data; `fit_normalisation` does that. Without it the
-defaults are the authors' README example values (SPCV2): v1 (-5.4919195, 5.0389895), v2
-(-9.660292, 4.7219563). The statistics are part of `config()`, so they change the cache key.
+with dataset statistics. Two mel filter banks exist in the authors' code:
+- `evar`: nnAudio's MelSpectrogram (Slaney mel scale, Slaney area normalisation). v2 always uses it,
+  and so does EVAR (https://github.com/nttcslab/eval-audio-repr, `evar/ar_base.py` ToLogMelSpec), the
+  authors' evaluation package, through which the benchmark papers run v1 too. Default for v1.
+- `readme`: torchaudio's MelSpectrogram (HTK mel scale, unnormalised triangles), as the byol-a README's
+  v1 feature-extraction example. Option `frontend="readme"` of "byola".
+The authors compute mean/std on the downstream task's training data; `fit_normalisation` does that.
+Without it the defaults are the authors' published SPCV2 values for that front end: (-9.660292,
+4.7219563) for `evar` (the v2 README's, from EVAR with this same front end; statistics of the log-mel
+values do not depend on the network) and (-5.4919195, 5.0389895) for `readme` (the v1 README's). The
+front end and the statistics are part of `config()`, so they change the cache key.
 
 Embedding: frame features (v1: fc output, d-dim; v2: conv features ++ fc output, 3072-d; one frame
 per 8 resp. 4 STFT hops) pooled with mean + max over time ("meanmax"), as the official models do.
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import Literal
 
 import numpy as np
 import torch
@@ -35,6 +42,9 @@ from .registry import register
 
 SAMPLE_RATE, N_FFT, HOP, N_MELS, F_MIN, F_MAX = 16000, 1024, 160, 64, 60.0, 7800.0
 EPS = float(torch.finfo(torch.float32).eps)
+Frontend = Literal["evar", "readme"]
+# published SPCV2 statistics of each front end's log-mel values (see the module docstring)
+NORM_STATS: dict[str, tuple[float, float]] = {"evar": (-9.660292, 4.7219563), "readme": (-5.4919195, 5.0389895)}
 
 
 class LogMel(nn.Module):
@@ -101,11 +111,15 @@ class _BYOLA(Encoder):
     default_pooling = "meanmax"
     needs_checkpoint = True
     version: int = 1
-    default_norm_stats: tuple[float, float] = (0.0, 1.0)
 
     def __init__(self, checkpoint=None, *, norm_stats: tuple[float, float] | None = None, d: int | None = None,
-                 **kwargs) -> None:
+                 frontend: Frontend = "evar", **kwargs) -> None:
         super().__init__(checkpoint, **kwargs)
+        if frontend not in NORM_STATS:
+            raise ValueError(f"frontend must be one of {sorted(NORM_STATS)}, got {frontend!r}")
+        if self.version == 2 and frontend != "evar":
+            raise ValueError("BYOL-A v2 has one front end (nnAudio, Slaney mel); frontend='readme' is v1 only")
+        self.frontend = frontend
         state = official_keys(extract_state_dict(load_checkpoint(self.checkpoint, trust_checkpoint=self.trust_checkpoint)),
                               self.checkpoint)
         require_tensors(state, self.checkpoint)
@@ -115,8 +129,8 @@ class _BYOLA(Encoder):
         self.feature_dim = d
         net = AudioNTT(self.version, d)
         load_strict(net, state, self.checkpoint)
-        self.model = nn.ModuleDict({"lms": LogMel(slaney=self.version == 2), "net": net})
-        self.norm_stats = tuple(float(v) for v in (norm_stats or self.default_norm_stats))
+        self.model = nn.ModuleDict({"lms": LogMel(slaney=frontend == "evar"), "net": net})
+        self.norm_stats = tuple(float(v) for v in (norm_stats or NORM_STATS[frontend]))
         self.to_device()
 
     def _detect_d(self, state: dict) -> int:
@@ -147,8 +161,10 @@ class _BYOLA(Encoder):
         return self.model["net"](lms[:, None])
 
     def config(self) -> dict:
+        # v2 keeps its historical label so that its existing caches stay valid
+        frontend = self.frontend if self.version == 1 else "v1"
         return {"version": self.version, "d": self.d, "norm_mean": self.norm_stats[0],
-                "norm_std": self.norm_stats[1], "frontend": "v1"}
+                "norm_std": self.norm_stats[1], "frontend": frontend}
 
 
 @register("byola")
@@ -156,7 +172,6 @@ class BYOLA(_BYOLA):
     version = 1
     feature_dim = 2048  # set from the checkpoint (512, 1024 or 2048)
     frame_hop_s = 8 * HOP / SAMPLE_RATE
-    default_norm_stats = (-5.4919195, 5.0389895)
 
 
 @register("byola2")
@@ -164,4 +179,3 @@ class BYOLA2(_BYOLA):
     version = 2
     feature_dim = 3072
     frame_hop_s = 4 * HOP / SAMPLE_RATE
-    default_norm_stats = (-9.660292, 4.7219563)

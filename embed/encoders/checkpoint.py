@@ -6,24 +6,17 @@ needs `trust_checkpoint=True` (the CLI's `--trust-checkpoint`).
 """
 from __future__ import annotations
 
-import hashlib
 import pickle
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
 
+from ..checksum import file_sha256  # noqa: F401  (encoders hash their checkpoints with it)
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used; the message names the file and the problem."""
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_checkpoint(

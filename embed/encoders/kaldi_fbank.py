@@ -14,10 +14,12 @@ triangles in the mel domain) -> log with a float32-epsilon floor.
 from __future__ import annotations
 
 import math
+from typing import Literal, get_args
 
 import torch
 
-WINDOWS = ("hanning", "povey", "hamming", "rectangular")
+Window = Literal["povey", "hanning", "hamming", "rectangular"]
+WINDOWS = get_args(Window)
 
 
 def kaldi_mel(freq: torch.Tensor | float) -> torch.Tensor:
@@ -51,7 +53,7 @@ def kaldi_mel_banks(num_bins: int, padded_window_size: int, sample_rate: float,
     return torch.nn.functional.pad(banks, (0, 1))  # zero column for the Nyquist bin
 
 
-def kaldi_window(window: str, length: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def kaldi_window(window: Window, length: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Kaldi's symmetric analysis windows."""
     if window == "hanning":
         return torch.hann_window(length, periodic=False, dtype=torch.float64).to(dtype)
@@ -67,12 +69,13 @@ def kaldi_window(window: str, length: int, dtype: torch.dtype = torch.float32) -
 
 def kaldi_fbank(waveform: torch.Tensor, sample_rate: float, num_mel_bins: int,
                 frame_length_ms: float = 25.0, frame_shift_ms: float = 10.0,
-                window: str = "hanning", preemphasis: float = 0.97, remove_dc: bool = True,
+                window: Window = "povey", preemphasis: float = 0.97, remove_dc: bool = True,
                 dither: float = 0.0, low_freq: float = 20.0, high_freq: float = 0.0) -> torch.Tensor:
     """`(batch, samples)` waveform -> `(batch, frames, num_mel_bins)` Kaldi log-mel fbank.
 
     Frames use snip_edges=True: `1 + (samples - win) // shift` frames, none if the input is
     shorter than one window. The waveform is used as given (callers scale it, e.g. BEATs by 2**15).
+    The default window is Kaldi's (and torchaudio's) `povey`; AST asks for `hanning` explicitly.
     """
     if waveform.ndim != 2:
         raise ValueError(f"expected (batch, samples), got shape {tuple(waveform.shape)}")
@@ -90,7 +93,7 @@ def kaldi_fbank(waveform: torch.Tensor, sample_rate: float, num_mel_bins: int,
 
 
 def _fbank_fp32(x: torch.Tensor, sample_rate: float, num_mel_bins: int, win: int, shift: int,
-                padded: int, window: str, preemphasis: float, remove_dc: bool, dither: float,
+                padded: int, window: Window, preemphasis: float, remove_dc: bool, dither: float,
                 low_freq: float, high_freq: float) -> torch.Tensor:
     frames = x.unfold(1, win, shift)  # (B, T, win), a view; the ops below copy
     if dither != 0.0:

@@ -6,7 +6,6 @@ every file against the release's SHA256SUMS.txt.
 """
 from __future__ import annotations
 
-import hashlib
 import shutil
 import sys
 import urllib.request
@@ -15,20 +14,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ..checksum import file_sha256
+
 DEFAULT_URL = ("https://physionet.org/static/published-projects/circor-heart-sound/"
                "the-circor-digiscope-phonocardiogram-dataset-1.0.3.zip")
 
 
 class DownloadError(RuntimeError):
     pass
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def fetch(url: str, target: Path, chunk: int = 1 << 16, timeout: float = 60.0) -> Path:
@@ -106,7 +99,7 @@ def verify_checksums(data_dir: str | Path) -> tuple[list[str], int]:
         path = root / name
         if not path.exists():
             problems.append(f"{path}: missing")
-        elif sha256_of(path) != digest:
+        elif file_sha256(path) != digest:
             problems.append(f"{path}: checksum mismatch")
     return problems, n
 
@@ -117,7 +110,7 @@ def download_circor(dest: str | Path, url: str = DEFAULT_URL, expected_sha256: s
     archive = dest / Path(url.split("?")[0]).name
     if not archive.exists():
         fetch(url, archive)
-    if expected_sha256 and sha256_of(archive) != expected_sha256:
+    if expected_sha256 and file_sha256(archive) != expected_sha256:
         raise DownloadError(f"{archive}: sha256 differs from the expected value")
     unpack = dest / archive.stem
     if unpack.exists():

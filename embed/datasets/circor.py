@@ -14,12 +14,17 @@ from pathlib import Path
 
 import numpy as np
 
+from ..problems import Problem, shorten
+from .base import Dataset, Splits, register_dataset
+
 MURMUR_CLASSES = ("Present", "Unknown", "Absent")  # official PhysioNet 2022 order
 OUTCOME_CLASSES = ("Abnormal", "Normal")
 LOCATIONS = ("AV", "PV", "TV", "MV", "Phc")
+AGE_GROUPS = ("Neonate", "Infant", "Child", "Adolescent", "Young Adult")
 # a recording's file name without extension names files and cache entries: not empty, no leading dot
 RECORDING_STEM = re.compile(r"[^./\\\x00][^/\\\x00]*")
-RECORDING_NAME = re.compile(r"^(?P<pid>\d+)_(?P<loc>AV|PV|TV|MV|Phc)(?:_(?P<n>\d+))?$")
+# PID_LOC[_N]; the PID part is checked against the patient file, so loose names can use it too
+RECORDING_NAME = re.compile(rf"^(?P<pid>.+?)_(?P<loc>{'|'.join(LOCATIONS)})(?:_(?P<n>\d+))?$")
 TSV_LABELS = {0: "unannotated", 1: "S1", 2: "systole", 3: "S2", 4: "diastole"}
 TXT_FIELDS = (
     "Age", "Sex", "Height", "Weight", "Pregnancy status", "Murmur", "Murmur locations",
@@ -29,7 +34,7 @@ TXT_FIELDS = (
     "Diastolic murmur pitch", "Diastolic murmur quality", "Outcome", "Campaign", "Additional ID",
 )
 KNOWN_VALUES = {
-    "Age": {"Neonate", "Infant", "Child", "Adolescent", "Young Adult"},
+    "Age": set(AGE_GROUPS),
     "Sex": {"Male", "Female"},
     "Pregnancy status": {"True", "False"},
     "Murmur": set(MURMUR_CLASSES),
@@ -38,26 +43,7 @@ KNOWN_VALUES = {
 }
 
 
-@dataclass(frozen=True)
-class Problem:
-    path: str
-    message: str
-    severity: str = "error"  # "error": the item was dropped; "warning": kept, fixed or noted
-
-    def __post_init__(self) -> None:  # a 50 MB bad line must not be echoed whole anywhere
-        object.__setattr__(self, "message", shorten(self.message, MESSAGE_LIMIT))
-
-    def __str__(self) -> str:
-        return f"{self.severity}: {self.path}: {self.message}"
-
-
-MESSAGE_LIMIT = 500
 PATIENT_ID = re.compile(r"[0-9]+")  # ASCII digits only: `²³`.isdigit() is True, but int() refuses it
-
-
-def shorten(text: str, limit: int = 120) -> str:
-    """`text` cut to `limit` characters, saying how long it was."""
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def echo(line: str, limit: int = 120) -> str:
@@ -73,6 +59,10 @@ class Recording:
     wav: Path
     hea: Path | None = None
     tsv: Path | None = None
+
+    @property
+    def group_id(self) -> str:
+        return self.patient_id
 
     def segmentation(self) -> np.ndarray:
         """The .tsv as an `(n, 3)` array of (start_s, end_s, label 0-4)."""
@@ -102,10 +92,19 @@ class Patient:
 
 
 @dataclass
-class CirCor:
+class CirCor(Dataset):
+    """The dataset protocol over CirCor: groups are patients, labels the patient's murmur."""
     root: Path
     patients: dict[str, Patient]
     problems: list[Problem] = field(default_factory=list)
+
+    name = "circor"
+    classes = MURMUR_CLASSES
+    metrics = ("weighted_accuracy", "uar")
+    class_weights = (5.0, 3.0, 1.0)  # PhysioNet 2022 murmur weights
+    label_schemes = ("patient", "location")
+    split_schemes = ("paper", "kfold", "campaign")
+    locations = LOCATIONS
 
     def recordings(self) -> list[Recording]:
         return [r for p in self.patients.values() for r in p.recordings]
@@ -113,8 +112,47 @@ class CirCor:
     def patient_ids(self) -> list[str]:
         return sorted(self.patients, key=int)
 
-    def errors(self) -> list[Problem]:
-        return [p for p in self.problems if p.severity == "error"]
+    def group_ids(self) -> list[str]:
+        return self.patient_ids()
+
+    def group_labels(self) -> dict[str, int]:
+        return {pid: p.label for pid, p in self.patients.items()}
+
+    def recording_labels(self, scheme: str = "patient") -> dict[str, int]:
+        """"location": a Present patient's recordings are murmur recordings only at the locations
+        listed in 'Murmur locations', Absent elsewhere."""
+        if scheme != "location":
+            return super().recording_labels(scheme)
+        present, absent = MURMUR_CLASSES.index("Present"), MURMUR_CLASSES.index("Absent")
+        out = {}
+        for patient in self.patients.values():
+            for rec in patient.recordings:
+                if patient.murmur == "Present":
+                    out[rec.recording_id] = present if rec.location in patient.murmur_locations else absent
+                else:
+                    out[rec.recording_id] = patient.label
+        return out
+
+    def covariates(self, group_ids) -> np.ndarray:
+        """Age group one-hot, sex, pregnancy, height, weight (NaN -> 0 plus a missing flag)."""
+        rows = []
+        for pid in group_ids:
+            p = self.patients[pid]
+            height = p.height if np.isfinite(p.height) else 0.0
+            weight = p.weight if np.isfinite(p.weight) else 0.0
+            rows.append([p.age == a for a in AGE_GROUPS] + [
+                p.sex == "Female", p.pregnant, height / 100.0, weight / 20.0,
+                not np.isfinite(p.height), not np.isfinite(p.weight)])
+        return np.asarray(rows, dtype=np.float64)
+
+    def splits(self, scheme: str = "paper", seed: int = 0, folds: int = 5) -> Splits:
+        from . import splits
+        self.check_scheme(scheme)
+        if scheme == "paper":
+            return splits.paper_splits(self)
+        if scheme == "kfold":
+            return splits.kfold_splits(self, folds, seed)
+        return splits.campaign_splits(self, seed)
 
 
 def _float(value: str) -> float:
@@ -217,6 +255,7 @@ def read_training_csv(path: Path, problems: list[Problem]) -> dict[str, dict[str
     return rows
 
 
+@register_dataset("circor", CirCor)
 def load_circor(data_dir: str | Path) -> CirCor:
     """Parse the dataset; every inconsistency goes into `.problems`."""
     root, folder = find_root(data_dir)

@@ -1,6 +1,7 @@
-"""Patient-level splits: the paper's three splits, stratified k-fold, leave-one-campaign-out.
+"""Group-level splits: stratified k-fold and leave-one-source-out for any dataset; CirCor's
+paper splits, k-fold and leave-one-campaign-out.
 
-Every split maps patient ID -> "train" | "val" | "test".
+Every split maps group (patient) ID -> "train" | "val" | "test".
 """
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ from pathlib import Path
 
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
+from .base import Dataset, Splits, group_sort_key
 from .circor import CirCor
 
-SCHEMES = ("paper", "kfold", "campaign")
 PAPER_SEEDS = (14, 42, 84)
 SPLIT_VALUES = ("train", "val", "test")
 
@@ -73,49 +74,56 @@ def train_in_every_split(splits: dict[str, dict[str, str]]) -> list[str]:
     return sorted(p for p in parts[0] if all(split.get(p) == "train" for split in parts)) if parts else []
 
 
-def kfold_splits(circor: CirCor, k: int = 5, seed: int = 0, val_fraction: float = 0.1) -> dict[str, dict[str, str]]:
-    """Stratified k-fold over patients; each fold's training part gives up a stratified val part."""
-    pids = circor.patient_ids()
-    keys = mergeable_keys([stratify_key(circor, p) for p in pids], k)
+def kfold_over(ids: list[str], keys: list[str], k: int = 5, seed: int = 0, val_fraction: float = 0.1,
+               prefix: str = "fold") -> Splits:
+    """Stratified k-fold over `ids`; each fold's training part gives up a stratified val part."""
+    keys = mergeable_keys(keys, k)
     folds = {}
-    for i, (train_idx, test_idx) in enumerate(StratifiedKFold(k, shuffle=True, random_state=seed).split(pids, keys), 1):
-        train_ids = [pids[j] for j in train_idx]
+    for i, (train_idx, test_idx) in enumerate(StratifiedKFold(k, shuffle=True, random_state=seed).split(ids, keys), 1):
+        train_ids = [ids[j] for j in train_idx]
         train, val = stratified_split(train_ids, [keys[j] for j in train_idx], val_fraction, seed + i)
         split = {p: "train" for p in train}
         split.update({p: "val" for p in val})
-        split.update({pids[j]: "test" for j in test_idx})
-        folds[f"fold{i}"] = split
+        split.update({ids[j]: "test" for j in test_idx})
+        folds[f"{prefix}{i}"] = split
     return folds
 
 
-def campaign_splits(circor: CirCor, seed: int = 0, val_fraction: float = 0.1) -> dict[str, dict[str, str]]:
-    """Leave-one-campaign-out: train on one campaign (minus a val part), test on the other."""
+def leave_one_out_over(ids: list[str], keys: list[str], source: list[str], seed: int = 0,
+                       val_fraction: float = 0.1, prefix: str = "test_") -> Splits:
+    """One split per source: test on it, train on the others (minus a stratified val part)."""
     out = {}
-    campaigns = sorted({p.campaign for p in circor.patients.values()})
-    for held_out in campaigns:
-        train_ids = [p for p in circor.patient_ids() if circor.patients[p].campaign != held_out]
-        keys = [stratify_key(circor, p) for p in train_ids]
-        train, val = stratified_split(train_ids, keys, val_fraction, seed)
+    for held_out in sorted(set(source)):
+        train_ids = [i for i, s in zip(ids, source) if s != held_out]
+        train_keys = [k for k, s in zip(keys, source) if s != held_out]
+        train, val = stratified_split(train_ids, train_keys, val_fraction, seed)
         split = {p: "train" for p in train}
         split.update({p: "val" for p in val})
-        split.update({p: "test" for p in circor.patient_ids() if circor.patients[p].campaign == held_out})
-        out[f"test_{held_out}"] = split
+        split.update({i: "test" for i, s in zip(ids, source) if s == held_out})
+        out[f"{prefix}{held_out}"] = split
     return out
 
 
-def make_splits(circor: CirCor, scheme: str = "paper", seed: int = 0, folds: int = 5) -> dict[str, dict[str, str]]:
-    if scheme == "paper":
-        return paper_splits(circor)
-    if scheme == "kfold":
-        return kfold_splits(circor, folds, seed)
-    if scheme == "campaign":
-        return campaign_splits(circor, seed)
-    raise ValueError(f"unknown split scheme {scheme!r} ({', '.join(SCHEMES)})")
+def kfold_splits(circor: CirCor, k: int = 5, seed: int = 0, val_fraction: float = 0.1) -> Splits:
+    """Stratified k-fold over patients (strata: outcome and murmur)."""
+    pids = circor.patient_ids()
+    return kfold_over(pids, [stratify_key(circor, p) for p in pids], k, seed, val_fraction)
 
 
-def write_splits(splits: dict[str, dict[str, str]], path: str | Path) -> None:
+def campaign_splits(circor: CirCor, seed: int = 0, val_fraction: float = 0.1) -> Splits:
+    """Leave-one-campaign-out: train on one campaign (minus a val part), test on the other."""
+    pids = circor.patient_ids()
+    return leave_one_out_over(pids, [stratify_key(circor, p) for p in pids],
+                              [circor.patients[p].campaign for p in pids], seed, val_fraction)
+
+
+def make_splits(dataset: Dataset, scheme: str = "paper", seed: int = 0, folds: int = 5) -> Splits:
+    return dataset.splits(scheme, seed, folds)
+
+
+def write_splits(splits: Splits, path: str | Path) -> None:
     names = list(splits)
-    pids = sorted(next(iter(splits.values())), key=int)
+    pids = sorted(next(iter(splits.values())), key=group_sort_key)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)

