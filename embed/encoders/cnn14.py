@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Encoder, pool
+from .base import Encoder
 from .checkpoint import CheckpointError, extract_state_dict, load_checkpoint, load_strict
 from .frontend import mel_filterbank
 from .registry import register
@@ -212,14 +212,7 @@ class Cnn14Encoder(Encoder):
 
     def head(self, pooled: torch.Tensor) -> torch.Tensor:
         """Pooled clip vector -> the official embedding `relu(fc1(.))` (layer 'fc1'), or itself ('conv')."""
-        if self.layer == "conv":
-            return pooled
-        with torch.inference_mode():
-            return F.relu(self.model.fc1(pooled.to(self.device)))
-
-    def embed(self, audio: np.ndarray | torch.Tensor) -> np.ndarray:
-        pooled = pool(self.frame_embeddings(audio), self.pooling)
-        return self.head(pooled).cpu().numpy().astype(np.float32)
+        return pooled if self.layer == "conv" else F.relu(self.model.fc1(pooled))
 
     @torch.inference_mode()
     def tag(self, audio: np.ndarray | torch.Tensor) -> torch.Tensor:
