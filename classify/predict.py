@@ -46,6 +46,7 @@ class _Job:
     """What `extract` needs: an id unique within this run (names may repeat across inputs) and a file."""
     recording_id: str
     wav: Path
+    expected_rate: int = 4000  # input comes in CirCor's layout, so a rate other than its 4 kHz is noted
 
 
 def _from_folder(folder: Path, problems: list[Problem]) -> dict[str, list[InputRecording]]:

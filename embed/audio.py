@@ -52,7 +52,8 @@ class Audio:
         return len(self.samples) / self.sample_rate
 
 
-def read_audio(path: Path | str, min_duration_s: float = MIN_DURATION_S) -> Audio:
+def read_audio(path: Path | str, min_duration_s: float = MIN_DURATION_S,
+               expected_rate: int = CIRCOR_SAMPLE_RATE) -> Audio:
     """Read a wav (or any libsndfile format) as float32 mono, validating as it goes."""
     path = Path(path)
     with _open(path) as fh:
@@ -69,7 +70,7 @@ def read_audio(path: Path | str, min_duration_s: float = MIN_DURATION_S) -> Audi
     stats = AudioStats(int(sample_rate), len(samples), channels, int(bad.sum()),
                        float(np.abs(samples).max()) if len(samples) else 0.0,
                        int(np.count_nonzero(np.abs(samples) >= 0.999)))
-    notes, scale = judge(path, stats, min_duration_s)
+    notes, scale = judge(path, stats, min_duration_s, expected_rate=expected_rate)
     notes += header_notes(path)
     if scale != 1.0:
         samples = samples * np.float32(scale)
@@ -92,7 +93,7 @@ class AudioStats:
 
 
 def judge(path: Path | str, stats: AudioStats, min_duration_s: float = MIN_DURATION_S,
-          rate_out: int | None = None) -> tuple[list[str], float]:
+          rate_out: int | None = None, expected_rate: int = CIRCOR_SAMPLE_RATE) -> tuple[list[str], float]:
     """Notes for what was fixed and the gain to apply; raises AudioError for unusable audio."""
     notes: list[str] = []
     check_sample_rate(path, stats.sample_rate)
@@ -113,8 +114,8 @@ def judge(path: Path | str, stats: AudioStats, min_duration_s: float = MIN_DURAT
         scale = 1.0 / stats.peak
     elif stats.full_scale > 0.01 * stats.frames:
         notes.append("clipping (over 1% of samples at full scale)")
-    if stats.sample_rate != CIRCOR_SAMPLE_RATE:
-        note = f"sample rate {stats.sample_rate} Hz (CirCor is {CIRCOR_SAMPLE_RATE} Hz)"
+    if stats.sample_rate != expected_rate:
+        note = f"sample rate {stats.sample_rate} Hz (the data's own rate is {expected_rate} Hz)"
         if rate_out is not None and rate_out != stats.sample_rate:
             note += f", resampled to {rate_out} Hz"
         notes.append(note)
@@ -264,19 +265,21 @@ class LazyWindows:
 
 
 def open_resampled(path: Path | str, rate_out: int, *, long_after_s: float = LONG_RECORDING_S,
-                   min_duration_s: float = MIN_DURATION_S) -> InMemoryAudio | StreamedAudio:
-    """A recording at `rate_out`: whole in memory, or streamed when longer than `long_after_s`."""
+                   min_duration_s: float = MIN_DURATION_S, expected_rate: int = CIRCOR_SAMPLE_RATE
+                   ) -> InMemoryAudio | StreamedAudio:
+    """A recording at `rate_out`: whole in memory, or streamed when longer than `long_after_s`.
+    A file whose rate is not `expected_rate` (its dataset's) gets a note."""
     path = Path(path)
     with _open(path) as fh:
         frames, rate = fh.frames, fh.samplerate
     if rate > 0 and frames > long_after_s * rate:
         stats = scan_audio(path)
-        notes, scale = judge(path, stats, min_duration_s, rate_out)
+        notes, scale = judge(path, stats, min_duration_s, rate_out, expected_rate)
         notes += header_notes(path)
         notes.append(f"long recording ({stats.duration_s / 60:.1f} min > {long_after_s / 60:g} min): "
                      "read and resampled in blocks")
         return StreamedAudio(path, stats, rate_out, scale, notes)
-    audio = read_audio(path, min_duration_s)
+    audio = read_audio(path, min_duration_s, expected_rate)
     notes = [f"{n}, resampled to {rate_out} Hz" if n.startswith("sample rate") and rate_out != audio.sample_rate
              else n for n in audio.notes]
     return InMemoryAudio(resample(audio.samples, audio.sample_rate, rate_out), notes)

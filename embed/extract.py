@@ -97,7 +97,7 @@ def prepare(recording: Recording, sample_rate: int, segments: SegmentConfig) -> 
     back with `error` set)."""
     try:
         # long recordings come back streamed: windows are read and resampled when batched
-        audio = open_resampled(recording.wav, sample_rate)
+        audio = open_resampled(recording.wav, sample_rate, expected_rate=recording.expected_rate)
         plan = plan_segments(audio.n_samples, sample_rate, segments)
         window = int(round(segments.window_s * sample_rate))
         return Prepared(recording, audio.windows(plan.starts, window), plan, audio.notes)

@@ -91,16 +91,18 @@ class RowRecording:
     group_id: str
     location: str
     wav: Path
+    expected_rate: int
 
 
 def _recording_row(rec: Recording) -> dict:
     return {"recording_id": rec.recording_id, "group_id": rec.group_id,
-            "location": rec.location, "wav": str(rec.wav)}
+            "location": rec.location, "wav": str(rec.wav), "expected_rate": rec.expected_rate}
 
 
 def _prepare_row(row: dict, sample_rate: int, segments: SegmentConfig) -> dict:
     """CPU task: decode + resample + cut windows of one recording."""
-    rec = RowRecording(str(row["recording_id"]), str(row["group_id"]), str(row["location"]), Path(row["wav"]))
+    rec = RowRecording(str(row["recording_id"]), str(row["group_id"]), str(row["location"]), Path(row["wav"]),
+                       int(row["expected_rate"]))
     prep = prepare(rec, sample_rate, segments)
     windows = np.zeros((0, 0), np.float32)
     if prep.error is None:
@@ -127,7 +129,7 @@ def _notes_of(batch: dict, i: int) -> list[str]:
 def _prepared_from(batch: dict, i: int, window: int) -> Prepared:
     """Row `i` of a batch of prepared recordings, as the local backend's Prepared."""
     rec = RowRecording(str(batch["recording_id"][i]), str(batch["group_id"][i]), str(batch["location"][i]),
-                       Path(str(batch["wav"][i])))
+                       Path(str(batch["wav"][i])), int(batch["expected_rate"][i]))
     error = str(batch["error"][i]) or None
     windows = None if error else np.frombuffer(batch["windows"][i], np.float32).reshape(-1, window)
     return Prepared(rec, windows, _plan_of(batch, i), _notes_of(batch, i), error)

@@ -36,3 +36,15 @@ def test_polyphase_resampling_keeps_a_tone():
     assert len(y) == 16000
     ref = np.sin(2 * np.pi * 100 * np.arange(16000) / 16000)
     assert np.abs(y[200:-200] - ref[200:-200]).max() < 0.01
+
+
+def test_a_rate_is_noted_only_when_it_is_not_the_datasets_own(tmp_path):
+    """PhysioNet 2016 files are 2 kHz: no note for them, a note for the same file read as CirCor."""
+    from embed.audio import open_resampled
+    path = tmp_path / "a0001.wav"
+    sf.write(path, 0.3 * np.sin(np.arange(4000) / 3), 2000, subtype="PCM_16")
+    as_physionet = open_resampled(path, 4000, expected_rate=2000)
+    as_circor = open_resampled(path, 4000, expected_rate=4000)
+    assert not [n for n in as_physionet.notes if "sample rate" in n]
+    assert "sample rate 2000 Hz (the data's own rate is 4000 Hz), resampled to 4000 Hz" in as_circor.notes
+    np.testing.assert_array_equal(as_physionet.samples, as_circor.samples)

@@ -168,7 +168,10 @@ def test_hear_scene_embedding_is_the_cached_embedding(name: str, make_encoder, r
     scene = hear.get_scene_embeddings(torch.from_numpy(windows), model)
     assert isinstance(scene, torch.Tensor) and scene.dtype == torch.float32
     assert np.isfinite(cached.embeddings).all() and not np.allclose(cached.embeddings[0], cached.embeddings[1])
-    np.testing.assert_allclose(scene.numpy(), cached.embeddings, rtol=1e-5, atol=1e-6)
+    # extract pads every batch to its full size, so kernels may sum in another order: compare the
+    # whole vectors (a skipped head layer, as CNN14's fc1 once was, is off by ~1e-2)
+    error = np.linalg.norm(scene.numpy() - cached.embeddings) / np.linalg.norm(cached.embeddings)
+    assert error < 1e-5, f"HEAR scene embedding differs from the cached one by {error:.2e}"
 
 
 @pytest.fixture(scope="module")

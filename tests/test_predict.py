@@ -113,7 +113,7 @@ def test_predict_on_loose_wavs_at_any_rate(trained, capsys, tmp_path):
     assert set(by_pid) == {pid, "visit3", "broken"}
     eight, stereo = by_pid[pid]["recordings"][0], by_pid["visit3"]["recordings"][0]
     assert eight["location"] == rec.location and stereo["location"] == "unknown"
-    assert "sample rate 8000 Hz (CirCor is 4000 Hz), resampled to 4000 Hz" in eight["notes"]
+    assert "sample rate 8000 Hz (the data's own rate is 4000 Hz), resampled to 4000 Hz" in eight["notes"]
     assert "2 channels downmixed to mono" in stereo["notes"] and any("44100 Hz" in n for n in stereo["notes"])
     # a resampled copy is classified like the original (requantisation + filter roll-off move it a little)
     original = _expected_from_cache(trained, pid)[rec.recording_id]

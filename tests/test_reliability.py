@@ -92,7 +92,7 @@ RECORDING_CASES = {
     "truncated header": (_truncated_header, "error", "not readable audio"),
     "corrupt header": (_corrupt_header, "error", "not readable audio"),
     "non-audio bytes": (_not_audio, "error", "not readable audio"),
-    "8 kHz": (_rate_8k, "warning", "sample rate 8000 Hz (CirCor is 4000 Hz), resampled to 4000 Hz"),
+    "8 kHz": (_rate_8k, "warning", "sample rate 8000 Hz (the data's own rate is 4000 Hz), resampled to 4000 Hz"),
     "stereo": (_stereo, "warning", "2 channels downmixed to mono"),
     "some NaN/inf": (_some_nan, "warning", "11 NaN/inf samples set to 0"),
     "all NaN": (_all_nan, "error", "every sample is NaN or infinite"),

@@ -31,6 +31,11 @@ class Recording(Protocol):
     @property
     def location(self) -> str: ...
 
+    @property
+    def expected_rate(self) -> int:
+        """The dataset's own sample rate: a file at another rate is worth a note."""
+        ...
+
 
 class Dataset(ABC):
     """One parsed corpus. Groups are the unit of evaluation (CirCor: patients)."""

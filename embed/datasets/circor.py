@@ -6,6 +6,8 @@ problem is recorded (file + message) and the patient is kept when it is still us
 """
 from __future__ import annotations
 
+from typing import ClassVar
+
 import csv
 import math
 import re
@@ -59,6 +61,7 @@ class Recording:
     wav: Path
     hea: Path | None = None
     tsv: Path | None = None
+    expected_rate: ClassVar[int] = 4000
 
     @property
     def group_id(self) -> str:

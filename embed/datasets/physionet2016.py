@@ -7,6 +7,8 @@ the set it came from. Parsing never stops at a bad line or file: each problem is
 """
 from __future__ import annotations
 
+from typing import ClassVar
+
 import csv
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +28,7 @@ class Recording:
     wav: Path
     label: int
     location: str = ""  # the challenge does not publish auscultation locations
+    expected_rate: ClassVar[int] = 2000
 
     @property
     def group_id(self) -> str:

@@ -213,10 +213,7 @@ class Cnn14Encoder(Encoder):
 
     def head(self, pooled: torch.Tensor) -> torch.Tensor:
         """Pooled clip vector -> the official embedding `relu(fc1(.))` (layer 'fc1'), or itself ('conv')."""
-        if self.layer == "conv":
-            return pooled
-        with torch.inference_mode():
-            return F.relu(self.model.fc1(pooled.to(self.device)))
+        return pooled if self.layer == "conv" else F.relu(self.model.fc1(pooled))
 
     @torch.inference_mode()
     def tag(self, audio: np.ndarray | torch.Tensor) -> torch.Tensor:
