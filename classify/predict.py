@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from embed.datasets.circor import RECORDING_NAME, parse_patient_txt
+from embed.datasets.circor import RECORDING_NAME, Recording, parse_patient_txt
 from embed.problems import Problem
 from embed.segments import SegmentConfig
 
@@ -46,7 +46,7 @@ class _Job:
     """What `extract` needs: an id unique within this run (names may repeat across inputs) and a file."""
     recording_id: str
     wav: Path
-    expected_rate: int = 4000  # input comes in CirCor's layout, so a rate other than its 4 kHz is noted
+    expected_rate: int = Recording.expected_rate  # input comes in CirCor's layout: another rate is noted
 
 
 def _from_folder(folder: Path, problems: list[Problem]) -> dict[str, list[InputRecording]]:

@@ -6,16 +6,16 @@ problem is recorded (file + message) and the patient is kept when it is still us
 """
 from __future__ import annotations
 
-from typing import ClassVar
-
 import csv
 import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
+from ..audio import CIRCOR_SAMPLE_RATE
 from ..problems import Problem, shorten
 from .base import Dataset, Splits, register_dataset
 
@@ -61,7 +61,7 @@ class Recording:
     wav: Path
     hea: Path | None = None
     tsv: Path | None = None
-    expected_rate: ClassVar[int] = 4000
+    expected_rate: ClassVar[int] = CIRCOR_SAMPLE_RATE
 
     @property
     def group_id(self) -> str:

@@ -7,11 +7,10 @@ the set it came from. Parsing never stops at a bad line or file: each problem is
 """
 from __future__ import annotations
 
-from typing import ClassVar
-
 import csv
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from ..problems import Problem
 from .base import Dataset, Splits, register_dataset
