@@ -23,7 +23,7 @@ import torch
 from embed import hear
 from embed.audio import open_resampled
 from embed.datasets.circor import Recording
-from embed.encoders import available, get_class
+from embed.encoders import available, base, get_class
 from embed.extract import extract, open_cache
 from embed.segments import SegmentConfig
 
@@ -219,3 +219,12 @@ def test_bf16_fp32_modules_run_in_fp32_only_under_bf16(make_encoder) -> None:
         for h in hooks:
             h.remove()
     assert dtypes == [torch.float32, torch.bfloat16, torch.float16, torch.float16, torch.float32, torch.float32]
+
+
+@pytest.mark.parametrize("name", [n for n in available() if get_class(n).bf16_safe])
+def test_bf16_safe_encoders_default_to_bf16_where_the_cpu_has_it(name: str, make_encoder, monkeypatch) -> None:
+    monkeypatch.setattr(base, "native_bf16", lambda: True)
+    default, fp32 = make_encoder(name).describe(), make_encoder(name, precision="fp32").describe()
+    assert (default["precision"], fp32["precision"]) == ("bf16", "fp32")
+    monkeypatch.setattr(base, "native_bf16", lambda: False)
+    assert make_encoder(name).describe()["precision"] == "fp32"
