@@ -124,11 +124,13 @@ def cmd_extract(args) -> int:
     from embed.datasets import load_dataset
     from embed.datasets.splits import train_in_every_split
     from embed.extract import extract, fit_normalisation
+    from embed.frames import FrameConfig
     from embed.problems import format_table, problem_rows, write_problems_csv
     from embed.segments import SegmentConfig
     dataset = load_dataset(args.dataset, args.data)
     recordings = dataset.recordings()
     segments = SegmentConfig(args.window, args.train_stride, args.eval_stride)
+    frames = FrameConfig(args.frame_dtype, args.frame_hop, args.window) if args.frames else None
     if args.fit_normalisation:
         train = set(train_in_every_split(dataset.splits(args.fit_normalisation)))
         train_recordings = [r for r in recordings if r.group_id in train]
@@ -143,7 +145,7 @@ def cmd_extract(args) -> int:
               f"{encoder.device}; {len(recordings)} recordings")
         report = extract(encoder, recordings, args.cache, segments, args.batch_size,
                          flush_every=args.flush_every, workers=args.workers, lock_timeout_s=args.lock_timeout,
-                         backend=args.backend, ray=ray_options(args))
+                         backend=args.backend, ray=ray_options(args), frames=frames)
         print(report.summary())
         rows += problem_rows(report.problems, name)
         if report.stopped:
@@ -447,6 +449,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--fit-normalisation", default=None, metavar="SCHEME",
                    help="fit the encoder's input statistics (BYOL-A) on the patients that are in train "
                         "in every split of this scheme, as the authors fit them on training data")
+    p.add_argument("--frames", action="store_true",
+                   help="cache every frame embedding with its centre time (NAME-frames-KEY.h5; non-overlapping "
+                        "--window windows to the recording's end) instead of pooled window embeddings")
+    p.add_argument("--frame-dtype", default="fp16", choices=["fp16", "fp32"], help="stored precision of --frames")
+    p.add_argument("--frame-hop", type=float, default=None, metavar="SECONDS",
+                   help="with --frames: average consecutive frames to this hop (a multiple of the encoder's)")
     p.set_defaults(func=cmd_extract)
 
     p = sub.add_parser("benchmark", help="where the time goes: windows/s, GFLOP, roofline share, wall split")

@@ -17,9 +17,15 @@ class SegmentConfig:
     window_s: float = 5.0
     train_stride_s: float = 2.5
     eval_stride_s: float | None = None  # None: non-overlapping (= window_s)
+    # evaluation windows run to the end of the recording, the last one zero-padded (frame caches,
+    # which keep every frame of a recording)
+    cover_tail: bool = False
 
     def as_dict(self) -> dict:
-        return {k: (v if v is not None else "window") for k, v in asdict(self).items()}
+        out = {k: (v if v is not None else "window") for k, v in asdict(self).items()}
+        if not self.cover_tail:  # absent when off, so caches made before the option keep their keys
+            del out["cover_tail"]
+        return out
 
 
 def window_starts(n_samples: int, window: int, stride: int) -> np.ndarray:
@@ -42,7 +48,10 @@ def plan_segments(n_samples: int, sample_rate: int, config: SegmentConfig) -> Se
     window = int(round(config.window_s * sample_rate))
     train = window_starts(n_samples, window, int(round(config.train_stride_s * sample_rate)))
     eval_stride = config.window_s if config.eval_stride_s is None else config.eval_stride_s
-    evals = window_starts(n_samples, window, int(round(eval_stride * sample_rate)))
+    stride = int(round(eval_stride * sample_rate))
+    evals = window_starts(n_samples, window, stride)
+    if config.cover_tail and n_samples > evals[-1] + window:  # windows until one reaches the end
+        evals = np.arange(0, -(-(n_samples - window) // stride) * stride + 1, stride, dtype=np.int64)
     starts = np.union1d(train, evals)
     return Segmentation(starts, np.searchsorted(starts, train), np.searchsorted(starts, evals))
 
