@@ -296,6 +296,24 @@ def cmd_probe(args) -> int:
     return 0
 
 
+def cmd_segment(args) -> int:
+    from classify.features import find_cache
+    from classify.outputs import OutputFolder
+    from classify.run import load_splits
+    from classify.segment_run import run_segmenter
+    from embed.datasets import load_dataset
+    with OutputFolder(args.out):
+        dataset = load_dataset(args.dataset, args.data)
+        splits = load_splits(dataset, args.splits or dataset.split_schemes[0], args.seed)
+        cache = find_cache(args.cache, args.encoder, "frames")
+        recordings = dataset.recordings()
+        table = run_segmenter(recordings, {r.recording_id: r.group_id for r in recordings}, splits, cache,
+                              args.out, every_recording=args.every_recording, seed=args.seed)
+    print(table.to_string(index=False))
+    print(f"\nwrote {Path(args.out) / 'segment-scores.csv'} and {Path(args.out) / 'intervals'}/SPLIT/RID.tsv")
+    return 0
+
+
 def cmd_predict(args) -> int:
     import json
     from classify.predict import predict
@@ -521,6 +539,18 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=None, help="encoder weight file, recorded in the saved model")
     add_backend_options(p)
     p.set_defaults(func=cmd_probe)
+
+    p = sub.add_parser("segment", help="heart-cycle segmenter on frame caches: frame accuracy on test groups")
+    add_dataset_options(p)
+    p.add_argument("--encoder", default="logmel", help="frame cache (`extract --frames`): NAME or NAME@KEY")
+    p.add_argument("--splits", default=None, type=splits_spec,
+                   help="a split scheme of the dataset (default: its first) or a CSV written by `splits`")
+    p.add_argument("--cache", default=str(DEFAULT_CACHE))
+    p.add_argument("--out", default="runs/segment")
+    p.add_argument("--every-recording", action="store_true",
+                   help="write intervals for every recording of the cache, not only the test ones")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("predict", help="murmur call per patient from a saved probe (any sample rate)")
     p.add_argument("--model", required=True, help="folder written by probe --save-model")
