@@ -16,6 +16,7 @@ import numpy as np
 
 from embed.cache import FrameCache
 from embed.datasets.circor import read_tsv
+from embed.problems import Problem
 
 PHASES = ("S1", "systole", "S2", "diastole")  # .tsv labels 1..4
 BLOCKS = ("mean_S1", "mean_systole", "mean_S2", "mean_diastole", "systole_minus_diastole",
@@ -61,17 +62,33 @@ def phase_features(frames: np.ndarray, times: np.ndarray, intervals: np.ndarray)
     return np.concatenate([*means, contrast, stds[2], stds[4], np.asarray(missing, np.float32)]).astype(np.float32)
 
 
-def tsv_intervals(recordings) -> dict[str, np.ndarray]:
-    """Recording id -> its `.tsv` intervals, for the recordings that have one."""
-    return {r.recording_id: read_tsv(r.tsv) for r in recordings if getattr(r, "tsv", None) is not None}
+def read_intervals(paths: Mapping[str, Path], problems: list[Problem] | None = None) -> dict[str, np.ndarray]:
+    """Recording id -> intervals read from its `.tsv`. A file that cannot be read (CirCor v1.0.3 has
+    one: `0 0 28`) leaves its recording without intervals and is added to `problems`."""
+    out = {}
+    for rid, path in paths.items():
+        try:
+            out[rid] = read_tsv(path)
+        except (OSError, ValueError) as err:
+            if problems is not None:  # read_tsv's message starts with the path: keep its line number only
+                message = str(err).removeprefix(f"{path}:")
+                problems.append(Problem(str(path), f"line {message.strip()}; the recording has no phase intervals"
+                                        if message != str(err) else f"{err}; the recording has no phase intervals"))
+    return out
 
 
-def folder_intervals(folder: str | Path) -> dict[str, np.ndarray]:
+def tsv_intervals(recordings, problems: list[Problem] | None = None) -> dict[str, np.ndarray]:
+    """Recording id -> its `.tsv` intervals, for the recordings that have a readable one."""
+    return read_intervals({r.recording_id: r.tsv for r in recordings if getattr(r, "tsv", None) is not None},
+                          problems)
+
+
+def folder_intervals(folder: str | Path, problems: list[Problem] | None = None) -> dict[str, np.ndarray]:
     """Recording id -> intervals from `FOLDER/RID.tsv` files (a segmenter's output)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no folder of .tsv intervals")
-    return {path.stem: read_tsv(path) for path in sorted(folder.glob("*.tsv"))}
+    return read_intervals({path.stem: path for path in sorted(folder.glob("*.tsv"))}, problems)
 
 
 def phase_feature_table(cache: FrameCache, intervals: Mapping[str, np.ndarray],

@@ -18,6 +18,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from embed.cache import FrameCache
+from embed.problems import Problem
 
 from .outputs import write_csv_atomic
 from .phases import PHASES, frame_labels, tsv_intervals
@@ -41,7 +42,10 @@ def run_segmenter(recordings, groups_of: dict[str, str], splits: dict[str, dict[
                   progress: bool = True) -> pd.DataFrame:
     """One row per split: frame accuracy with and without the duration model, per-phase recall."""
     out = Path(out)
-    intervals = tsv_intervals(recordings)
+    problems: list[Problem] = []
+    intervals = tsv_intervals(recordings, problems)
+    for problem in problems:
+        print(f"  {problem}", file=sys.stderr)
     if not intervals:
         raise ValueError("no recording has a .tsv segmentation to train and score the segmenter on")
     frames = cache.read()

@@ -69,8 +69,12 @@ def test_phase_table_over_real_tsv_files(circor_mini, tmp_path):
     dim = cached.embeddings.shape[1]
     np.testing.assert_allclose(table[rec.recording_id][dim:2 * dim],
                                cached.embeddings[labels == 2].mean(0), rtol=1e-5, atol=1e-6)
-    # a segmenter's output folder reads the same way
+    # a segmenter's output folder reads the same way; a bad file is named, not the end of the run
     (tmp_path / "seg").mkdir()
     (tmp_path / "seg" / f"{rec.recording_id}.tsv").write_text(rec.tsv.read_text())
-    again = phase_feature_table(cache, folder_intervals(tmp_path / "seg"), [rec.recording_id])
+    (tmp_path / "seg" / "bad.tsv").write_text("0\t0\t28")  # as CirCor's 50782_MV_1.tsv
+    problems = []
+    read = folder_intervals(tmp_path / "seg", problems)
+    assert set(read) == {rec.recording_id} and "bad.tsv" in problems[0].path and "bad segment" in problems[0].message
+    again = phase_feature_table(cache, read, [rec.recording_id])
     np.testing.assert_array_equal(again[rec.recording_id], table[rec.recording_id])
