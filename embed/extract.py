@@ -22,7 +22,7 @@ from .cache import CachedFrames, CachedRecording, DiskFullError, EmbeddingCache,
 from .datasets.base import Recording
 from .encoders import Encoder
 from .checksum import file_sha256
-from .frames import FrameConfig, frames_record, pool_factor
+from .frames import FrameConfig, FrameSource, frames_record
 from .problems import Problem
 from .segments import SegmentConfig, plan_segments
 
@@ -125,10 +125,10 @@ class WindowBatcher:
     batches equal one uninterrupted local run bit for bit.
     """
 
-    def __init__(self, encoder: Encoder, batch_size: int, frames: bool = False) -> None:
+    def __init__(self, encoder: Encoder, batch_size: int, frames: FrameSource | None = None) -> None:
         self.encoder, self.batch_size = encoder, max(1, int(batch_size))
-        # what each window becomes: its clip embedding, or (frames) its frame embeddings
-        self.run = (lambda b: encoder.frame_embeddings(b).cpu().numpy()) if frames else encoder.embed
+        # what each window becomes: its clip embedding, or its frames
+        self.run = frames if frames is not None else encoder.embed
         self.windows = 0  # windows embedded
         self._queue: list[tuple[Prepared, int]] = []  # (prepared, row) windows not yet embedded
         self._pending: deque[tuple[Prepared, int]] = deque()  # (prepared, windows queued up to its last)
@@ -191,10 +191,10 @@ class WindowBatcher:
         self.windows += len(items)
 
 
-def outcome(prep: Prepared, frames: tuple[Encoder, FrameConfig] | None = None
+def outcome(prep: Prepared, frames: tuple[FrameSource, FrameConfig] | None = None
             ) -> tuple[CachedRecording | CachedFrames | None, list[Problem]]:
     """A completed recording as a cache entry (None when it failed) and its problems-table rows;
-    with `frames` (the encoder and frame options) its windows' frames joined into one sequence."""
+    with `frames` (where they come from, the frame options) its windows' frames joined into one sequence."""
     problems = [Problem(str(prep.recording.wav), note, "warning") for note in prep.notes]
     rid, plan = prep.recording.recording_id, prep.plan
     if prep.error is None and frames is not None:
@@ -228,8 +228,8 @@ def extract(
         raise ValueError(f"backend must be 'local' or 'ray', got {backend!r}")
     if frames is not None and backend != "local":
         raise ValueError("frame caches (--frames) are made with the local backend only")
-    if frames is not None:
-        pool_factor(encoder, frames.hop_s)  # a hop that does not fit the encoder's fails before any work
+    # a layer choice or hop that does not fit the encoder fails here, before any work
+    source = FrameSource(encoder, frames) if frames is not None else None
     cache = open_cache(encoder, segments, cache_dir, frames)
     report = ExtractReport(cache.path)
     recordings = usable_recordings(recordings, report.problems)
@@ -249,7 +249,7 @@ def extract(
                            ray or RayOptions())
         elif todo:
             _run(encoder, todo, cache, frames.segments() if frames else segments, batch_size, flush_every,
-                 workers, progress, report, frames)
+                 workers, progress, report, frames, source)
         cache.consolidate()
     except DiskFullError as err:
         kept = [f.name for f in (cache.path, cache.parts_dir) if f.exists()]
@@ -321,14 +321,15 @@ def usable_recordings(recordings: list[Recording], problems: list[Problem]) -> l
     return list(seen.values())
 
 
-def _run(encoder, todo, cache, segments, batch_size, flush_every, workers, progress, report, frames=None) -> None:
-    batcher = WindowBatcher(encoder, batch_size, frames=frames is not None)
+def _run(encoder, todo, cache, segments, batch_size, flush_every, workers, progress, report, frames=None,
+         source=None) -> None:
+    batcher = WindowBatcher(encoder, batch_size, source)
     writer = ShardWriter(cache, report, flush_every, progress_bar(encoder, len(todo), progress))
 
     def complete(done: list[Prepared]) -> None:
         report.windows = batcher.windows
         for prep in done:
-            writer.add(*outcome(prep, (encoder, frames) if frames else None))
+            writer.add(*outcome(prep, (source, frames) if frames else None))
 
     try:
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:

@@ -4,7 +4,8 @@ A recording is cut into non-overlapping windows that run to its end (the last on
 each window goes through `Encoder.frame_embeddings` (the path the clip embeddings take before
 pooling), and the windows' frames are joined into one time-ordered sequence. Frame times are the
 encoder's own (`Encoder.frame_times`, as the HEAR timestamps) plus the window's start; frames
-centred past the recording's end (the padding) are dropped. `hop_s` averages runs of consecutive
+centred past the recording's end (the padding) are dropped. With `extract --layers I` the frames
+are those of encoder layer I (`Encoder.layer_frames`). `hop_s` averages runs of consecutive
 frames (within a window) to bound the disk a cache takes; `dtype` is the stored precision.
 """
 from __future__ import annotations
@@ -42,14 +43,34 @@ class FrameConfig:
         return {"dtype": self.dtype, "hop_s": self.hop_s}
 
 
-def pool_factor(encoder: Encoder, hop_s: float | None) -> int:
-    """How many of the encoder's frames one stored frame averages."""
+class FrameSource:
+    """What a frame cache stores of an encoder: the frames of its one chosen layer (`layers`; the
+    default, the last, is `frame_embeddings`), as numpy `(batch, frames, dim)`. Layers run at
+    different frame rates, so one layer per cache. One silent window, run once, tells the layer's
+    frame hop and so how many frames `config.hop_s` averages."""
+
+    def __init__(self, encoder: Encoder, config: FrameConfig) -> None:
+        if len(encoder.layers) != 1:
+            raise ValueError(f"--frames stores one layer's frames (layers run at different frame rates); "
+                             f"got layers {','.join(map(str, encoder.layers))}: pick one with --layers I")
+        self.encoder, self.layer = encoder, encoder.layers[0]
+        window = int(round(config.window_s * encoder.sample_rate))
+        times = encoder.frame_times(self(np.zeros((1, window), np.float32)).shape[1], window)
+        self.hop_s = float(times[1] - times[0]) if len(times) > 1 else config.window_s
+        self.factor = pool_factor(self.hop_s, config.hop_s, encoder.name)
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self.encoder.layer_frames(batch, [self.layer])[0].cpu().numpy()
+
+
+def pool_factor(frame_hop_s: float, hop_s: float | None, encoder: str = "") -> int:
+    """How many frames `frame_hop_s` apart one stored frame averages to make a hop of `hop_s`."""
     if hop_s is None:
         return 1
-    factor = int(round(hop_s / encoder.frame_hop_s))
-    if factor < 1 or abs(factor * encoder.frame_hop_s - hop_s) > 1e-6 + 0.01 * hop_s:
-        raise ValueError(f"--frame-hop {hop_s:g} s must be a whole multiple of {encoder.name}'s frame hop "
-                         f"({encoder.frame_hop_s:g} s)")
+    factor = int(round(hop_s / frame_hop_s))
+    if factor < 1 or abs(factor * frame_hop_s - hop_s) > 1e-6 + 0.01 * hop_s:
+        raise ValueError(f"--frame-hop {hop_s:g} s must be a whole multiple of {encoder}'s frame hop "
+                         f"({frame_hop_s:g} s)")
     return factor
 
 
@@ -64,11 +85,11 @@ def average_runs(values: np.ndarray, factor: int) -> np.ndarray:
 
 
 def join_windows(encoder: Encoder, window_frames: np.ndarray, starts: np.ndarray, n_samples: int,
-                 config: FrameConfig) -> tuple[np.ndarray, np.ndarray]:
+                 config: FrameConfig, factor: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """`(n_windows, n_frames, dim)` frames of windows starting at `starts` (samples) -> one
-    `(frames, dim)` sequence in the stored dtype and its centre times in seconds."""
+    `(frames, dim)` sequence in the stored dtype, runs of `factor` frames averaged, and its centre
+    times in seconds."""
     window = int(round(config.window_s * encoder.sample_rate))
-    factor = pool_factor(encoder, config.hop_s)
     within = encoder.frame_times(window_frames.shape[1], window)
     frames = np.concatenate([average_runs(w, factor) for w in window_frames])
     times = np.concatenate([average_runs(start / encoder.sample_rate + within, factor) for start in starts])
@@ -76,9 +97,9 @@ def join_windows(encoder: Encoder, window_frames: np.ndarray, starts: np.ndarray
     return frames[keep].astype(FRAME_DTYPES[config.dtype]), times[keep].astype(np.float32)
 
 
-def frames_record(recording_id: str, encoder: Encoder, window_frames: np.ndarray, starts: np.ndarray,
+def frames_record(recording_id: str, source: FrameSource, window_frames: np.ndarray, starts: np.ndarray,
                   n_samples: int, config: FrameConfig) -> CachedFrames:
-    frames, times = join_windows(encoder, window_frames, starts, n_samples, config)
+    frames, times = join_windows(source.encoder, window_frames, starts, n_samples, config, source.factor)
     if not np.isfinite(frames).all():
         raise ValueError(f"frame values overflow {config.dtype}" + ("; use --frame-dtype fp32"
                                                                     if config.dtype == "fp16" else ""))

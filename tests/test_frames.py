@@ -5,7 +5,7 @@ import soundfile as sf
 import torch
 
 from classify.features import find_cache
-from embed.audio import read_audio
+from embed.audio import open_resampled, read_audio
 from embed.cache import CacheDamagedError, FrameCache, list_caches
 from embed.datasets.circor import Recording, load_circor
 from embed.encoders import Encoder, create
@@ -101,3 +101,21 @@ def test_frame_hop_must_fit_the_encoder_and_damage_is_named(synthetic_data, tmp_
     # the same command sets the damage aside and embeds the recording again
     again = extract(create("logmel"), recs, tmp_path, frames=FrameConfig(), progress=False)
     assert again.done == 1 and set(cache.read()) == {recs[0].recording_id}
+
+
+def test_frames_of_one_chosen_layer(circor_mini, tmp_path):
+    weights = circor_mini.parent / "weights" / "efficientat_mn04_as_mAP_432.pt"
+    if not weights.exists():
+        pytest.skip("../shared/weights/efficientat_mn04_as_mAP_432.pt not present")
+    rec = min(load_circor(circor_mini).recordings(), key=lambda r: r.wav.stat().st_size)
+    with pytest.raises(ValueError, match="one layer's frames"):
+        extract(create("mn04", weights, layers="3,5"), [rec], tmp_path, frames=FrameConfig(), progress=False)
+    enc = create("mn04", weights, layers="3")
+    assert extract(enc, [rec], tmp_path, frames=FrameConfig("fp32"), progress=False).done == 1
+    stored = find_cache(tmp_path, "mn04", "frames").read()[rec.recording_id]
+    audio = open_resampled(rec.wav, enc.sample_rate)
+    window = enc.layer_frames(audio.windows(np.array([0]), 5 * enc.sample_rate), [3])[0][0].numpy()
+    assert stored.embeddings.shape[1] == enc.block_dims()[3] != enc.feature_dim
+    np.testing.assert_allclose(stored.embeddings[:len(window)], window, rtol=1e-4, atol=1e-4)
+    # block 3 runs at a finer frame rate than the embedding: times are spread over each window
+    assert np.diff(stored.times).max() < enc.frame_hop_s and stored.times[-1] < audio.n_samples / enc.sample_rate
