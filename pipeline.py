@@ -133,8 +133,10 @@ def cmd_extract(args) -> int:
     from embed.segments import SegmentConfig
     dataset = load_dataset(args.dataset, args.data)
     recordings = dataset.recordings()
-    segments = SegmentConfig(args.window, args.train_stride, args.eval_stride)
+    segments = SegmentConfig(args.window, args.train_stride, args.eval_stride, align=args.windows)
     frames = FrameConfig(args.frame_dtype, args.frame_hop, args.window) if args.frames else None
+    if frames and args.windows != "fixed":
+        raise ValueError("--frames keeps every frame of a recording; --windows cycles does not apply to it")
     if args.fit_normalisation:
         train = set(train_in_every_split(dataset.splits(args.fit_normalisation)))
         train_recordings = [r for r in recordings if r.group_id in train]
@@ -469,6 +471,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--window", type=float, default=5.0)
     p.add_argument("--train-stride", type=float, default=2.5)
     p.add_argument("--eval-stride", type=float, default=None, help="default: the window (no overlap)")
+    p.add_argument("--windows", default="fixed", choices=["fixed", "cycles"],
+                   help="cycles: each window starts at the next S1 onset of the recording's .tsv (heart-cycle "
+                        "aligned; fixed windows where a recording has no .tsv)")
     p.add_argument("--lock-timeout", type=float, default=0.0,
                    help="seconds to wait for another run holding the same cache")
     p.add_argument("--strict", action="store_true", help="exit non-zero if any recording had a problem")

@@ -57,16 +57,19 @@ class PhaseSegmenter(BaseEstimator):
         self.factor_ = max(1, int(round(self.hop_s / frame_hop)))
         self.grid_hop_ = self.factor_ * frame_hop
         xs, ys = [], []
+        rng = np.random.default_rng(self.seed)
+        per_recording = -(-2 * self.max_frames // len(frames))  # bounds memory before the final draw
         for f, t, iv in zip(frames, times, intervals):
             f, t = self._grid(f, t)
             labels = frame_labels(t, iv)
-            keep = labels > 0
+            keep = np.flatnonzero(labels > 0)
+            if len(keep) > per_recording:
+                keep = np.sort(rng.choice(keep, per_recording, replace=False))
             xs.append(self._features(f)[keep])
             ys.append(labels[keep] - 1)
         X, y = np.concatenate(xs), np.concatenate(ys)
         if len(np.unique(y)) < N_PHASES:
             raise ValueError("the training intervals do not hold all four phases (labels 1-4)")
-        rng = np.random.default_rng(self.seed)
         if len(y) > self.max_frames:
             pick = rng.choice(len(y), self.max_frames, replace=False)
             X, y = X[pick], y[pick]

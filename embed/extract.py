@@ -99,15 +99,31 @@ class ExtractReport:
         return line + (f"\nstopped: {self.stopped}" if self.stopped else "")
 
 
+def s1_onsets(recording: Recording, sample_rate: int, notes: list[str]) -> np.ndarray | None:
+    """S1 onsets (samples) from the recording's segmentation, for windows aligned to heart cycles;
+    None (fixed windows, with a note) where it has none or it cannot be read."""
+    if getattr(recording, "tsv", None) is None:
+        notes.append("no .tsv segmentation: fixed windows instead of windows at S1 onsets")
+        return None
+    try:
+        rows = recording.segmentation()
+    except (OSError, ValueError) as err:
+        notes.append(f"{err}: fixed windows instead of windows at S1 onsets")
+        return None
+    return np.round(rows[rows[:, 2] == 1, 0] * sample_rate).astype(np.int64)
+
+
 def prepare(recording: Recording, sample_rate: int, segments: SegmentConfig) -> Prepared:
     """Decode, resample and plan the windows of one recording (never raises: a bad file comes
     back with `error` set)."""
     try:
         # long recordings come back streamed: windows are read and resampled when batched
         audio = open_resampled(recording.wav, sample_rate, expected_rate=recording.expected_rate)
-        plan = plan_segments(audio.n_samples, sample_rate, segments)
+        notes = audio.notes  # the audio may add notes of its own as windows are read
+        onsets = s1_onsets(recording, sample_rate, notes) if segments.align == "cycles" else None
+        plan = plan_segments(audio.n_samples, sample_rate, segments, onsets)
         window = int(round(segments.window_s * sample_rate))
-        return Prepared(recording, audio.windows(plan.starts, window), plan, audio.notes,
+        return Prepared(recording, audio.windows(plan.starts, window), plan, notes,
                         n_samples=audio.n_samples)
     except AudioError as err:
         return Prepared(recording, None, error=err.problem)
