@@ -7,8 +7,12 @@ regression gives each frame's phase posterior. Decoding is a hidden semi-Markov 
 phase lasts a number of frames drawn from its duration distribution (a smoothed histogram of the
 training `.tsv` durations, zero beyond `max_quantile` x 1.2), phases follow the cycle order, and
 emissions are posteriors divided by the training priors. The first and the last segment may be cut
-by the recording's edges, so they are not held to the duration model. Labels 0 (unannotated)
-take no part in training.
+by the recording's edges, so they are not held to the duration model. Heart rates differ widely
+(CirCor holds neonates to adults), so each recording's cycle period is estimated from the
+autocorrelation of its S1 posterior, and the duration distributions are a mixture of the
+training ones and the training durations relative to the cycle period scaled to that estimate
+(weight `heart_rate`; 0.8 was chosen on held-out train+val patients of paper split 1). Labels 0
+(unannotated) take no part in training.
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ from embed.frames import average_runs
 from .phases import PHASES, frame_labels
 
 N_PHASES = len(PHASES)
+RATIO_BIN = 0.01  # resolution of phase durations relative to the cycle period
 PREVIOUS = np.array([3, 0, 1, 2])  # phase index before each one in the cycle
 
 
@@ -32,9 +37,10 @@ class PhaseSegmenter(BaseEstimator):
     """fit(frames, times, intervals) on lists of recordings; predict(frames, times) -> intervals."""
 
     def __init__(self, hop_s: float = 0.02, context_s: Sequence[float] = (-0.2, -0.1, -0.04, 0.0, 0.04, 0.1, 0.2),
-                 C: float = 0.1, max_frames: int = 150_000, max_quantile: float = 0.995, seed: int = 0) -> None:
+                 C: float = 0.1, max_frames: int = 150_000, max_quantile: float = 0.995, heart_rate: float = 0.8,
+                 seed: int = 0) -> None:
         self.hop_s, self.context_s, self.C = hop_s, context_s, C
-        self.max_frames, self.max_quantile, self.seed = max_frames, max_quantile, seed
+        self.max_frames, self.max_quantile, self.heart_rate, self.seed = max_frames, max_quantile, heart_rate, seed
 
     # -- features ---------------------------------------------------------------------------
     def _grid(self, frames: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -80,7 +86,69 @@ class PhaseSegmenter(BaseEstimator):
             self.probe_ = LogisticRegression(C=self.C, max_iter=300).fit(self.scaler_.transform(X), y)
         self.log_prior_ = np.log(np.bincount(y, minlength=N_PHASES) / len(y))
         self.log_duration_ = self._durations(intervals)
+        self._fit_relative_durations(intervals)
         return self
+
+    def _fit_relative_durations(self, intervals: list[np.ndarray]) -> None:
+        """Per phase, log P(duration / cycle period) in bins of `RATIO_BIN`, and the range of cycle
+        periods seen, from recordings whose `.tsv` has at least two S1 onsets."""
+        ratios: list[list[float]] = [[] for _ in range(N_PHASES)]
+        periods = []
+        for iv in intervals:
+            period = cycle_period(iv)
+            if period is None:
+                continue
+            periods.append(period)
+            for k in range(N_PHASES):
+                rows = iv[iv[:, 2] == k + 1]
+                ratios[k] += list((rows[:, 1] - rows[:, 0]) / period)
+        if not periods or not all(ratios):
+            self.period_range_, self.log_ratio_ = None, None
+            return
+        self.period_range_ = (0.8 * float(np.quantile(periods, 0.005)), 1.2 * float(np.quantile(periods, 0.995)))
+        self.log_ratio_ = []
+        for values in ratios:
+            bins = np.maximum(1, np.round(np.asarray(values) / RATIO_BIN)).astype(int)
+            longest = max(2, int(np.ceil(1.2 * np.quantile(bins, self.max_quantile))))
+            hist = np.bincount(np.minimum(bins, longest), minlength=longest + 1)[1:].astype(float)
+            kernel = np.exp(-0.5 * (np.arange(-4, 5) / 2.0) ** 2)
+            smooth = np.convolve(hist, kernel / kernel.sum(), mode="same") + 1e-3 * hist.max()
+            self.log_ratio_.append(np.log(smooth / smooth.sum()))
+
+    def estimate_period(self, log_posterior: np.ndarray) -> float | None:
+        """A recording's cycle period (s): the lag, within the periods seen in training, at which the
+        S1 posterior best repeats (autocorrelation)."""
+        if self.period_range_ is None:
+            return None
+        s1 = np.exp(log_posterior[:, 0])
+        s1 = s1 - s1.mean()
+        lo, hi = (int(round(p / self.grid_hop_)) for p in self.period_range_)
+        hi = min(hi, len(s1) // 2)
+        if hi <= max(lo, 1):
+            return None
+        spectrum = np.fft.rfft(s1, 2 * len(s1))
+        auto = np.fft.irfft(spectrum * np.conj(spectrum))[:len(s1)] / (len(s1) - np.arange(len(s1)))
+        return (lo + int(np.argmax(auto[lo:hi + 1]))) * self.grid_hop_
+
+    def recording_durations(self, period: float | None) -> list[np.ndarray]:
+        """Duration log-probabilities for one recording: the training distribution mixed with the
+        relative durations scaled to the recording's own cycle period, the latter weighted
+        `heart_rate` (below 1, a wrong period estimate costs less)."""
+        if period is None or self.log_ratio_ is None or self.heart_rate <= 0:
+            return self.log_duration_
+        out = []
+        for log_global, log_ratio in zip(self.log_duration_, self.log_ratio_):
+            n = max(len(log_global), int(np.ceil(len(log_ratio) * RATIO_BIN * period / self.grid_hop_)))
+            ratio_bin = np.round(np.arange(1, n + 1) * self.grid_hop_ / period / RATIO_BIN).astype(int)
+            scaled = np.where((ratio_bin >= 1) & (ratio_bin <= len(log_ratio)),
+                              log_ratio[np.clip(ratio_bin, 1, len(log_ratio)) - 1], -np.inf)
+            scaled = scaled - np.logaddexp.reduce(scaled)
+            padded = np.full(n, log_global.min())
+            padded[:len(log_global)] = log_global
+            padded = padded - np.logaddexp.reduce(padded)
+            with np.errstate(divide="ignore"):
+                out.append(np.logaddexp(scaled + np.log(self.heart_rate), padded + np.log1p(-self.heart_rate)))
+        return out
 
     def _durations(self, intervals: list[np.ndarray]) -> list[np.ndarray]:
         """Per phase, log P(duration = d frames) for d = 1..max."""
@@ -109,12 +177,22 @@ class PhaseSegmenter(BaseEstimator):
         logp, t = self.log_posteriors(frames, times)
         if not duration_model:
             return logp.argmax(1) + 1, t
-        return viterbi_cycle(logp - self.log_prior_, self.log_duration_) + 1, t
+        durations = self.recording_durations(self.estimate_period(logp))
+        return viterbi_cycle(logp - self.log_prior_, durations) + 1, t
 
     def predict(self, frames: np.ndarray, times: np.ndarray, duration_model: bool = True) -> np.ndarray:
         """Intervals `(start_s, end_s, label)` covering the recording, in the `.tsv` form."""
         labels, t = self.predict_grid(frames, times, duration_model)
         return labels_to_intervals(labels, t, self.grid_hop_)
+
+
+def cycle_period(intervals: np.ndarray) -> float | None:
+    """Median time between consecutive S1 onsets of a segmentation (gaps over 3 s, where
+    annotation stopped, left out); None with fewer than two onsets."""
+    onsets = np.sort(intervals[intervals[:, 2] == 1, 0])
+    gaps = np.diff(onsets)
+    gaps = gaps[(gaps > 0) & (gaps < 3.0)]
+    return float(np.median(gaps)) if len(gaps) else None
 
 
 def viterbi_cycle(log_emission: np.ndarray, log_duration: list[np.ndarray]) -> np.ndarray:

@@ -6,7 +6,7 @@ import pytest
 import pipeline
 from classify.features import find_cache
 from classify.phases import frame_labels, tsv_intervals
-from classify.segmenter import PhaseSegmenter, labels_to_intervals, viterbi_cycle
+from classify.segmenter import PhaseSegmenter, cycle_period, labels_to_intervals, viterbi_cycle
 from embed.datasets.circor import load_circor, read_tsv
 from embed.encoders import create
 from embed.extract import extract
@@ -49,7 +49,10 @@ def test_segmenter_beats_chance_on_synthetic_beats(synthetic_frames):
                                                       [frames[r].times for r in fit], [intervals[r] for r in fit])
     correct = total = 0
     counts = np.zeros(5)
+    period_errors = []
     for rid in test:
+        estimate = segmenter.estimate_period(segmenter.log_posteriors(frames[rid].embeddings, frames[rid].times)[0])
+        period_errors.append(abs(estimate / cycle_period(intervals[rid]) - 1))
         true = frame_labels(frames[rid].times, intervals[rid])
         predicted = frame_labels(frames[rid].times, segmenter.predict(frames[rid].embeddings, frames[rid].times))
         correct += (predicted == true)[true > 0].sum()
@@ -57,6 +60,7 @@ def test_segmenter_beats_chance_on_synthetic_beats(synthetic_frames):
         counts += np.bincount(true, minlength=5)
     chance = counts[1:].max() / counts[1:].sum()  # always the most common phase (diastole)
     assert correct / total > 0.8 > chance + 0.2
+    assert np.mean(np.array(period_errors) < 0.1) > 0.8  # heart rate read off the S1 posterior
 
 
 def test_segment_command_scores_test_groups_and_writes_tsv(synthetic_data, synthetic_frames, tmp_path, capsys):
