@@ -72,7 +72,7 @@ def test_extract_all_layers_of_mn04_on_circor_round_trips_through_the_cache(circ
     data = _subset(circor_mini, tmp_path / "data", patients=1)
     cache = tmp_path / "cache"
     base = ["extract", "--data", str(data), "--encoder", "mn04", "--checkpoint", str(REAL_MN04), "--cache", str(cache),
-            "--precision", "fp32", "--batch-size", "8", "--window", "2"]
+            "--precision", "fp32", "--batch-size", "8", "--window", "1", "--train-stride", "5", "--eval-stride", "5"]
     assert main(base + ["--layers", "all"]) == 0
     assert main(base) == 0  # --layers last: the cache as before
     files = sorted(cache.glob("mn04-*.h5"))
