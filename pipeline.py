@@ -143,7 +143,8 @@ def cmd_extract(args) -> int:
             fitted = fit_normalisation(encoder, train_recordings)
             print(f"{name}: input statistics fit on the {len(train)} patients in train of every "
                   f"{args.fit_normalisation} split: mean {fitted[0]:.4f}, std {fitted[1]:.4f}")
-        layers = "" if encoder.last_only else f" (layers {','.join(map(str, encoder.layers))} of 0..{encoder.n_layers - 1})"
+        layers = ("" if encoder.last_only
+                  else f" (layers {','.join(map(str, encoder.layers))} of 0..{encoder.n_layers - 1})")
         print(f"{name}: {encoder.embedding_size}-d{layers}, {encoder.sample_rate} Hz, {encoder.precision} on "
               f"{encoder.device}; {len(recordings)} recordings")
         report = extract(encoder, recordings, args.cache, segments, args.batch_size,

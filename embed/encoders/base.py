@@ -270,7 +270,8 @@ class Encoder:
                 p.requires_grad_(False)
             for name in self.bf16_fp32_modules:
                 _fp32_under_bf16(self.model.get_submodule(name))
-        self.layers  # the depth is known now: refuse a layer choice outside it here, not mid-run
+        # the depth is known now: refuse a layer choice outside it here, not mid-run
+        resolve_layers(self.layer_spec, self.n_layers, self.name)
         return self
 
     def _autocast(self):
