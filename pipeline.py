@@ -48,7 +48,7 @@ def create_encoder(args, name: str, precision: str | None):
     """The encoder that `extract` and `benchmark` build from their shared options."""
     from embed.encoders import create
     return create(name, args.checkpoint, pooling=args.pooling, device=args.device, precision=precision,
-                  trust_checkpoint=args.trust_checkpoint, **parse_options(args.encoder_opt))
+                  trust_checkpoint=args.trust_checkpoint, layers=args.layers, **parse_options(args.encoder_opt))
 
 
 def add_dataset_options(p: argparse.ArgumentParser) -> None:
@@ -67,6 +67,10 @@ def add_encoder_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--encoder-opt", action="append", metavar="KEY=VALUE",
                    help="encoder-specific option, repeatable (e.g. capacity=tiny, hop_s=0.1)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    p.add_argument("--layers", default="last", metavar="last|all|I,J,...",
+                   help="which layers each window's vector holds, pooled and concatenated in network order: "
+                        "the embedding (last, as before), all blocks + the embedding, or these indices "
+                        "(0 = first block, -1 = the embedding); one forward pass for all")
 
 
 def add_backend_options(p: argparse.ArgumentParser, actors: bool = False) -> None:
@@ -139,7 +143,9 @@ def cmd_extract(args) -> int:
             fitted = fit_normalisation(encoder, train_recordings)
             print(f"{name}: input statistics fit on the {len(train)} patients in train of every "
                   f"{args.fit_normalisation} split: mean {fitted[0]:.4f}, std {fitted[1]:.4f}")
-        print(f"{name}: {encoder.embedding_size}-d, {encoder.sample_rate} Hz, {encoder.precision} on "
+        layers = ("" if encoder.last_only
+                  else f" (layers {','.join(map(str, encoder.layers))} of 0..{encoder.n_layers - 1})")
+        print(f"{name}: {encoder.embedding_size}-d{layers}, {encoder.sample_rate} Hz, {encoder.precision} on "
               f"{encoder.device}; {len(recordings)} recordings")
         report = extract(encoder, recordings, args.cache, segments, args.batch_size,
                          flush_every=args.flush_every, workers=args.workers, lock_timeout_s=args.lock_timeout,
@@ -274,6 +280,9 @@ def cmd_probe(args) -> int:
     from embed.datasets import load_dataset
     if args.save_model and args.ensemble:
         raise ValueError("--save-model saves single-encoder probes; drop --ensemble to save")
+    if args.save_model and args.layers not in (None, "all"):
+        raise ValueError("--save-model saves probes over the whole cached vector; use --layers all or drop "
+                         "--layers (or extract only the layers you want)")
     encoders = args.encoder.split(",")
     with OutputFolder(args.out):  # writable, not in use by another probe, marked until finished
         dataset = load_dataset(args.dataset, args.data)
@@ -282,7 +291,8 @@ def cmd_probe(args) -> int:
         table, results = run_probe(task, encoders, args.probe.split(","), splits, args.cache, args.out,
                                    decision=args.decision, seed=args.seed, ensemble=args.ensemble,
                                    demographics=args.demographics, oof_folds=args.oof_folds,
-                                   repeats=args.repeats, backend=args.backend, ray=ray_options(args))
+                                   repeats=args.repeats, backend=args.backend, ray=ray_options(args),
+                                   layers=args.layers)
     print(table.to_string(index=False))
     print(f"\nwrote {Path(args.out) / 'scores.csv'} and {Path(args.out) / 'predictions.csv'}")
     if args.save_model:
@@ -505,6 +515,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--oof-folds", type=int, default=5, help="patient-grouped folds for the stacker's inputs")
     p.add_argument("--repeats", type=int, default=1,
                    help="rerun every split with probe seeds SEED, SEED+1, ... (runs named SPLIT@seedS)")
+    p.add_argument("--layers", default=None, metavar="I|I,J|all|last|cv|weighted",
+                   help="caches made with extract --layers: which layers the probe uses (I,J concatenated), "
+                        "cv = the best single layer by patient-grouped CV inside train+val of each split, "
+                        "weighted = per-layer probes stacked by a logistic regression on out-of-fold scores; "
+                        "default: the whole cached vector")
     p.add_argument("--cache", default=str(DEFAULT_CACHE))
     p.add_argument("--out", default="runs/probe")
     p.add_argument("--seed", type=int, default=0)

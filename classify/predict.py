@@ -110,7 +110,7 @@ def build_encoder(entry: dict, checkpoint: str | None = None, device: str = "aut
     saved = entry["cache_config"]
     ckpt = checkpoint or entry.get("checkpoint")
     encoder = create(saved["encoder"], ckpt, pooling=saved["pooling"], device=device,
-                     trust_checkpoint=trust_checkpoint)
+                     trust_checkpoint=trust_checkpoint, layers=saved.get("layers"))
     segments = _segment_config(saved)
     now = cache_config(encoder, segments)
     # precision follows the device (fp16 on CUDA, fp32 on CPU); everything else must match

@@ -295,6 +295,19 @@ def read_config(path: Path) -> dict:
                                 ) from None
 
 
+def layer_slices(config: dict) -> dict[int, slice]:
+    """Which columns of a cache's vectors hold which encoder layer, `{layer index: slice}`, from its
+    configuration (`extract --layers`). A cache of the embedding alone is one layer: the last,
+    keyed by its index where the configuration records the depth, else -1."""
+    if "layers" not in config:
+        return {int(config["n_layers"]) - 1 if "n_layers" in config else -1: slice(0, None)}
+    layers, dims = config["layers"], config["layer_dims"]
+    if len(layers) != len(dims):
+        raise ValueError(f"cache configuration lists {len(layers)} layers but {len(dims)} layer sizes")
+    ends = np.cumsum(dims)
+    return {int(layer): slice(int(end - dim), int(end)) for layer, dim, end in zip(layers, dims, ends)}
+
+
 def check_cache_dir(cache_dir: str | Path, create: bool = True) -> Path:
     """The cache folder (created if missing and `create`); a file in its place is refused by name."""
     cache_dir = Path(cache_dir)
