@@ -62,6 +62,7 @@ class DecisionRule(BaseEstimator):
     """Base of the group decision rules; `fit` is a no-op for rules with nothing to tune."""
     name: ClassVar[str] = ""
     suffix: ClassVar[str] = ""  # appended to the probe name in tables (every rule has one)
+    summary: ClassVar[str] = ""  # one line for the command line's help
     tuned: ClassVar[bool] = False
 
     def fit(self, table: GroupTable, y: np.ndarray, selection_key=None) -> "DecisionRule":
@@ -84,6 +85,7 @@ class DecisionRule(BaseEstimator):
 
 class AnyRule(DecisionRule):
     name, suffix = "any", "+any"
+    summary = "the first class any recording is called (the CirCor paper's hierarchy)"
 
     def predict(self, table: GroupTable) -> np.ndarray:
         return table.first_call
@@ -91,6 +93,7 @@ class AnyRule(DecisionRule):
 
 class MeanRule(DecisionRule):
     name, suffix = "mean", "+mean"
+    summary = "argmax of the mean recording probabilities"
 
     def predict(self, table: GroupTable) -> np.ndarray:
         return table.mean.argmax(axis=1)
@@ -149,6 +152,7 @@ class _TunedRule(DecisionRule):
 
 class ThresholdRule(_TunedRule):
     name, suffix = "threshold", "+thr"
+    summary = "the first class whose highest recording probability reaches its threshold (tuned)"
     grid = np.round(np.arange(0.05, 0.96, 0.05), 2)
     default, attribute, label = 0.5, "thresholds_", "thresholds"
 
@@ -165,6 +169,7 @@ class ThresholdRule(_TunedRule):
 
 class WeightedRule(_TunedRule):
     name, suffix = "weighted", "+wgt"
+    summary = "argmax of class-weighted mean recording probabilities (weights tuned)"
     # class weights against the last class: e^-1.5 ... e^1.5
     grid = np.round(np.exp(np.linspace(-1.5, 1.5, 13)), 4)
     default, attribute, label = 1.0, "weights_", "class_weights"
