@@ -101,6 +101,7 @@ class MeanRule(DecisionRule):
 
 class CostRule(DecisionRule):
     name, suffix = "cost", "+cost"
+    summary = "argmax of mean probabilities x the scoring's class weights (expected weighted accuracy)"
 
     def __init__(self, costs: list[float] | None = None) -> None:
         self.costs = costs  # None: equal costs (the mean rule)
