@@ -147,7 +147,8 @@ def cmd_extract(args) -> int:
             fitted = fit_normalisation(encoder, train_recordings)
             print(f"{name}: input statistics fit on the {len(train)} patients in train of every "
                   f"{args.fit_normalisation} split: mean {fitted[0]:.4f}, std {fitted[1]:.4f}")
-        layers = "" if encoder.last_only else f" (layers {','.join(map(str, encoder.layers))} of 0..{encoder.n_layers - 1})"
+        layers = ("" if encoder.last_only
+                  else f" (layers {','.join(map(str, encoder.layers))} of 0..{encoder.n_layers - 1})")
         print(f"{name}: {encoder.embedding_size}-d{layers}, {encoder.sample_rate} Hz, {encoder.precision} on "
               f"{encoder.device}; {len(recordings)} recordings")
         report = extract(encoder, recordings, args.cache, segments, args.batch_size,
@@ -410,11 +411,29 @@ class Parser(argparse.ArgumentParser):
         return super().format_help()
 
 
+class RuleNames:
+    """--decision's choices: the names in the decision-rule registry, read when first needed (the
+    registry imports scikit-learn, which commands other than `probe` need not wait for)."""
+
+    def _names(self) -> list[str]:
+        from classify.aggregate import RULES
+        return list(RULES)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names()
+
+    def __iter__(self):
+        return iter(self._names())
+
+
 def names_epilog() -> str:
+    from classify.aggregate import RULES
     from classify.probes import PROBES
     from embed.encoders import available
+    rules = "".join(f"\n  {name}: {rule.summary}" for name, rule in RULES.items())
     return (f"encoders: {', '.join(available())}\nprobes: {', '.join(PROBES)}\n"
-            f"split schemes: {scheme_list()} (or a CSV written by `splits`)")
+            f"split schemes: {scheme_list()} (or a CSV written by `splits`)\n"
+            f"decision rules (tuned ones on val + out-of-fold train, for the dataset's first metric):{rules}")
 
 
 def scheme_list() -> str:
@@ -532,10 +551,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--probe", default="linear", help="linear | xgboost | mlp (comma-separated for several)")
     p.add_argument("--splits", default=None, type=splits_spec,
                    help="a split scheme of the dataset (default: its first) or a CSV written by `splits`")
-    p.add_argument("--decision", default="any", choices=["any", "mean", "threshold", "weighted"],
-                   help="patient rule: any = the paper's hierarchy, mean = argmax of mean probabilities, "
-                        "threshold = Present/Unknown thresholds, weighted = argmax of class-weighted mean "
-                        "probabilities; thresholds and weights chosen on val (+ OOF train) for weighted accuracy")
+    p.add_argument("--decision", default="any", choices=RuleNames(),
+                   help="patient (group) rule, one of the decision rules listed below")
     p.add_argument("--targets", default="patient",
                    help="training labels: patient = the patient's label on every recording (the paper); "
                         "location (CirCor) = murmur-location-aware recording labels")

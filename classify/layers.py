@@ -53,8 +53,8 @@ def resolve_probe_layers(spec: str, slices: dict[int, slice], n_layers: int | No
                          ) from None
     missing = [i for i in wanted if i not in slices]
     if missing or not wanted:
-        raise ValueError(f"--layers {spec}: the cache holds layers {','.join(map(str, held))}; {missing or 'none given'} "
-                         "not among them (extract with --layers all or these layers)")
+        raise ValueError(f"--layers {spec}: the cache holds layers {','.join(map(str, held))}; "
+                         f"{missing or 'none given'} not among them (extract with --layers all or these layers)")
     return tuple(wanted)
 
 

@@ -110,6 +110,24 @@ def resolve_layers(spec: LayerSpec, n_layers: int, encoder: str = "") -> tuple[i
     return tuple(sorted({i % n_layers for i in items}))
 
 
+def token_frames(tokens: torch.Tensor, n_prefix: int, n_freq: int, freq_major: bool) -> torch.Tensor:
+    """Transformer tokens `(B, n_prefix + patches, D)` -> frames `(B, time patches, D)`: class /
+    distillation / prompt tokens dropped, patches averaged over frequency. `freq_major`: patches
+    ordered frequency row by row (ViT over a (mel, time) image), else time step by time step."""
+    x = tokens[:, n_prefix:].float()
+    b, n, d = x.shape
+    if freq_major:
+        return x.reshape(b, n_freq, n // n_freq, d).mean(dim=1)
+    return x.reshape(b, n // n_freq, n_freq, d).mean(dim=2)
+
+
+def join_batch_chunks(parts: list[torch.Tensor], batch: int) -> torch.Tensor:
+    """Block outputs of inputs cut into pieces stacked along the batch (patches, frames, chunks;
+    sample-major), as `(pieces, dim)` or `(pieces, frames, dim)` -> `(batch, frames, dim)`."""
+    x = torch.cat(parts, dim=0)
+    return x.reshape(batch, -1, x.shape[-1])
+
+
 def _fp32_under_bf16(module: torch.nn.Module) -> None:
     """Make `module` run in fp32 whenever it is called under bf16 autocast (any other precision:
     unchanged). Checked at call time, so a precision changed after loading is honoured."""
@@ -252,7 +270,8 @@ class Encoder:
                 p.requires_grad_(False)
             for name in self.bf16_fp32_modules:
                 _fp32_under_bf16(self.model.get_submodule(name))
-        self.layers  # the depth is known now: refuse a layer choice outside it here, not mid-run
+        # the depth is known now: refuse a layer choice outside it here, not mid-run
+        resolve_layers(self.layer_spec, self.n_layers, self.name)
         return self
 
     def _autocast(self):
