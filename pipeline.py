@@ -320,7 +320,8 @@ def cmd_segment(args) -> int:
         cache = find_cache(args.cache, args.encoder, "frames")
         recordings = dataset.recordings()
         table = run_segmenter(recordings, {r.recording_id: r.group_id for r in recordings}, splits, cache,
-                              args.out, every_recording=args.every_recording, seed=args.seed)
+                              args.out, every_recording=args.every_recording, seed=args.seed,
+                              heart_rate=args.heart_rate)
     print(table.to_string(index=False))
     print(f"\nwrote {Path(args.out) / 'segment-scores.csv'} and {Path(args.out) / 'intervals'}/SPLIT/RID.tsv")
     return 0
@@ -585,6 +586,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/segment")
     p.add_argument("--every-recording", action="store_true",
                    help="write intervals for every recording of the cache, not only the test ones")
+    p.add_argument("--heart-rate", type=float, default=0.8, metavar="W",
+                   help="weight of durations scaled to each recording's estimated heart rate (0: training "
+                        "durations only)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_segment)
 

@@ -38,7 +38,7 @@ def score_frames(true: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
 
 
 def run_segmenter(recordings, groups_of: dict[str, str], splits: dict[str, dict[str, str]], cache: FrameCache,
-                  out: str | Path, every_recording: bool = False, seed: int = 0,
+                  out: str | Path, every_recording: bool = False, seed: int = 0, heart_rate: float = 0.8,
                   progress: bool = True) -> pd.DataFrame:
     """One row per split: frame accuracy with and without the duration model, per-phase recall."""
     out = Path(out)
@@ -54,7 +54,7 @@ def run_segmenter(recordings, groups_of: dict[str, str], splits: dict[str, dict[
         fit_ids = [r for r in intervals if r in frames and split.get(groups_of[r]) in ("train", "val")]
         test_ids = [r for r in intervals if r in frames and split.get(groups_of[r]) == "test"]
         start = time.perf_counter()
-        segmenter = PhaseSegmenter(seed=seed).fit([frames[r].embeddings for r in fit_ids],
+        segmenter = PhaseSegmenter(heart_rate=heart_rate, seed=seed).fit([frames[r].embeddings for r in fit_ids],
                                                   [frames[r].times for r in fit_ids], [intervals[r] for r in fit_ids])
         fit_s = time.perf_counter() - start
         folder = out / "intervals" / name

@@ -58,6 +58,8 @@ class PhaseSegmenter(BaseEstimator):
     def fit(self, frames: list[np.ndarray], times: list[np.ndarray], intervals: list[np.ndarray]) -> "PhaseSegmenter":
         if not frames:
             raise ValueError("the segmenter needs at least one recording with intervals to train on")
+        if not 0.0 <= self.heart_rate <= 1.0:
+            raise ValueError(f"heart_rate is a mixture weight in [0, 1], got {self.heart_rate}")
         # the cache's frame hop; frames coarser than hop_s are used as they are
         frame_hop = float(np.median(np.concatenate([np.diff(t) for t in times[:50]])))
         self.factor_ = max(1, int(round(self.hop_s / frame_hop)))
