@@ -78,9 +78,8 @@ def run_segmenter(recordings, groups_of: dict[str, str], splits: dict[str, dict[
                    score_frames(truth, np.concatenate(without) if true else truth)["frame_accuracy"],
                "fit_seconds": round(fit_s, 1)}
         rows.append(row)
+        write_csv_atomic(pd.DataFrame(rows), out / "segment-scores.csv", index=False)  # each split kept as it ends
         print(f"{name}: frame accuracy {row['frame_accuracy']:.3f} (without the duration model "
               f"{row['frame_accuracy_without_duration_model']:.3f}) on {len(test_ids)} test recordings",
               file=sys.stderr)
-    table = pd.DataFrame(rows)
-    write_csv_atomic(table, out / "segment-scores.csv", index=False)
-    return table
+    return pd.DataFrame(rows)

@@ -203,18 +203,22 @@ def viterbi_cycle(log_emission: np.ndarray, log_duration: list[np.ndarray]) -> n
     of the recording may be cut short, so it gets no duration term (only its limit)."""
     T = len(log_emission)
     cum = np.vstack([np.zeros(N_PHASES), np.cumsum(log_emission, axis=0)])
+    longest = max(len(d) for d in log_duration)
+    duration = np.full((N_PHASES, longest), -np.inf)  # -inf past each phase's limit
+    limit = np.full((N_PHASES, longest), -np.inf)  # 0 up to each phase's limit
+    for k, d in enumerate(log_duration):
+        duration[k, :len(d)], limit[k, :len(d)] = d, 0.0
     best = np.full((T + 1, N_PHASES), -np.inf)
     length = np.zeros((T + 1, N_PHASES), dtype=np.int64)
-    for t in range(1, T + 1):
-        for k in range(N_PHASES):
-            d = np.arange(1, min(len(log_duration[k]), t) + 1)
-            start = t - d
-            score = cum[t, k] - cum[start, k]
-            durations = log_duration[k][:len(d)] if t < T else 0.0
-            before = best[start, PREVIOUS[k]] + durations
-            score = score + np.where(start == 0, 0.0, before)
-            j = int(np.argmax(score))
-            best[t, k], length[t, k] = score[j], d[j]
+    steps, phases = np.arange(1, longest + 1), np.arange(N_PHASES)
+    for t in range(1, T + 1):  # all phases and durations at once; only time is a Python loop
+        n = min(longest, t)
+        start = t - steps[:n]
+        emission = cum[t][:, None] - cum[start].T  # (phase, duration)
+        before = best[start][:, PREVIOUS].T + (limit if t == T else duration)[:, :n]
+        score = emission + np.where(start == 0, limit[:, :n], before)
+        j = np.argmax(score, axis=1)
+        best[t], length[t] = score[phases, j], j + 1
     labels = np.zeros(T, dtype=np.int64)
     t, k = T, int(np.argmax(best[T]))
     while t > 0:
