@@ -26,11 +26,13 @@ from .segmenter import PhaseSegmenter, write_intervals
 
 
 def score_frames(true: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
-    """Accuracy and per-phase recall over the frames the truth labels 1-4."""
+    """Accuracy, chance and per-phase recall over the frames the truth labels 1-4."""
     keep = true > 0
     true, predicted = true[keep], predicted[keep]
     row = {"frame_accuracy": float(np.mean(true == predicted)) if len(true) else float("nan"),
-           "n_frames": int(len(true))}
+           "n_frames": int(len(true)),
+           # chance: the accuracy of always calling the most common phase
+           "most_common_phase_share": float(np.bincount(true).max() / len(true)) if len(true) else float("nan")}
     for label, phase in enumerate(PHASES, start=1):
         mask = true == label
         row[f"recall_{phase}"] = float(np.mean(predicted[mask] == label)) if mask.any() else float("nan")

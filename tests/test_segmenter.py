@@ -76,7 +76,8 @@ def test_segment_command_scores_test_groups_and_writes_tsv(synthetic_data, synth
     scores = pd.read_csv(out / "segment-scores.csv")
     cached = {r.recording_id for r in recordings}
     n_test = sum(r.patient_id in test for r in load_circor(synthetic_data).recordings() if r.recording_id in cached)
-    assert scores["n_test_recordings"].tolist() == [n_test] and scores["frame_accuracy"][0] > 0.8
+    assert scores["n_test_recordings"].tolist() == [n_test]
+    assert scores["frame_accuracy"][0] > 0.8 > scores["most_common_phase_share"][0] + 0.2
     written = sorted(p.stem for p in (out / "intervals" / "split1").glob("*.tsv"))
     assert len(written) == n_test and set(read_tsv(out / "intervals" / "split1" / f"{written[0]}.tsv")[:, 2]) \
         <= {1, 2, 3, 4}
