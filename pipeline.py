@@ -29,14 +29,14 @@ def _print_problems(problems, limit: int = 30) -> None:
         print(f"  ... {len(problems) - limit} more", file=sys.stderr)
 
 
-def parse_options(pairs: list[str] | None) -> dict:
+def parse_options(pairs: list[str] | None, flag: str = "--encoder-opt") -> dict:
     """`KEY=VALUE` strings -> kwargs; values are Python literals when they parse as one."""
     import ast
     options = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key.isidentifier():
-            raise ValueError(f"--encoder-opt expects KEY=VALUE, got {pair!r}")
+            raise ValueError(f"{flag} expects KEY=VALUE, got {pair!r}")
         try:
             options[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
@@ -351,7 +351,8 @@ def cmd_recipe(args) -> int:
         dataset = load_dataset(args.dataset, args.data)
         table = run_recipe(args.name, dataset, args.cache, args.weights, args.out, splits=args.splits,
                            seeds=args.seeds, seed=args.seed, save_model=args.save_model,
-                           without=tuple(filter(None, (args.without or "").split(","))), device=args.device)
+                           without=tuple(filter(None, (args.without or "").split(","))),
+                           overrides=parse_options(args.set, "--set"), device=args.device)
     print(table.to_string(index=False))
     print(f"\nwrote {Path(args.out) / 'scores.csv'} and {Path(args.out) / 'predictions.csv'} "
           f"in {time.time() - started:.0f} s" + (f"; saved the recipe to {args.save_model}" if args.save_model else ""))
@@ -606,6 +607,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--without", default=None, metavar="MEMBER[,MEMBER]",
                    help="leave these members out (ablation)")
+    p.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                   help="change one field of the recipe (ablation), e.g. patient_model=False, "
+                        "test_intervals=tsv, decision=mean")
     p.add_argument("--save-model", default=None, metavar="DIR",
                    help="also fit on every labelled patient and save that, for predict")
     p.set_defaults(func=cmd_recipe)

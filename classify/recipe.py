@@ -13,6 +13,7 @@ recordings without annotations would.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field, replace
 from typing import Callable, Literal
 
@@ -69,6 +70,14 @@ class Recipe:
     decision: DecisionName = "cost"
     test_intervals: Intervals = "segmenter"
     folds: int = 5
+
+    def with_fields(self, **fields) -> "Recipe":
+        """The recipe with some fields changed (ablations); unknown fields are refused by name."""
+        known = {f.name for f in dataclasses.fields(self)} - {"name", "extracts", "members"}
+        unknown = sorted(set(fields) - known)
+        if unknown:
+            raise ValueError(f"recipe fields {unknown} cannot be set; settable: {', '.join(sorted(known))}")
+        return replace(self, **fields)
 
     def without(self, *member_names: str) -> "Recipe":
         left = tuple(m for m in self.members if m.name not in member_names)

@@ -20,7 +20,7 @@ register_recipe(Recipe(
     name="cycle-mn04",
     description="log-mel frames pooled per heart-cycle phase + signal quality + mn04's layers (by CV), "
                 "recording probes, patient model over locations, expected-cost decision",
-    extracts=(ExtractSpec("logmel", frames=True), ExtractSpec("quality"),
+    extracts=(ExtractSpec("logmel", precision="fp32", frames=True), ExtractSpec("quality"),
               ExtractSpec("mn04", MN04_WEIGHTS, layers="all", precision="bf16")),
     members=(Member("phases", 0, "phases"), Member("quality", 1, stats=("mean", "std")),
              Member("mn04", 2, layers="cv")),
@@ -30,7 +30,7 @@ register_recipe(Recipe(
     name="cycle-logmel",
     description="log-mel frames pooled per heart-cycle phase + signal quality (no pre-trained encoder), "
                 "recording probes, patient model over locations, expected-cost decision",
-    extracts=(ExtractSpec("logmel", frames=True), ExtractSpec("quality")),
+    extracts=(ExtractSpec("logmel", precision="fp32", frames=True), ExtractSpec("quality")),
     members=(Member("phases", 0, "phases"), Member("quality", 1, stats=("mean", "std"))),
 ))
 

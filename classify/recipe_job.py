@@ -94,12 +94,16 @@ def _check_same(spec: ExtractSpec, saved: dict, now: dict) -> None:
 
 def run_recipe(name: str, dataset, cache_dir: str | Path, weights: str | Path | None, out: str | Path, *,
                splits: str | None = None, seeds: int = 5, seed: int = 0, save_model: str | Path | None = None,
-               without: tuple[str, ...] = (), device: str = "auto", progress: bool = True) -> pd.DataFrame:
+               without: tuple[str, ...] = (), overrides: dict | None = None, device: str = "auto",
+               progress: bool = True) -> pd.DataFrame:
     """`pipeline.py recipe NAME`: extract, evaluate on every split x seed, write scores.csv and
-    predictions.csv; with `save_model`, fit once more on every labelled group and save that."""
+    predictions.csv; with `save_model`, fit once more on every labelled group and save that.
+    `without` (member names) and `overrides` (recipe fields) make the ablations."""
     recipe = get_recipe(name)
     if without:
         recipe = recipe.without(*without)
+    if overrides:
+        recipe = recipe.with_fields(**overrides)
     task = Task.from_dataset(dataset, recipe.targets if recipe.targets in dataset.label_schemes else "patient")
     recordings = dataset.recordings()
     sources, configs, problems = recipe_sources(recipe, recordings, cache_dir, weights,
