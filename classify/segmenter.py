@@ -174,6 +174,9 @@ class PhaseSegmenter(BaseEstimator):
                "coef": self.probe_.coef_, "intercept": self.probe_.intercept_, "classes": self.probe_.classes_,
                "log_prior": self.log_prior_}
         out.update({f"log_duration_{k}": d for k, d in enumerate(self.log_duration_)})
+        if self.log_ratio_ is not None:  # heart-rate adaptation
+            out["period_range"] = np.asarray(self.period_range_)
+            out.update({f"log_ratio_{k}": r for k, r in enumerate(self.log_ratio_)})
         return out
 
     @classmethod
@@ -186,6 +189,11 @@ class PhaseSegmenter(BaseEstimator):
         seg.probe_.classes_, seg.probe_.n_features_in_ = state["classes"], state["coef"].shape[1]
         seg.log_prior_ = state["log_prior"]
         seg.log_duration_ = [state[f"log_duration_{k}"] for k in range(N_PHASES)]
+        if "period_range" in state:
+            seg.period_range_ = tuple(float(p) for p in state["period_range"])
+            seg.log_ratio_ = [state[f"log_ratio_{k}"] for k in range(N_PHASES)]
+        else:  # saved without heart-rate adaptation: the training durations alone
+            seg.period_range_, seg.log_ratio_ = None, None
         return seg
 
     # -- prediction -------------------------------------------------------------------------

@@ -61,6 +61,12 @@ def test_segmenter_beats_chance_on_synthetic_beats(synthetic_frames):
     chance = counts[1:].max() / counts[1:].sum()  # always the most common phase (diastole)
     assert correct / total > 0.8 > chance + 0.2
     assert np.mean(np.array(period_errors) < 0.1) > 0.8  # heart rate read off the S1 posterior
+    # saved as plain arrays and loaded back, it segments the same way (heart-rate model included)
+    again = PhaseSegmenter.from_state(segmenter.get_params(), segmenter.state())
+    rid = test[0]
+    np.testing.assert_array_equal(again.predict(frames[rid].embeddings, frames[rid].times),
+                                  segmenter.predict(frames[rid].embeddings, frames[rid].times))
+    assert again.log_ratio_ is not None
 
 
 def test_segment_command_scores_test_groups_and_writes_tsv(synthetic_data, synthetic_frames, tmp_path, capsys):
