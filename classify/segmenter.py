@@ -112,11 +112,7 @@ class PhaseSegmenter(BaseEstimator):
         self.log_ratio_ = []
         for values in ratios:
             bins = np.maximum(1, np.round(np.asarray(values) / RATIO_BIN)).astype(int)
-            longest = max(2, int(np.ceil(1.2 * np.quantile(bins, self.max_quantile))))
-            hist = np.bincount(np.minimum(bins, longest), minlength=longest + 1)[1:].astype(float)
-            kernel = np.exp(-0.5 * (np.arange(-4, 5) / 2.0) ** 2)
-            smooth = np.convolve(hist, kernel / kernel.sum(), mode="same") + 1e-3 * hist.max()
-            self.log_ratio_.append(np.log(smooth / smooth.sum()))
+            self.log_ratio_.append(smoothed_log_pmf(bins, self.max_quantile, width=2.0))
 
     def estimate_period(self, log_posterior: np.ndarray) -> float | None:
         """A recording's cycle period (s): the lag, within the periods seen in training, at which the
@@ -159,11 +155,7 @@ class PhaseSegmenter(BaseEstimator):
         for label in range(1, N_PHASES + 1):
             d = np.concatenate([iv[iv[:, 2] == label, 1] - iv[iv[:, 2] == label, 0] for iv in intervals])
             d = np.maximum(1, np.round(d / self.grid_hop_)).astype(int)
-            longest = max(2, int(np.ceil(1.2 * np.quantile(d, self.max_quantile))))
-            hist = np.bincount(np.minimum(d, longest), minlength=longest + 1)[1:].astype(float)
-            kernel = np.exp(-0.5 * (np.arange(-3, 4) / 1.5) ** 2)
-            smooth = np.convolve(hist, kernel / kernel.sum(), mode="same") + 1e-3 * hist.max()
-            out.append(np.log(smooth / smooth.sum()))
+            out.append(smoothed_log_pmf(d, self.max_quantile, width=1.5))
         return out
 
     # -- saving -----------------------------------------------------------------------------
@@ -217,6 +209,18 @@ class PhaseSegmenter(BaseEstimator):
         """Intervals `(start_s, end_s, label)` covering the recording, in the `.tsv` form."""
         labels, t = self.predict_grid(frames, times, duration_model)
         return labels_to_intervals(labels, t, self.grid_hop_)
+
+
+def smoothed_log_pmf(counts: np.ndarray, max_quantile: float, width: float) -> np.ndarray:
+    """log P(value = v) for v = 1..limit from integer observations: a histogram smoothed by a
+    Gaussian of `width` bins with a small floor, so unseen values stay possible; values past
+    1.2 x the `max_quantile` quantile (the limit) are not."""
+    longest = max(2, int(np.ceil(1.2 * np.quantile(counts, max_quantile))))
+    hist = np.bincount(np.minimum(counts, longest), minlength=longest + 1)[1:].astype(float)
+    reach = int(np.ceil(2 * width))
+    kernel = np.exp(-0.5 * (np.arange(-reach, reach + 1) / width) ** 2)
+    smooth = np.convolve(hist, kernel / kernel.sum(), mode="same") + 1e-3 * hist.max()
+    return np.log(smooth / smooth.sum())
 
 
 def cycle_period(intervals: np.ndarray) -> float | None:
