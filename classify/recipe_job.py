@@ -58,8 +58,11 @@ def recipe_sources(recipe: Recipe, recordings: list, cache_dir: str | Path, weig
         cache = open_cache(encoder, segments, cache_dir, frames)
         if expect is not None:
             _check_same(spec, expect[i], cache.config)
-        report = extract(encoder, recordings, cache_dir, segments, batch_size, progress=progress, frames=frames)
-        problems += report.problems
+        cached = cache.recording_ids() if cache.path.exists() or cache.parts_dir.is_dir() else set()
+        if any(r.recording_id not in cached for r in recordings):  # a complete cache is only read
+            report = extract(encoder, recordings, cache_dir, segments, batch_size, progress=progress,
+                             frames=frames, lock_timeout_s=3600)
+            problems += report.problems
         caches.append(cache)
         configs.append(cache.config)
     sources: dict[str, Source] = {}
