@@ -14,6 +14,7 @@ out. The probabilities are not class-balanced at stage 2, so the cost rule sees 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -63,11 +64,10 @@ def cross_val_proba(make_model, X: np.ndarray, y: np.ndarray, folds: list, n_cla
     return out
 
 
-class RecordingProbe(ClassifierMixin, BaseEstimator):
-    """Stage 1: class-balanced standardised logistic regression on recording features.
-
-    `fit(X, y, groups)` picks C by the balanced log loss of patient-grouped CV and keeps that C's
-    out-of-fold probabilities in `oof_proba_`; the final model is fit on every row."""
+class _CrossValidatedLogistic(ClassifierMixin, BaseEstimator):
+    """A standardised logistic regression whose C is chosen by the log loss of cross-validation;
+    that C's out-of-fold probabilities are kept in `oof_proba_`, the final model is fit on every row."""
+    balanced: ClassVar[bool] = False  # class-balanced fit and loss
 
     def __init__(self, Cs: tuple[float, ...] = (1e-3, 1e-2, 1e-1), folds: int = 5, seed: int = 0,
                  n_classes: int = 3) -> None:
@@ -76,15 +76,15 @@ class RecordingProbe(ClassifierMixin, BaseEstimator):
         self.seed = seed
         self.n_classes = n_classes
 
-    def fit(self, X: np.ndarray, y: np.ndarray, groups: np.ndarray, strata: np.ndarray | None = None
-            ) -> "RecordingProbe":
-        folds = group_folds(y if strata is None else strata, groups, self.folds, self.seed)
+    def _fit(self, X: np.ndarray, y: np.ndarray, folds: list) -> "_CrossValidatedLogistic":
         def cv_loss(C):
-            oof = cross_val_proba(lambda: _logistic(C, True), X, y, folds, self.n_classes)
-            return -balanced_log_loss(y, oof, self.n_classes), oof
+            oof = cross_val_proba(lambda: _logistic(C, self.balanced), X, y, folds, self.n_classes)
+            loss = (balanced_log_loss(y, oof, self.n_classes) if self.balanced
+                    else log_loss(y, _clipped(oof), labels=range(self.n_classes)))
+            return -loss, oof
 
         self.C_, _, self.oof_proba_ = select_best(self.Cs, cv_loss)
-        self.model_ = _logistic(self.C_, True).fit(X, y)
+        self.model_ = _logistic(self.C_, self.balanced).fit(X, y)
         self.classes_ = np.arange(self.n_classes)
         return self
 
@@ -95,17 +95,24 @@ class RecordingProbe(ClassifierMixin, BaseEstimator):
         return {"C": np.asarray(self.C_), **self.model_.state()}
 
     @classmethod
-    def from_state(cls, params: dict, state: dict[str, np.ndarray]) -> "RecordingProbe":
-        return _restore(cls(**params), state, balanced=True)
+    def from_state(cls, params: dict, state: dict[str, np.ndarray]) -> "_CrossValidatedLogistic":
+        """A fitted stage from its saved arrays (plain numbers: nothing executes on load)."""
+        estimator = cls(**params)
+        estimator.C_ = float(state["C"])
+        estimator.model_ = LinearProbe.from_state(
+            {"C": estimator.C_, "max_iter": 3000, "class_weight": "balanced" if cls.balanced else None}, state)
+        estimator.classes_ = np.arange(estimator.n_classes)
+        return estimator
 
 
-def _restore(estimator, state: dict[str, np.ndarray], balanced: bool):
-    """A fitted stage from its saved arrays (plain numbers: nothing executes on load)."""
-    estimator.C_ = float(state["C"])
-    estimator.model_ = LinearProbe.from_state(
-        {"C": estimator.C_, "max_iter": 3000, "class_weight": "balanced" if balanced else None}, state)
-    estimator.classes_ = np.arange(estimator.n_classes)
-    return estimator
+class RecordingProbe(_CrossValidatedLogistic):
+    """Stage 1: class-balanced, on recording features, C by patient-grouped CV (`groups`; folds
+    stratified by `strata`, e.g. each recording's patient label)."""
+    balanced = True
+
+    def fit(self, X: np.ndarray, y: np.ndarray, groups: np.ndarray, strata: np.ndarray | None = None
+            ) -> "RecordingProbe":
+        return self._fit(X, y, group_folds(y if strata is None else strata, groups, self.folds, self.seed))
 
 
 @dataclass
@@ -140,35 +147,14 @@ def patient_features(members: list[MemberScores], group_ids: list[str], recordin
     return np.asarray(rows, dtype=np.float64)
 
 
-class PatientModel(ClassifierMixin, BaseEstimator):
-    """Stage 2: logistic regression from patient features to the patient class; C by grouped CV
-    (each patient is its own group here) on the multinomial log loss. Not class-balanced."""
+class PatientModel(_CrossValidatedLogistic):
+    """Stage 2: from patient features to the patient class, C by stratified CV over patients; not
+    class-balanced, so the cost rule sees calibrated probabilities."""
+    balanced = False
 
     def __init__(self, Cs: tuple[float, ...] = (0.003, 0.01, 0.03, 0.1, 0.3), folds: int = 5, seed: int = 0,
                  n_classes: int = 3) -> None:
-        self.Cs = Cs
-        self.folds = folds
-        self.seed = seed
-        self.n_classes = n_classes
+        super().__init__(Cs, folds, seed, n_classes)
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> "PatientModel":
-        folds = group_folds(y, np.arange(len(y)), self.folds, self.seed)
-
-        def cv_loss(C):
-            oof = cross_val_proba(lambda: _logistic(C, False), X, y, folds, self.n_classes)
-            return -log_loss(y, _clipped(oof), labels=range(self.n_classes)), oof
-
-        self.C_, _, self.oof_proba_ = select_best(self.Cs, cv_loss)
-        self.model_ = _logistic(self.C_, False).fit(X, y)
-        self.classes_ = np.arange(self.n_classes)
-        return self
-
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        return _proba(self.model_, X, self.n_classes)
-
-    def state(self) -> dict[str, np.ndarray]:
-        return {"C": np.asarray(self.C_), **self.model_.state()}
-
-    @classmethod
-    def from_state(cls, params: dict, state: dict[str, np.ndarray]) -> "PatientModel":
-        return _restore(cls(**params), state, balanced=False)
+        return self._fit(X, y, group_folds(y, np.arange(len(y)), self.folds, self.seed))

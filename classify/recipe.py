@@ -107,6 +107,7 @@ class PhaseFrames:
     frames: dict  # recording id -> embed.cache.CachedFrames
     intervals: dict[str, np.ndarray]
     _tsv_block: FeatureBlock | None = None
+    _segmented: tuple | None = None  # (segmenter, {recording id: its intervals})
 
     def block(self, recording_ids, intervals: dict[str, np.ndarray] | None = None) -> FeatureBlock:
         """Phase features of these recordings (those with frames), from `intervals` (default the
@@ -127,8 +128,15 @@ class PhaseFrames:
                                              [self.frames[r].times for r in ids], [self.intervals[r] for r in ids])
 
     def segmented(self, segmenter: PhaseSegmenter, recording_ids) -> dict[str, np.ndarray]:
-        return {r: segmenter.predict(self.frames[r].embeddings, self.frames[r].times)
-                for r in recording_ids if r in self.frames}
+        """The segmenter's intervals for these recordings, each decoded once per segmenter (the
+        evaluation reuses a split's segmenter across seeds)."""
+        if self._segmented is None or self._segmented[0] is not segmenter:
+            self._segmented = (segmenter, {})
+        done = self._segmented[1]
+        for r in recording_ids:
+            if r in self.frames and r not in done:
+                done[r] = segmenter.predict(self.frames[r].embeddings, self.frames[r].times)
+        return {r: done[r] for r in recording_ids if r in done}
 
 
 Source = FeatureBlock | PhaseFrames

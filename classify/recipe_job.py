@@ -7,6 +7,7 @@ to recipe features, for training (a dataset's recordings, `.tsv` intervals) and 
 """
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from pathlib import Path
 
@@ -58,8 +59,11 @@ def recipe_sources(recipe: Recipe, recordings: list, cache_dir: str | Path, weig
         cache = open_cache(encoder, segments, cache_dir, frames)
         if expect is not None:
             _check_same(spec, expect[i], cache.config)
-        report = extract(encoder, recordings, cache_dir, segments, batch_size, progress=progress, frames=frames)
-        problems += report.problems
+        cached = cache.recording_ids() if cache.path.exists() or cache.parts_dir.is_dir() else set()
+        if any(r.recording_id not in cached for r in recordings):  # a complete cache is only read
+            report = extract(encoder, recordings, cache_dir, segments, batch_size, progress=progress,
+                             frames=frames, lock_timeout_s=3600)
+            problems += report.problems
         caches.append(cache)
         configs.append(cache.config)
     sources: dict[str, Source] = {}
@@ -104,6 +108,9 @@ def run_recipe(name: str, dataset, cache_dir: str | Path, weights: str | Path | 
         recipe = recipe.without(*without)
     if overrides:
         recipe = recipe.with_fields(**overrides)
+    if without or overrides:  # its own row name, so a report over several runs keeps them apart
+        changes = [f"-{m}" for m in without] + [f"{k}={v}" for k, v in (overrides or {}).items()]
+        recipe = dataclasses.replace(recipe, name=f"{name} {' '.join(changes)}")
     task = Task.from_dataset(dataset, recipe.targets if recipe.targets in dataset.label_schemes else "patient")
     recordings = dataset.recordings()
     sources, configs, problems = recipe_sources(recipe, recordings, cache_dir, weights,
