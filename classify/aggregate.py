@@ -8,7 +8,9 @@ in priority order, the last one being "nothing found" (CirCor: Present, Unknown,
 - *mean*: argmax of the mean recording probabilities;
 - *threshold*: the first class whose max recording probability reaches its tuned threshold;
 - *weighted*: argmax of the mean probabilities scaled by tuned class weights (the Bayes decision
-  for a weighted accuracy when the scales absorb its costs and the class priors).
+  for a weighted accuracy when the scales absorb its costs and the class priors);
+- *cost*: argmax of the mean probabilities times the scoring's class weights (5/3/1 on CirCor):
+  the expected-weighted-accuracy decision when the probabilities are calibrated, nothing tuned.
 
 Tuned rules search a grid for the parameters that maximise the scoring's selection key.
 """
@@ -24,7 +26,7 @@ from sklearn.base import BaseEstimator
 
 from .selection import select_best
 
-DecisionName = Literal["any", "mean", "threshold", "weighted"]
+DecisionName = Literal["any", "mean", "threshold", "weighted", "cost"]
 
 
 def mean_by_group(values: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -95,6 +97,18 @@ class MeanRule(DecisionRule):
 
     def predict(self, table: GroupTable) -> np.ndarray:
         return table.mean.argmax(axis=1)
+
+
+class CostRule(DecisionRule):
+    name, suffix = "cost", "+cost"
+    summary = "argmax of mean probabilities x the scoring's class weights (expected weighted accuracy)"
+
+    def __init__(self, costs: list[float] | None = None) -> None:
+        self.costs = costs  # None: equal costs (the mean rule)
+
+    def predict(self, table: GroupTable) -> np.ndarray:
+        costs = np.ones(table.mean.shape[1]) if self.costs is None else np.asarray(self.costs, float)
+        return (table.mean * costs).argmax(axis=1)
 
 
 class _TunedRule(DecisionRule):
@@ -168,7 +182,8 @@ class WeightedRule(_TunedRule):
         return (table.mean * np.append(values, 1.0)).argmax(axis=1)
 
 
-RULES: dict[str, type[DecisionRule]] = {r.name: r for r in (AnyRule, MeanRule, ThresholdRule, WeightedRule)}
+RULES: dict[str, type[DecisionRule]] = {
+    r.name: r for r in (AnyRule, MeanRule, ThresholdRule, WeightedRule, CostRule)}
 
 
 def register_rule(cls: type[DecisionRule]) -> type[DecisionRule]:
@@ -176,10 +191,14 @@ def register_rule(cls: type[DecisionRule]) -> type[DecisionRule]:
     return cls
 
 
-def make_rule(name: str) -> DecisionRule:
+def make_rule(name: str, class_weights: tuple[float, ...] | None = None) -> DecisionRule:
+    """A fresh rule; `class_weights` (the scoring's) become the costs of the *cost* rule."""
     if name not in RULES:
         raise ValueError(f"decision must be one of {tuple(RULES)}, got {name!r}")
-    return RULES[name]()
+    rule = RULES[name]()
+    if class_weights is not None and "costs" in rule.get_params():
+        rule.set_params(costs=[float(w) for w in class_weights])
+    return rule
 
 
 def rule_from_dict(saved: dict) -> DecisionRule:
