@@ -114,7 +114,8 @@ def build_encoder(entry: dict, checkpoint: str | None = None, device: str = "aut
                      trust_checkpoint=trust_checkpoint, layers=saved.get("layers"))
     segments = _segment_config(saved)
     now = cache_config(encoder, segments)
-    # precision follows the device (fp16 on CUDA, fp32 on CPU); everything else must match
+    # precision follows the device (fp16 on CUDA; on a CPU bf16 for bf16-safe encoders where native,
+    # else fp32); everything else must match
     differ = sorted(k for k in set(saved) | set(now) if k != "precision" and saved.get(k) != now.get(k))
     if differ:
         detail = "; ".join(f"{k}: trained {saved.get(k)!r}, now {now.get(k)!r}" for k in differ)
