@@ -29,14 +29,14 @@ def _print_problems(problems, limit: int = 30) -> None:
         print(f"  ... {len(problems) - limit} more", file=sys.stderr)
 
 
-def parse_options(pairs: list[str] | None) -> dict:
+def parse_options(pairs: list[str] | None, flag: str = "--encoder-opt") -> dict:
     """`KEY=VALUE` strings -> kwargs; values are Python literals when they parse as one."""
     import ast
     options = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key.isidentifier():
-            raise ValueError(f"--encoder-opt expects KEY=VALUE, got {pair!r}")
+            raise ValueError(f"{flag} expects KEY=VALUE, got {pair!r}")
         try:
             options[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
@@ -48,7 +48,7 @@ def create_encoder(args, name: str, precision: str | None):
     """The encoder that `extract` and `benchmark` build from their shared options."""
     from embed.encoders import create
     return create(name, args.checkpoint, pooling=args.pooling, device=args.device, precision=precision,
-                  trust_checkpoint=args.trust_checkpoint, **parse_options(args.encoder_opt))
+                  trust_checkpoint=args.trust_checkpoint, layers=args.layers, **parse_options(args.encoder_opt))
 
 
 def add_dataset_options(p: argparse.ArgumentParser) -> None:
@@ -67,6 +67,10 @@ def add_encoder_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--encoder-opt", action="append", metavar="KEY=VALUE",
                    help="encoder-specific option, repeatable (e.g. capacity=tiny, hop_s=0.1)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    p.add_argument("--layers", default="last", metavar="last|all|I,J,...",
+                   help="which layers each window's vector holds, pooled and concatenated in network order: "
+                        "the embedding (last, as before), all blocks + the embedding, or these indices "
+                        "(0 = first block, -1 = the embedding); one forward pass for all")
 
 
 def add_backend_options(p: argparse.ArgumentParser, actors: bool = False) -> None:
@@ -124,11 +128,15 @@ def cmd_extract(args) -> int:
     from embed.datasets import load_dataset
     from embed.datasets.splits import train_in_every_split
     from embed.extract import extract, fit_normalisation
+    from embed.frames import FrameConfig
     from embed.problems import format_table, problem_rows, write_problems_csv
     from embed.segments import SegmentConfig
     dataset = load_dataset(args.dataset, args.data)
     recordings = dataset.recordings()
-    segments = SegmentConfig(args.window, args.train_stride, args.eval_stride)
+    segments = SegmentConfig(args.window, args.train_stride, args.eval_stride, align=args.windows)
+    frames = FrameConfig(args.frame_dtype, args.frame_hop, args.window) if args.frames else None
+    if frames and args.windows != "fixed":
+        raise ValueError("--frames keeps every frame of a recording; --windows cycles does not apply to it")
     if args.fit_normalisation:
         train = set(train_in_every_split(dataset.splits(args.fit_normalisation)))
         train_recordings = [r for r in recordings if r.group_id in train]
@@ -139,11 +147,13 @@ def cmd_extract(args) -> int:
             fitted = fit_normalisation(encoder, train_recordings)
             print(f"{name}: input statistics fit on the {len(train)} patients in train of every "
                   f"{args.fit_normalisation} split: mean {fitted[0]:.4f}, std {fitted[1]:.4f}")
-        print(f"{name}: {encoder.embedding_size}-d, {encoder.sample_rate} Hz, {encoder.precision} on "
+        layers = ("" if encoder.last_only
+                  else f" (layers {','.join(map(str, encoder.layers))} of 0..{encoder.n_layers - 1})")
+        print(f"{name}: {encoder.embedding_size}-d{layers}, {encoder.sample_rate} Hz, {encoder.precision} on "
               f"{encoder.device}; {len(recordings)} recordings")
         report = extract(encoder, recordings, args.cache, segments, args.batch_size,
                          flush_every=args.flush_every, workers=args.workers, lock_timeout_s=args.lock_timeout,
-                         backend=args.backend, ray=ray_options(args))
+                         backend=args.backend, ray=ray_options(args), frames=frames)
         print(report.summary())
         rows += problem_rows(report.problems, name)
         if report.stopped:
@@ -274,6 +284,9 @@ def cmd_probe(args) -> int:
     from embed.datasets import load_dataset
     if args.save_model and args.ensemble:
         raise ValueError("--save-model saves single-encoder probes; drop --ensemble to save")
+    if args.save_model and args.layers not in (None, "all"):
+        raise ValueError("--save-model saves probes over the whole cached vector; use --layers all or drop "
+                         "--layers (or extract only the layers you want)")
     encoders = args.encoder.split(",")
     with OutputFolder(args.out):  # writable, not in use by another probe, marked until finished
         dataset = load_dataset(args.dataset, args.data)
@@ -282,7 +295,8 @@ def cmd_probe(args) -> int:
         table, results = run_probe(task, encoders, args.probe.split(","), splits, args.cache, args.out,
                                    decision=args.decision, seed=args.seed, ensemble=args.ensemble,
                                    demographics=args.demographics, oof_folds=args.oof_folds,
-                                   repeats=args.repeats, backend=args.backend, ray=ray_options(args))
+                                   repeats=args.repeats, backend=args.backend, ray=ray_options(args),
+                                   layers=args.layers)
     print(table.to_string(index=False))
     print(f"\nwrote {Path(args.out) / 'scores.csv'} and {Path(args.out) / 'predictions.csv'}")
     if args.save_model:
@@ -294,13 +308,31 @@ def cmd_probe(args) -> int:
     return 0
 
 
+def cmd_segment(args) -> int:
+    from classify.features import find_cache
+    from classify.outputs import OutputFolder
+    from classify.run import load_splits
+    from classify.segment_run import run_segmenter
+    from embed.datasets import load_dataset
+    with OutputFolder(args.out):
+        dataset = load_dataset(args.dataset, args.data)
+        splits = load_splits(dataset, args.splits or dataset.split_schemes[0], args.seed)
+        cache = find_cache(args.cache, args.encoder, "frames")
+        recordings = dataset.recordings()
+        table = run_segmenter(recordings, {r.recording_id: r.group_id for r in recordings}, splits, cache,
+                              args.out, every_recording=args.every_recording, seed=args.seed)
+    print(table.to_string(index=False))
+    print(f"\nwrote {Path(args.out) / 'segment-scores.csv'} and {Path(args.out) / 'intervals'}/SPLIT/RID.tsv")
+    return 0
+
+
 def cmd_predict(args) -> int:
     import json
     from classify.predict import predict
     from embed.problems import format_table, problem_rows
     results, problems = predict(args.model, args.input, args.out, checkpoint=args.checkpoint,
                                 encoder_name=args.encoder, probe=args.probe, patient_id=args.patient_id,
-                                device=args.device, trust_checkpoint=args.trust_checkpoint)
+                                device=args.device, trust_checkpoint=args.trust_checkpoint, weights=args.weights)
     for result in results:
         print(json.dumps(result, indent=2))
     if problems:
@@ -308,6 +340,23 @@ def cmd_predict(args) -> int:
     print(f"{len(results)} patients -> {args.out}/PID.json", file=sys.stderr)
     failed = any(r["class"] is None for r in results) or any(p.severity == "error" for p in problems)
     return 1 if failed or (args.strict and problems) else 0
+
+
+def cmd_recipe(args) -> int:
+    from classify.outputs import OutputFolder
+    from classify.recipe_job import run_recipe
+    from embed.datasets import load_dataset
+    started = time.time()
+    with OutputFolder(args.out):
+        dataset = load_dataset(args.dataset, args.data)
+        table = run_recipe(args.name, dataset, args.cache, args.weights, args.out, splits=args.splits,
+                           seeds=args.seeds, seed=args.seed, save_model=args.save_model,
+                           without=tuple(filter(None, (args.without or "").split(","))),
+                           overrides=parse_options(args.set, "--set"), device=args.device)
+    print(table.to_string(index=False))
+    print(f"\nwrote {Path(args.out) / 'scores.csv'} and {Path(args.out) / 'predictions.csv'} "
+          f"in {time.time() - started:.0f} s" + (f"; saved the recipe to {args.save_model}" if args.save_model else ""))
+    return 0
 
 
 def cmd_demo(args) -> int:
@@ -379,11 +428,29 @@ class Parser(argparse.ArgumentParser):
         return super().format_help()
 
 
+class RuleNames:
+    """--decision's choices: the names in the decision-rule registry, read when first needed (the
+    registry imports scikit-learn, which commands other than `probe` need not wait for)."""
+
+    def _names(self) -> list[str]:
+        from classify.aggregate import RULES
+        return list(RULES)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names()
+
+    def __iter__(self):
+        return iter(self._names())
+
+
 def names_epilog() -> str:
+    from classify.aggregate import RULES
     from classify.probes import PROBES
     from embed.encoders import available
+    rules = "".join(f"\n  {name}: {rule.summary}" for name, rule in RULES.items())
     return (f"encoders: {', '.join(available())}\nprobes: {', '.join(PROBES)}\n"
-            f"split schemes: {scheme_list()} (or a CSV written by `splits`)")
+            f"split schemes: {scheme_list()} (or a CSV written by `splits`)\n"
+            f"decision rules (tuned ones on val + out-of-fold train, for the dataset's first metric):{rules}")
 
 
 def scheme_list() -> str:
@@ -440,6 +507,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--window", type=float, default=5.0)
     p.add_argument("--train-stride", type=float, default=2.5)
     p.add_argument("--eval-stride", type=float, default=None, help="default: the window (no overlap)")
+    p.add_argument("--windows", default="fixed", choices=["fixed", "cycles"],
+                   help="cycles: each window starts at the next S1 onset of the recording's .tsv (heart-cycle "
+                        "aligned; fixed windows where a recording has no .tsv)")
     p.add_argument("--lock-timeout", type=float, default=0.0,
                    help="seconds to wait for another run holding the same cache")
     p.add_argument("--strict", action="store_true", help="exit non-zero if any recording had a problem")
@@ -447,6 +517,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--fit-normalisation", default=None, metavar="SCHEME",
                    help="fit the encoder's input statistics (BYOL-A) on the patients that are in train "
                         "in every split of this scheme, as the authors fit them on training data")
+    p.add_argument("--frames", action="store_true",
+                   help="cache every frame embedding with its centre time (NAME-frames-KEY.h5; non-overlapping "
+                        "--window windows to the recording's end) instead of pooled window embeddings")
+    p.add_argument("--frame-dtype", default="fp16", choices=["fp16", "fp32"], help="stored precision of --frames")
+    p.add_argument("--frame-hop", type=float, default=None, metavar="SECONDS",
+                   help="with --frames: average consecutive frames to this hop (a multiple of the encoder's)")
     p.set_defaults(func=cmd_extract)
 
     p = sub.add_parser("benchmark", help="where the time goes: windows/s, GFLOP, roofline share, wall split")
@@ -492,10 +568,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--probe", default="linear", help="linear | xgboost | mlp (comma-separated for several)")
     p.add_argument("--splits", default=None, type=splits_spec,
                    help="a split scheme of the dataset (default: its first) or a CSV written by `splits`")
-    p.add_argument("--decision", default="any", choices=["any", "mean", "threshold", "weighted"],
-                   help="patient rule: any = the paper's hierarchy, mean = argmax of mean probabilities, "
-                        "threshold = Present/Unknown thresholds, weighted = argmax of class-weighted mean "
-                        "probabilities; thresholds and weights chosen on val (+ OOF train) for weighted accuracy")
+    p.add_argument("--decision", default="any", choices=RuleNames(),
+                   help="patient (group) rule, one of the decision rules listed below")
     p.add_argument("--targets", default="patient",
                    help="training labels: patient = the patient's label on every recording (the paper); "
                         "location (CirCor) = murmur-location-aware recording labels")
@@ -505,6 +579,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--oof-folds", type=int, default=5, help="patient-grouped folds for the stacker's inputs")
     p.add_argument("--repeats", type=int, default=1,
                    help="rerun every split with probe seeds SEED, SEED+1, ... (runs named SPLIT@seedS)")
+    p.add_argument("--layers", default=None, metavar="I|I,J|all|last|cv|weighted",
+                   help="caches made with extract --layers: which layers the probe uses (I,J concatenated), "
+                        "cv = the best single layer by patient-grouped CV inside train+val of each split, "
+                        "weighted = per-layer probes stacked by a logistic regression on out-of-fold scores; "
+                        "default: the whole cached vector")
     p.add_argument("--cache", default=str(DEFAULT_CACHE))
     p.add_argument("--out", default="runs/probe")
     p.add_argument("--seed", type=int, default=0)
@@ -514,12 +593,46 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     add_backend_options(p)
     p.set_defaults(func=cmd_probe)
 
+    from classify.recipe_book import RECIPES
+    p = sub.add_parser("recipe", help="a committed recipe end to end: extract what is missing, fit, score, save")
+    p.add_argument("name", choices=list(RECIPES), help="; ".join(f"{k}: {r.description}" for k, r in RECIPES.items()))
+    add_dataset_options(p)
+    p.add_argument("--weights", default=None, help="folder holding the official weight files under their published names")
+    p.add_argument("--out", default="runs/recipe")
+    p.add_argument("--splits", default=None, type=splits_spec,
+                   help="paper | kfold | campaign (CirCor), or a CSV from `pipeline.py splits`")
+    p.add_argument("--seeds", type=int, default=5, help="probe seeds per split (inner CV folds differ)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache", default=str(DEFAULT_CACHE))
+    p.add_argument("--device", default="auto")
+    p.add_argument("--without", default=None, metavar="MEMBER[,MEMBER]",
+                   help="leave these members out (ablation)")
+    p.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                   help="change one field of the recipe (ablation), e.g. patient_model=False, "
+                        "test_intervals=tsv, decision=mean")
+    p.add_argument("--save-model", default=None, metavar="DIR",
+                   help="also fit on every labelled patient and save that, for predict")
+    p.set_defaults(func=cmd_recipe)
+
+    p = sub.add_parser("segment", help="heart-cycle segmenter on frame caches: frame accuracy on test groups")
+    add_dataset_options(p)
+    p.add_argument("--encoder", default="logmel", help="frame cache (`extract --frames`): NAME or NAME@KEY")
+    p.add_argument("--splits", default=None, type=splits_spec,
+                   help="a split scheme of the dataset (default: its first) or a CSV written by `splits`")
+    p.add_argument("--cache", default=str(DEFAULT_CACHE))
+    p.add_argument("--out", default="runs/segment")
+    p.add_argument("--every-recording", action="store_true",
+                   help="write intervals for every recording of the cache, not only the test ones")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_segment)
+
     p = sub.add_parser("predict", help="murmur call per patient from a saved probe (any sample rate)")
     p.add_argument("--model", required=True, help="folder written by probe --save-model")
     p.add_argument("--input", required=True, nargs="+", help="patient folder(s) (PID.txt + wavs) or wav files")
     p.add_argument("--out", default="predictions", help="one PID.json per patient goes here")
     p.add_argument("--checkpoint", default=None, help="encoder weights (default: the path in the manifest)")
     p.add_argument("--trust-checkpoint", action="store_true")
+    p.add_argument("--weights", default=None, help="a saved recipe: folder of its encoders' official weight files")
     p.add_argument("--encoder", default=None, help="which saved model (default: the first)")
     p.add_argument("--probe", default=None)
     p.add_argument("--patient-id", default=None, help="treat all loose wav files as this one patient")

@@ -13,6 +13,7 @@ from .backend import Backend, Shared, run_tasks
 from .ensemble import mean_scores, stack
 from .evaluate import SplitResult, fit_encoder, proba_columns, summary_table, test_result, variant_name
 from .features import find_cache
+from .layers import fit_layer_choice, layer_slices, resolve_probe_layers, take_layers
 from .outputs import write_csv_atomic
 from .task import Task
 
@@ -58,17 +59,25 @@ def run_probe(task: Task, encoders: list[str], probes: list[str], splits: dict[s
               cache_dir: str | Path, out: str | Path, decision: DecisionName = "any", seed: int = 0,
               progress: bool = True, ensemble: Literal["mean", "stack", "both"] | None = None, demographics: bool = False,
               oof_folds: int = 5, repeats: int = 1, backend: Backend = "local",
-              ray: "RayOptions | None" = None) -> tuple[pd.DataFrame, list[SplitResult]]:
+              ray: "RayOptions | None" = None, layers: str | None = None) -> tuple[pd.DataFrame, list[SplitResult]]:
     """Every encoder alone, and (with `ensemble`) their mean and/or stacked combination.
     Returns the summary table and every split's result (fitted probe and rule included).
 
     `repeats` > 1 reruns every split with probe seeds seed, seed + 1, ... (the paper's 15 runs were
     5 seeds x 3 splits); the runs are named SPLIT@seedS and the table averages over all of them.
-    `backend="ray"` runs the fits as Ray tasks (`ray`: the cluster), with the same results."""
-    embeddings = {}
+    `backend="ray"` runs the fits as Ray tasks (`ray`: the cluster), with the same results.
+    `layers` (caches made with `extract --layers`): which cached layers the probes use, or how they
+    are chosen per split (`classify.layers`); None: the whole cached vector."""
+    embeddings, slices, choice = {}, {}, None
     wanted = task.all_recordings()
     for spec in encoders:
-        embeddings[spec] = find_cache(cache_dir, spec).read()
+        cache = find_cache(cache_dir, spec)
+        embeddings[spec] = cache.read()
+        if layers is not None:
+            slices[spec] = layer_slices(cache.config)
+            choice = resolve_probe_layers(layers, slices[spec], cache.config.get("n_layers"))
+            if isinstance(choice, tuple):
+                embeddings[spec] = take_layers(embeddings[spec], slices[spec], choice)
         missing = sum(r not in embeddings[spec] for r in wanted)
         if missing:
             print(f"note: {missing} recordings have no {spec} embeddings (failed or not extracted); "
@@ -76,7 +85,8 @@ def run_probe(task: Task, encoders: list[str], probes: list[str], splits: dict[s
     combine = ensemble is not None and len(encoders) > 1
     # OOF train scores feed the stacker and steady the tuned decision rules
     need_oof = (combine and ensemble in ("stack", "both")) or RULES[decision].tuned
-    variant = variant_name("", task.target_scheme, decision)
+    variant = variant_name("", task.target_scheme, decision) + (f"+layers={layers}" if layers else "")
+    choose_layers = choice in ("cv", "weighted")
     results: list[SplitResult] = []
     runs = [(name if repeats == 1 else f"{name}@seed{seed + r}", split, seed + r)
             for r in range(repeats) for name, split in splits.items()]
@@ -84,10 +94,11 @@ def run_probe(task: Task, encoders: list[str], probes: list[str], splits: dict[s
     jobs = [(probe, split_name, spec) for probe in probes for split_name, _, _ in runs for spec in encoders]
     shared_task, shared_embeddings = Shared(task), {spec: Shared(embeddings[spec]) for spec in encoders}
     split_of = {name: (split, run_seed) for name, split, run_seed in runs}
-    fits = run_tasks(fit_encoder, [((shared_task, shared_embeddings[spec], split_of[name][0], probe),
-                                    dict(decision=decision, seed=split_of[name][1],
-                                         oof_folds=oof_folds if need_oof else 0))
-                                   for probe, name, spec in jobs], backend, ray, progress, desc="probe")
+    fits = run_tasks(fit_layer_choice if choose_layers else fit_encoder,
+                     [((shared_task, shared_embeddings[spec], split_of[name][0], probe),
+                       dict(decision=decision, seed=split_of[name][1], oof_folds=oof_folds if need_oof else 0,
+                            **(dict(layers=choice, slices=slices[spec]) if choose_layers else {})))
+                      for probe, name, spec in jobs], backend, ray, progress, desc="probe")
     fitted_by = dict(zip(jobs, fits))
     for probe in probes:
         for split_name, split, run_seed in runs:

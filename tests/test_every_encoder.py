@@ -23,7 +23,7 @@ import torch
 from embed import hear
 from embed.audio import open_resampled
 from embed.datasets.circor import Recording
-from embed.encoders import available, get_class
+from embed.encoders import available, get_class, pool
 from embed.extract import extract, open_cache
 from embed.segments import SegmentConfig
 
@@ -219,3 +219,30 @@ def test_bf16_fp32_modules_run_in_fp32_only_under_bf16(make_encoder) -> None:
         for h in hooks:
             h.remove()
     assert dtypes == [torch.float32, torch.bfloat16, torch.float16, torch.float16, torch.float32, torch.float32]
+
+
+@pytest.mark.parametrize("name", available())
+def test_layers_have_their_declared_sizes_and_the_last_is_the_embedding(name: str, make_encoder) -> None:
+    """`layers="all"`: every layer's frames come from one forward pass with the declared dimension,
+    the vector is the layers' pooled outputs in order, and its last layer is the usual embedding
+    bit for bit. An encoder without blocks (logmel) has one layer."""
+    model = make_encoder(name, layers="all")
+    n = model.n_layers
+    assert n == len(model.layer_modules) + 1 and model.layers == tuple(range(n))
+    assert (n == 1) == (name == "logmel")
+    x = np.random.default_rng(1).standard_normal((2, model.sample_rate // 2)).astype(np.float32) * 0.1
+    frames = model.layer_frames(x, range(n))
+    dims = model.block_dims() + (model.feature_dim,)
+    for index, (f, dim) in enumerate(zip(frames, dims)):
+        assert f.ndim == 3 and f.shape[0] == 2 and f.shape[1] >= 1 and f.shape[2] == dim, (index, f.shape, dim)
+        assert torch.isfinite(f).all()
+    vector = model.embed(x)
+    sizes = model.layer_dims()
+    assert vector.shape == (2, sum(sizes)) == (2, model.embedding_size)
+    ends = np.cumsum(sizes)
+    for index, f in enumerate(frames[:-1]):  # intermediate layers: the encoder's pooling, no head
+        pooled = pool(f, model.pooling).numpy()
+        np.testing.assert_allclose(vector[:, ends[index] - sizes[index]:ends[index]], pooled, rtol=1e-6, atol=1e-6)
+    model.layer_spec = "last"
+    assert model.last_only and "layers" not in model.describe()
+    assert np.array_equal(vector[:, -sizes[-1]:], model.embed(x))

@@ -26,7 +26,7 @@ import math
 import torch
 from torch import nn
 
-from .base import Encoder
+from .base import Encoder, join_batch_chunks, token_frames
 from .checkpoint import extract_state_dict, load_checkpoint, load_strict, strip_prefix
 from .kaldi_fbank import kaldi_fbank
 from .registry import register
@@ -131,10 +131,21 @@ class ASTEncoder(Encoder):
             state = strip_prefix(state, "module.")
         state = {k: v for k, v in state.items() if not k.startswith(("v.head.", "v.head_dist."))}
         load_strict(self.model, state, self.checkpoint)
+        # layers: blocks 0..depth-2 (patch tokens averaged over frequency); the cls/dist embedding is the last
+        self.layer_modules = tuple(f"v.blocks.{i}" for i in range(len(self.model.v.blocks) - 1))
         self.to_device()
 
     def frames(self, audio: torch.Tensor) -> torch.Tensor:
         return self.model(audio)  # kaldi_fbank itself runs in fp32 under autocast
+
+    def block_dims(self) -> tuple[int, ...]:
+        return (DIM,) * len(self.layer_modules)
+
+    def block_frames(self, index: int, output: torch.Tensor) -> torch.Tensor:
+        return token_frames(output, 2, F_DIM, freq_major=True)
+
+    def join_block_frames(self, index: int, parts: list[torch.Tensor], batch: int) -> torch.Tensor:
+        return join_batch_chunks(parts, batch)  # 10.24 s chunks run as one batch
 
     def config(self) -> dict:
         return {"target_length": self.target_length, "version": 1}

@@ -161,10 +161,20 @@ class ATSTFrameEncoder(Encoder):
         self.n_blocks = n_blocks
         self.feature_dim = dim * n_blocks
         self.model = ATSTFrameModel(encoder, n_blocks)
+        # layers: blocks 0..depth-2 through the shared frame norm (as the embedding's own parts); the
+        # embedding (the last n_blocks blocks concatenated) is layer depth-1
+        self.layer_modules = tuple(f"encoder.blocks.{i}" for i in range(depth - 1))
         self.to_device()
 
     def frames(self, audio: torch.Tensor) -> torch.Tensor:
         return self.model(audio)
+
+    def block_dims(self) -> tuple[int, ...]:
+        return (self.model.encoder.pos_embed.shape[-1],) * len(self.layer_modules)
+
+    def block_frames(self, index: int, output: torch.Tensor) -> torch.Tensor:
+        encoder = self.model.encoder  # one frequency patch (64 mels): tokens are frames already
+        return encoder.norm_frame(output)[:, encoder.nprompt:].float()
 
     def config(self) -> dict:
         return {"arch": self.arch, "n_blocks": self.n_blocks, "chunk_frames": CHUNK_FRAMES, "version": 1}

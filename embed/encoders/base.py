@@ -7,6 +7,13 @@ pooling, so a new encoder only writes `__init__` (build + load weights) and `fra
 `embed` is the one way from audio to a clip embedding (extract, predict, benchmark and the HEAR
 API all call it): frames -> pooling -> `head`. A model that adds layers after pooling (CNN14's
 fc1 + ReLU) overrides `head`, never `embed`.
+
+Layers: an encoder with blocks names them in `layer_modules` (qualified submodule names of
+`model`, network order) and their frame dimensions in `block_dims`; layer i < n-1 is block i's
+output as frames (`block_frames`: conv maps averaged over frequency, transformer tokens without
+class tokens averaged over frequency patches), pooled, no head; the last layer, n-1, is the
+encoder's own embedding. `layers=` picks which the embedding holds (concatenated in network
+order), all captured with forward hooks during one forward pass.
 """
 from __future__ import annotations
 
@@ -15,12 +22,13 @@ import functools
 import math
 import os
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, Sequence, Union
 
 import numpy as np
 import torch
 
 POOLINGS = ("mean", "max", "meanmax", "meanstd")
+LayerSpec = Union[Literal["last", "all"], str, Sequence[int], None]
 PRECISIONS = ("fp32", "fp16", "bf16")
 Precision = Literal["fp32", "fp16", "bf16"]
 
@@ -84,6 +92,42 @@ def pool(frames: torch.Tensor, method: str) -> torch.Tensor:
     raise ValueError(f"pooling must be one of {POOLINGS}, got {method!r}")
 
 
+def resolve_layers(spec: LayerSpec, n_layers: int, encoder: str = "") -> tuple[int, ...]:
+    """`last`, `all`, `i,j,...` (negative counts from the end) or a sequence of indices -> the sorted
+    layer indices in 0..n_layers-1. An encoder without blocks has one layer: `all` is that layer."""
+    if spec is None or spec == "last":
+        return (n_layers - 1,)
+    if spec == "all":
+        return tuple(range(n_layers))
+    try:
+        items = [int(v) for v in spec.split(",") if v.strip()] if isinstance(spec, str) else [int(v) for v in spec]
+    except ValueError:
+        raise ValueError(f"layers must be 'last', 'all' or comma-separated integers, got {spec!r}") from None
+    bad = [i for i in items if not -n_layers <= i < n_layers]
+    if bad or not items:
+        raise ValueError(f"layers {spec!r}: encoder {encoder!r} has layers 0..{n_layers - 1} "
+                         f"({n_layers - 1} blocks + its embedding); {bad or 'none given'} out of range")
+    return tuple(sorted({i % n_layers for i in items}))
+
+
+def token_frames(tokens: torch.Tensor, n_prefix: int, n_freq: int, freq_major: bool) -> torch.Tensor:
+    """Transformer tokens `(B, n_prefix + patches, D)` -> frames `(B, time patches, D)`: class /
+    distillation / prompt tokens dropped, patches averaged over frequency. `freq_major`: patches
+    ordered frequency row by row (ViT over a (mel, time) image), else time step by time step."""
+    x = tokens[:, n_prefix:].float()
+    b, n, d = x.shape
+    if freq_major:
+        return x.reshape(b, n_freq, n // n_freq, d).mean(dim=1)
+    return x.reshape(b, n // n_freq, n_freq, d).mean(dim=2)
+
+
+def join_batch_chunks(parts: list[torch.Tensor], batch: int) -> torch.Tensor:
+    """Block outputs of inputs cut into pieces stacked along the batch (patches, frames, chunks;
+    sample-major), as `(pieces, dim)` or `(pieces, frames, dim)` -> `(batch, frames, dim)`."""
+    x = torch.cat(parts, dim=0)
+    return x.reshape(batch, -1, x.shape[-1])
+
+
 def _fp32_under_bf16(module: torch.nn.Module) -> None:
     """Make `module` run in fp32 whenever it is called under bf16 autocast (any other precision:
     unchanged). Checked at call time, so a precision changed after loading is honoured."""
@@ -126,6 +170,9 @@ class Encoder:
     # attribute paths (from the encoder) of the modules or methods computing the front end, so
     # `benchmark` can split front end from network time
     front_end: ClassVar[tuple[str, ...]] = ()
+    # submodules of `model` (qualified names, network order) whose outputs are layers 0..n-2; the
+    # last layer is the embedding itself. `block_dims` gives their frame dimensions
+    layer_modules: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -135,6 +182,7 @@ class Encoder:
         device: str = "cpu",
         precision: str | None = None,
         trust_checkpoint: bool = False,
+        layers: LayerSpec = None,
     ) -> None:
         if self.needs_checkpoint and checkpoint is None:
             raise ValueError(f"encoder {self.name!r} needs --checkpoint PATH (its official weight file)")
@@ -147,6 +195,7 @@ class Encoder:
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device, self.bf16_safe)
         self.trust_checkpoint = trust_checkpoint
+        self.layer_spec = layers  # resolved lazily: some encoders learn their depth from the checkpoint
         self.model: torch.nn.Module | None = None
         self._cast_dtype: torch.dtype | None = None  # low dtype the layers' weights were cast to
         self._fp32_weights: dict = {}  # (module, name) -> the original parameter, to undo the cast
@@ -161,14 +210,58 @@ class Encoder:
         runs under the same precision as `frames`. Identity unless a model has such layers."""
         return pooled
 
+    def block_dims(self) -> tuple[int, ...]:
+        """Frame dimension of each block in `layer_modules` (as `block_frames` returns it)."""
+        if self.layer_modules:
+            raise NotImplementedError(f"{type(self).__name__} names layer_modules but not their block_dims")
+        return ()
+
+    def block_frames(self, index: int, output) -> torch.Tensor:
+        """One call's output of block `index` -> frames `(batch, frames, dim)`. Default: a conv map
+        `(B, C, F, T)` averaged over frequency, or `(B, T, D)` as it is."""
+        if output.ndim == 4:
+            return output.float().mean(dim=2).transpose(1, 2)
+        if output.ndim == 3:
+            return output.float()
+        raise ValueError(f"{self.name}: block {self.layer_modules[index]} gave a {output.ndim}-d output; "
+                         "override block_frames")
+
+    def join_block_frames(self, index: int, parts: list[torch.Tensor], batch: int) -> torch.Tensor:
+        """A block called several times in one forward pass (inputs cut into chunks along time):
+        the chunks' frames in order. Encoders chunking along the batch override this."""
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
     def config(self) -> dict:
         """Everything besides the checkpoint that changes the embeddings (goes into the cache key)."""
         return {}
 
     # -- shared machinery -----------------------------------------------------------------
     @property
-    def embedding_size(self) -> int:
+    def output_size(self) -> int:
+        """Size of the encoder's own embedding (the last layer)."""
         return self.feature_dim * (2 if self.pooling == "meanstd" else 1)
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layer_modules) + 1
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return resolve_layers(self.layer_spec, self.n_layers, self.name)
+
+    @property
+    def last_only(self) -> bool:
+        return self.layers == (self.n_layers - 1,)
+
+    def layer_dims(self) -> tuple[int, ...]:
+        """Pooled size of every layer, 0..n_layers-1."""
+        per_frame = 2 if self.pooling == "meanstd" else 1
+        return tuple(d * per_frame for d in self.block_dims()) + (self.output_size,)
+
+    @property
+    def embedding_size(self) -> int:
+        dims = self.layer_dims()
+        return sum(dims[i] for i in self.layers)
 
     def to_device(self) -> "Encoder":
         if self.model is not None:
@@ -177,6 +270,8 @@ class Encoder:
                 p.requires_grad_(False)
             for name in self.bf16_fp32_modules:
                 _fp32_under_bf16(self.model.get_submodule(name))
+        # the depth is known now: refuse a layer choice outside it here, not mid-run
+        resolve_layers(self.layer_spec, self.n_layers, self.name)
         return self
 
     def _autocast(self):
@@ -241,6 +336,16 @@ class Encoder:
             out = self.frames(x)
         return out.float()
 
+    def frame_times(self, n_frames: int, n_samples: int) -> np.ndarray:
+        """Centre times in seconds, from the clip's start, of the `n_frames` frames that
+        `frame_embeddings` returns for a clip of `n_samples`: on the `frame_hop_s` grid, or spread
+        evenly over the clip when an encoder returns a coarser grid than its hop says."""
+        duration = n_samples / self.sample_rate
+        times = (np.arange(n_frames) + 0.5) * self.frame_hop_s
+        if n_frames and times[-1] > duration:
+            times = (np.arange(n_frames) + 0.5) * (duration / n_frames)
+        return times
+
     def auto_batch_size(self, window_s: float = 5.0, probe: int = 8) -> int:
         """Batch size for this device: 32 on a CPU; on CUDA, from the memory one window takes
         (measured on `probe` silent windows) and the memory free now."""
@@ -255,12 +360,53 @@ class Encoder:
         return batch_size_for_memory(free, per_window)
 
     @torch.inference_mode()
+    def layer_frames(self, audio: np.ndarray | torch.Tensor, layers: Sequence[int]) -> list[torch.Tensor]:
+        """Frames `(batch, frames, dim)` of each of `layers`, from one forward pass: blocks are caught
+        by forward hooks, the last layer is `frame_embeddings` itself (its `head` not applied)."""
+        layers = list(layers)
+        last = self.n_layers - 1
+        wanted = sorted({i for i in layers if i != last})
+        if any(not 0 <= i <= last for i in layers):
+            raise ValueError(f"{self.name}: layers {layers} outside 0..{last}")
+        parts: dict[int, list[torch.Tensor]] = {i: [] for i in wanted}
+
+        def catcher(index: int):
+            def hook(_module, _inputs, output):
+                parts[index].append(self.block_frames(index, output))
+            return hook
+
+        hooks = [self.model.get_submodule(self.layer_modules[i]).register_forward_hook(catcher(i)) for i in wanted]
+        try:
+            final = self.frame_embeddings(audio)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        batch = final.shape[0]
+        caught = {}
+        for i in wanted:
+            if not parts[i]:
+                raise RuntimeError(f"{self.name}: block {self.layer_modules[i]} did not run in the forward pass")
+            caught[i] = self.join_block_frames(i, parts[i], batch).float()
+        return [final if i == last else caught[i] for i in layers]
+
+    @torch.inference_mode()
     def embed(self, audio: np.ndarray | torch.Tensor) -> np.ndarray:
-        """`(batch, samples)` -> `(batch, embedding_size)` float32 numpy: frames, pooled, then `head`."""
-        pooled = pool(self.frame_embeddings(audio), self.pooling)
-        with self._autocast():
-            out = self.head(pooled)
-        return out.float().cpu().numpy()
+        """`(batch, samples)` -> `(batch, embedding_size)` float32 numpy: frames, pooled, then `head`;
+        with `layers`, each layer pooled (the last one also through `head`), concatenated."""
+        if self.last_only:
+            pooled = pool(self.frame_embeddings(audio), self.pooling)
+            with self._autocast():
+                out = self.head(pooled)
+            return out.float().cpu().numpy()
+        layers, last = self.layers, self.n_layers - 1
+        pooled = []
+        for index, frames in zip(layers, self.layer_frames(audio, layers)):
+            vector = pool(frames, self.pooling)
+            if index == last:
+                with self._autocast():
+                    vector = self.head(vector).float()
+            pooled.append(vector)
+        return torch.cat(pooled, dim=-1).float().cpu().numpy()
 
     def describe(self) -> dict:
         return {
@@ -270,5 +416,8 @@ class Encoder:
             "precision": self.precision,
             **({"bf16_fp32_modules": list(self.bf16_fp32_modules)}
                if self.precision == "bf16" and self.bf16_fp32_modules else {}),
+            # only when other than the embedding alone, so caches made before layers existed keep their key
+            **({} if self.last_only else {"layers": list(self.layers), "n_layers": self.n_layers,
+                                          "layer_dims": [self.layer_dims()[i] for i in self.layers]}),
             **{f"cfg_{k}": v for k, v in self.config().items()},
         }

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Encoder
+from .base import Encoder, token_frames
 from .checkpoint import CheckpointError, extract_state_dict, load_checkpoint, load_strict
 from .kaldi_fbank import kaldi_fbank
 from .registry import register
@@ -249,10 +249,18 @@ class BEATsEncoder(Encoder):
         self.feature_dim = int(self.cfg["encoder_embed_dim"])
         self.model = BEATsModel(self.cfg)
         load_strict(self.model, extract_state_dict(obj["model"]), self.checkpoint)
+        # layers: encoder layers 0..depth-2 (tokens averaged over frequency); the embedding is the last
+        self.layer_modules = tuple(f"encoder.layers.{i}" for i in range(len(self.model.encoder.layers) - 1))
         self.to_device()
 
     def frames(self, audio: torch.Tensor) -> torch.Tensor:
         return self.model(audio)
+
+    def block_dims(self) -> tuple[int, ...]:
+        return (self.feature_dim,) * len(self.layer_modules)
+
+    def block_frames(self, index: int, output: torch.Tensor) -> torch.Tensor:
+        return token_frames(output, 0, 128 // self.model.patch, freq_major=False)  # time-major tokens
 
     def config(self) -> dict:
         return {"tokens": "mean_over_freq_patches", "layer": "last",

@@ -131,6 +131,8 @@ class _BYOLA(Encoder):
         net = AudioNTT(self.version, d)
         load_strict(net, state, self.checkpoint)
         self.model = nn.ModuleDict({"lms": LogMel(slaney=frontend == "evar"), "net": net})
+        # layers: each conv stage (after its max-pool), the MLP's hidden layer, then the embedding
+        self.layer_modules = tuple(f"net.features.{4 * i + 3}" for i in range(len(net.features) // 4)) + ("net.fc.1",)
         self.norm_stats = tuple(float(v) for v in (norm_stats or NORM_STATS[frontend]))
         self.to_device()
 
@@ -160,6 +162,9 @@ class _BYOLA(Encoder):
         mean, std = self.norm_stats
         lms = (self.model["lms"](audio) - mean) / std
         return self.model["net"](lms[:, None])
+
+    def block_dims(self) -> tuple[int, ...]:
+        return (64,) * (len(self.layer_modules) - 1) + (self.model["net"].fc[0].out_features,)
 
     def config(self) -> dict:
         # v2 keeps its historical label so that its existing caches stay valid

@@ -189,6 +189,8 @@ class Cnn14Encoder(Encoder):
     default_pooling = "meanmax"
     needs_checkpoint = True
     front_end = ("model.spectrogram_extractor", "model.logmel_extractor")
+    # layers: conv blocks 1-5; block 6 is the embedding (layer 5, through fc1 unless layer='conv')
+    layer_modules = tuple(f"conv_block{i}" for i in range(1, 6))
 
     def __init__(self, checkpoint=None, *, layer: Literal["fc1", "conv"] = "fc1", **kwargs) -> None:
         super().__init__(checkpoint, **kwargs)
@@ -210,6 +212,12 @@ class Cnn14Encoder(Encoder):
 
     def frames(self, audio: torch.Tensor) -> torch.Tensor:
         return self.model(audio)
+
+    def block_dims(self) -> tuple[int, ...]:
+        return (64, 128, 256, 512, 1024)
+
+    def block_frames(self, index: int, output: torch.Tensor) -> torch.Tensor:
+        return output.float().mean(dim=3).transpose(1, 2)  # (B, C, time, mel) -> (B, time, C)
 
     def head(self, pooled: torch.Tensor) -> torch.Tensor:
         """Pooled clip vector -> the official embedding `relu(fc1(.))` (layer 'fc1'), or itself ('conv')."""

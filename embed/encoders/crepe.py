@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .base import Encoder
+from .base import Encoder, join_batch_chunks
 from .checkpoint import CheckpointError, load_checkpoint, load_strict
 from .registry import register
 
@@ -58,6 +58,8 @@ class CrepeNet(torch.nn.Module):
             setattr(self, f"conv{i}_BN", torch.nn.BatchNorm2d(c_out, eps=BN_EPS, momentum=0.0))
             c_in = c_out
         self.classifier = torch.nn.Linear(widths[-1] * 4, PITCH_BINS)
+        # one parameter-free tap per block output, so forward hooks see each block (layer-wise features)
+        self.taps = torch.nn.ModuleList(torch.nn.Identity() for _ in widths)
 
     def _block(self, x: torch.Tensor, i: int) -> torch.Tensor:
         # Parameters keep torchcrepe's (k x 1) Conv2d shapes; running them as 1-d convs gives the
@@ -67,7 +69,7 @@ class CrepeNet(torch.nn.Module):
         x = F.pad(x, (254, 254) if i == 1 else (31, 32))
         x = F.relu(F.conv1d(x, conv.weight.squeeze(-1), conv.bias, stride=conv.stride[0]))
         x = F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
-        return F.max_pool1d(x, 2, 2)
+        return self.taps[i - 1](F.max_pool1d(x, 2, 2))
 
     def embed(self, frames: torch.Tensor) -> torch.Tensor:
         """Normalised frames `(N, 1024)` -> fifth-block activations `(N, C5 * 8)`."""
@@ -112,6 +114,8 @@ class CrepeEncoder(Encoder):
     frame_hop_s = 0.05
     default_pooling = "mean"
     needs_checkpoint = False
+    # layers: conv blocks 1-4 (averaged within each 64 ms frame); block 5 is the embedding (layer 4)
+    layer_modules = tuple(f"taps.{i}" for i in range(4))
 
     def __init__(self, checkpoint=None, *, capacity: str = "tiny", hop_s: float = 0.05, **kwargs) -> None:
         super().__init__(checkpoint, **kwargs)
@@ -142,6 +146,15 @@ class CrepeEncoder(Encoder):
 
     def frames(self, audio: torch.Tensor) -> torch.Tensor:
         return self._run(audio, self.model.embed)
+
+    def block_dims(self) -> tuple[int, ...]:
+        return tuple(CHANNELS[self.capacity][:4])
+
+    def block_frames(self, index: int, output: torch.Tensor) -> torch.Tensor:
+        return output.float().mean(dim=2)  # (frames, C, samples within the frame) -> (frames, C)
+
+    def join_block_frames(self, index: int, parts: list[torch.Tensor], batch: int) -> torch.Tensor:
+        return join_batch_chunks(parts, batch)
 
     @torch.inference_mode()
     def pitch(self, audio: np.ndarray | torch.Tensor) -> torch.Tensor:

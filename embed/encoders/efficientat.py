@@ -343,6 +343,10 @@ class _EfficientAT(Encoder):
         with self._autocast():
             return self.model.net.classifier(self.model(x)).float()
 
+    def block_dims(self) -> tuple[int, ...]:
+        blocks = scaled_blocks(self.width)
+        return (blocks[0][0],) + tuple(b[3] for b in blocks)  # the stem, then the 15 blocks' outputs
+
     def config(self) -> dict:
         return {"arch": "dymn" if self.dynamic else "mn", "width": self.width, "frontend": "mel128_32k_v1"}
 
@@ -352,12 +356,15 @@ class _EfficientAT(Encoder):
 # them in fp32, 0.9999 (the later blocks, at a quarter of the resolution, tolerate bf16). DyMN
 # needs none on generated weights (0.99998); no released DyMN weights were at hand to check.
 _BF16_FP32 = {False: tuple(f"net.features.{i}" for i in range(5)), True: ()}
+# layers: the stem and the 15 inverted-residual blocks; the last 1x1 conv is the embedding (layer 16)
+_LAYERS = {False: tuple(f"net.features.{i}" for i in range(16)),
+           True: ("net.in_c",) + tuple(f"net.layers.{i}" for i in range(15))}
 
 
 def _variant(name: str, width: float, dynamic: bool) -> type[Encoder]:
     cls = type(f"EfficientAT_{name}", (_EfficientAT,),
                {"width": width, "dynamic": dynamic, "feature_dim": embedding_dim(width),
-                "bf16_fp32_modules": _BF16_FP32[dynamic],
+                "bf16_fp32_modules": _BF16_FP32[dynamic], "layer_modules": _LAYERS[dynamic],
                 "__doc__": f"EfficientAT {name}: width {width}, {embedding_dim(width)}-d embedding."})
     return register(name)(cls)
 

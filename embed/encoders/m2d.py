@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .base import Encoder
+from .base import Encoder, token_frames
 from .checkpoint import CheckpointError, extract_state_dict, load_checkpoint, load_strict
 from .frontend import LogMelSpectrogram, mel_filterbank
 from .registry import register
@@ -187,10 +187,18 @@ class M2DEncoder(Encoder):
         obj = load_checkpoint(path, allowed_globals=(argparse.Namespace,),
                               trust_checkpoint=self.trust_checkpoint)
         load_strict(self.model, encoder_state(obj, self.model, path), path)
+        # layers: blocks 0..depth-2 (tokens averaged over frequency); the embedding is layer depth-1
+        self.layer_modules = tuple(f"blocks.{i}" for i in range(len(self.model.blocks) - 1))
         self.to_device()
 
     def frames(self, audio: torch.Tensor) -> torch.Tensor:
         return self.model(audio)
+
+    def block_dims(self) -> tuple[int, ...]:
+        return (self.model.cls_token.shape[-1],) * len(self.layer_modules)
+
+    def block_frames(self, index: int, output: torch.Tensor) -> torch.Tensor:
+        return token_frames(output, 1, self.model.grid[0], freq_major=True)
 
     def config(self) -> dict:
         return {"input_size": "x".join(map(str, self.input_size)),

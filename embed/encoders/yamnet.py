@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .base import Encoder
+from .base import Encoder, join_batch_chunks
 from .checkpoint import CheckpointError, load_strict
 from .registry import register
 
@@ -274,6 +274,8 @@ class YamnetEncoder(Encoder):
     frame_hop_s = 0.48
     default_pooling = "mean"
     needs_checkpoint = True
+    # layers: the first conv and the 12 separable convs before the last one (layer 13, the embedding)
+    layer_modules = tuple(f"layers.{i}" for i in range(len(LAYER_DEFS) - 1))
 
     def __init__(self, checkpoint=None, **kwargs) -> None:
         super().__init__(checkpoint, **kwargs)
@@ -289,6 +291,16 @@ class YamnetEncoder(Encoder):
 
     def frames(self, audio: torch.Tensor) -> torch.Tensor:
         return self.model(audio)[0]
+
+    def block_dims(self) -> tuple[int, ...]:
+        return tuple(c for _, _, c in LAYER_DEFS[:-1])
+
+    def block_frames(self, index: int, output: torch.Tensor) -> torch.Tensor:
+        # (B*patches, C, time, mel): one frame per 0.96 s patch, as the embedding, averaged over its map
+        return output.float().mean(dim=(2, 3))
+
+    def join_block_frames(self, index: int, parts: list[torch.Tensor], batch: int) -> torch.Tensor:
+        return join_batch_chunks(parts, batch)
 
     @torch.inference_mode()
     def tag(self, audio: np.ndarray | torch.Tensor) -> torch.Tensor:
