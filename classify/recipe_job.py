@@ -7,6 +7,7 @@ to recipe features, for training (a dataset's recordings, `.tsv` intervals) and 
 """
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from pathlib import Path
 
@@ -107,6 +108,9 @@ def run_recipe(name: str, dataset, cache_dir: str | Path, weights: str | Path | 
         recipe = recipe.without(*without)
     if overrides:
         recipe = recipe.with_fields(**overrides)
+    if without or overrides:  # its own row name, so a report over several runs keeps them apart
+        changes = [f"-{m}" for m in without] + [f"{k}={v}" for k, v in (overrides or {}).items()]
+        recipe = dataclasses.replace(recipe, name=f"{name} {' '.join(changes)}")
     task = Task.from_dataset(dataset, recipe.targets if recipe.targets in dataset.label_schemes else "patient")
     recordings = dataset.recordings()
     sources, configs, problems = recipe_sources(recipe, recordings, cache_dir, weights,
