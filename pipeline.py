@@ -128,11 +128,15 @@ def cmd_extract(args) -> int:
     from embed.datasets import load_dataset
     from embed.datasets.splits import train_in_every_split
     from embed.extract import extract, fit_normalisation
+    from embed.frames import FrameConfig
     from embed.problems import format_table, problem_rows, write_problems_csv
     from embed.segments import SegmentConfig
     dataset = load_dataset(args.dataset, args.data)
     recordings = dataset.recordings()
-    segments = SegmentConfig(args.window, args.train_stride, args.eval_stride)
+    segments = SegmentConfig(args.window, args.train_stride, args.eval_stride, align=args.windows)
+    frames = FrameConfig(args.frame_dtype, args.frame_hop, args.window) if args.frames else None
+    if frames and args.windows != "fixed":
+        raise ValueError("--frames keeps every frame of a recording; --windows cycles does not apply to it")
     if args.fit_normalisation:
         train = set(train_in_every_split(dataset.splits(args.fit_normalisation)))
         train_recordings = [r for r in recordings if r.group_id in train]
@@ -149,7 +153,7 @@ def cmd_extract(args) -> int:
               f"{encoder.device}; {len(recordings)} recordings")
         report = extract(encoder, recordings, args.cache, segments, args.batch_size,
                          flush_every=args.flush_every, workers=args.workers, lock_timeout_s=args.lock_timeout,
-                         backend=args.backend, ray=ray_options(args))
+                         backend=args.backend, ray=ray_options(args), frames=frames)
         print(report.summary())
         rows += problem_rows(report.problems, name)
         if report.stopped:
@@ -304,6 +308,24 @@ def cmd_probe(args) -> int:
     return 0
 
 
+def cmd_segment(args) -> int:
+    from classify.features import find_cache
+    from classify.outputs import OutputFolder
+    from classify.run import load_splits
+    from classify.segment_run import run_segmenter
+    from embed.datasets import load_dataset
+    with OutputFolder(args.out):
+        dataset = load_dataset(args.dataset, args.data)
+        splits = load_splits(dataset, args.splits or dataset.split_schemes[0], args.seed)
+        cache = find_cache(args.cache, args.encoder, "frames")
+        recordings = dataset.recordings()
+        table = run_segmenter(recordings, {r.recording_id: r.group_id for r in recordings}, splits, cache,
+                              args.out, every_recording=args.every_recording, seed=args.seed)
+    print(table.to_string(index=False))
+    print(f"\nwrote {Path(args.out) / 'segment-scores.csv'} and {Path(args.out) / 'intervals'}/SPLIT/RID.tsv")
+    return 0
+
+
 def cmd_predict(args) -> int:
     import json
     from classify.predict import predict
@@ -389,11 +411,29 @@ class Parser(argparse.ArgumentParser):
         return super().format_help()
 
 
+class RuleNames:
+    """--decision's choices: the names in the decision-rule registry, read when first needed (the
+    registry imports scikit-learn, which commands other than `probe` need not wait for)."""
+
+    def _names(self) -> list[str]:
+        from classify.aggregate import RULES
+        return list(RULES)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names()
+
+    def __iter__(self):
+        return iter(self._names())
+
+
 def names_epilog() -> str:
+    from classify.aggregate import RULES
     from classify.probes import PROBES
     from embed.encoders import available
+    rules = "".join(f"\n  {name}: {rule.summary}" for name, rule in RULES.items())
     return (f"encoders: {', '.join(available())}\nprobes: {', '.join(PROBES)}\n"
-            f"split schemes: {scheme_list()} (or a CSV written by `splits`)")
+            f"split schemes: {scheme_list()} (or a CSV written by `splits`)\n"
+            f"decision rules (tuned ones on val + out-of-fold train, for the dataset's first metric):{rules}")
 
 
 def scheme_list() -> str:
@@ -450,6 +490,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--window", type=float, default=5.0)
     p.add_argument("--train-stride", type=float, default=2.5)
     p.add_argument("--eval-stride", type=float, default=None, help="default: the window (no overlap)")
+    p.add_argument("--windows", default="fixed", choices=["fixed", "cycles"],
+                   help="cycles: each window starts at the next S1 onset of the recording's .tsv (heart-cycle "
+                        "aligned; fixed windows where a recording has no .tsv)")
     p.add_argument("--lock-timeout", type=float, default=0.0,
                    help="seconds to wait for another run holding the same cache")
     p.add_argument("--strict", action="store_true", help="exit non-zero if any recording had a problem")
@@ -457,6 +500,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--fit-normalisation", default=None, metavar="SCHEME",
                    help="fit the encoder's input statistics (BYOL-A) on the patients that are in train "
                         "in every split of this scheme, as the authors fit them on training data")
+    p.add_argument("--frames", action="store_true",
+                   help="cache every frame embedding with its centre time (NAME-frames-KEY.h5; non-overlapping "
+                        "--window windows to the recording's end) instead of pooled window embeddings")
+    p.add_argument("--frame-dtype", default="fp16", choices=["fp16", "fp32"], help="stored precision of --frames")
+    p.add_argument("--frame-hop", type=float, default=None, metavar="SECONDS",
+                   help="with --frames: average consecutive frames to this hop (a multiple of the encoder's)")
     p.set_defaults(func=cmd_extract)
 
     p = sub.add_parser("benchmark", help="where the time goes: windows/s, GFLOP, roofline share, wall split")
@@ -502,10 +551,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--probe", default="linear", help="linear | xgboost | mlp (comma-separated for several)")
     p.add_argument("--splits", default=None, type=splits_spec,
                    help="a split scheme of the dataset (default: its first) or a CSV written by `splits`")
-    p.add_argument("--decision", default="any", choices=["any", "mean", "threshold", "weighted"],
-                   help="patient rule: any = the paper's hierarchy, mean = argmax of mean probabilities, "
-                        "threshold = Present/Unknown thresholds, weighted = argmax of class-weighted mean "
-                        "probabilities; thresholds and weights chosen on val (+ OOF train) for weighted accuracy")
+    p.add_argument("--decision", default="any", choices=RuleNames(),
+                   help="patient (group) rule, one of the decision rules listed below")
     p.add_argument("--targets", default="patient",
                    help="training labels: patient = the patient's label on every recording (the paper); "
                         "location (CirCor) = murmur-location-aware recording labels")
@@ -528,6 +575,18 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=None, help="encoder weight file, recorded in the saved model")
     add_backend_options(p)
     p.set_defaults(func=cmd_probe)
+
+    p = sub.add_parser("segment", help="heart-cycle segmenter on frame caches: frame accuracy on test groups")
+    add_dataset_options(p)
+    p.add_argument("--encoder", default="logmel", help="frame cache (`extract --frames`): NAME or NAME@KEY")
+    p.add_argument("--splits", default=None, type=splits_spec,
+                   help="a split scheme of the dataset (default: its first) or a CSV written by `splits`")
+    p.add_argument("--cache", default=str(DEFAULT_CACHE))
+    p.add_argument("--out", default="runs/segment")
+    p.add_argument("--every-recording", action="store_true",
+                   help="write intervals for every recording of the cache, not only the test ones")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("predict", help="murmur call per patient from a saved probe (any sample rate)")
     p.add_argument("--model", required=True, help="folder written by probe --save-model")

@@ -8,7 +8,9 @@ in priority order, the last one being "nothing found" (CirCor: Present, Unknown,
 - *mean*: argmax of the mean recording probabilities;
 - *threshold*: the first class whose max recording probability reaches its tuned threshold;
 - *weighted*: argmax of the mean probabilities scaled by tuned class weights (the Bayes decision
-  for a weighted accuracy when the scales absorb its costs and the class priors).
+  for a weighted accuracy when the scales absorb its costs and the class priors);
+- *cost*: argmax of the mean probabilities times the scoring's class weights (5/3/1 on CirCor):
+  the expected-weighted-accuracy decision when the probabilities are calibrated, nothing tuned.
 
 Tuned rules search a grid for the parameters that maximise the scoring's selection key.
 """
@@ -24,7 +26,7 @@ from sklearn.base import BaseEstimator
 
 from .selection import select_best
 
-DecisionName = Literal["any", "mean", "threshold", "weighted"]
+DecisionName = Literal["any", "mean", "threshold", "weighted", "cost"]
 
 
 def mean_by_group(values: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -60,6 +62,7 @@ class DecisionRule(BaseEstimator):
     """Base of the group decision rules; `fit` is a no-op for rules with nothing to tune."""
     name: ClassVar[str] = ""
     suffix: ClassVar[str] = ""  # appended to the probe name in tables (every rule has one)
+    summary: ClassVar[str] = ""  # one line for the command line's help
     tuned: ClassVar[bool] = False
 
     def fit(self, table: GroupTable, y: np.ndarray, selection_key=None) -> "DecisionRule":
@@ -82,6 +85,7 @@ class DecisionRule(BaseEstimator):
 
 class AnyRule(DecisionRule):
     name, suffix = "any", "+any"
+    summary = "the first class any recording is called (the CirCor paper's hierarchy)"
 
     def predict(self, table: GroupTable) -> np.ndarray:
         return table.first_call
@@ -89,9 +93,22 @@ class AnyRule(DecisionRule):
 
 class MeanRule(DecisionRule):
     name, suffix = "mean", "+mean"
+    summary = "argmax of the mean recording probabilities"
 
     def predict(self, table: GroupTable) -> np.ndarray:
         return table.mean.argmax(axis=1)
+
+
+class CostRule(DecisionRule):
+    name, suffix = "cost", "+cost"
+    summary = "argmax of mean probabilities x the scoring's class weights (expected weighted accuracy)"
+
+    def __init__(self, costs: list[float] | None = None) -> None:
+        self.costs = costs  # None: equal costs (the mean rule)
+
+    def predict(self, table: GroupTable) -> np.ndarray:
+        costs = np.ones(table.mean.shape[1]) if self.costs is None else np.asarray(self.costs, float)
+        return (table.mean * costs).argmax(axis=1)
 
 
 class _TunedRule(DecisionRule):
@@ -136,6 +153,7 @@ class _TunedRule(DecisionRule):
 
 class ThresholdRule(_TunedRule):
     name, suffix = "threshold", "+thr"
+    summary = "the first class whose highest recording probability reaches its threshold (tuned)"
     grid = np.round(np.arange(0.05, 0.96, 0.05), 2)
     default, attribute, label = 0.5, "thresholds_", "thresholds"
 
@@ -152,6 +170,7 @@ class ThresholdRule(_TunedRule):
 
 class WeightedRule(_TunedRule):
     name, suffix = "weighted", "+wgt"
+    summary = "argmax of class-weighted mean recording probabilities (weights tuned)"
     # class weights against the last class: e^-1.5 ... e^1.5
     grid = np.round(np.exp(np.linspace(-1.5, 1.5, 13)), 4)
     default, attribute, label = 1.0, "weights_", "class_weights"
@@ -163,7 +182,8 @@ class WeightedRule(_TunedRule):
         return (table.mean * np.append(values, 1.0)).argmax(axis=1)
 
 
-RULES: dict[str, type[DecisionRule]] = {r.name: r for r in (AnyRule, MeanRule, ThresholdRule, WeightedRule)}
+RULES: dict[str, type[DecisionRule]] = {
+    r.name: r for r in (AnyRule, MeanRule, ThresholdRule, WeightedRule, CostRule)}
 
 
 def register_rule(cls: type[DecisionRule]) -> type[DecisionRule]:
@@ -171,10 +191,14 @@ def register_rule(cls: type[DecisionRule]) -> type[DecisionRule]:
     return cls
 
 
-def make_rule(name: str) -> DecisionRule:
+def make_rule(name: str, class_weights: tuple[float, ...] | None = None) -> DecisionRule:
+    """A fresh rule; `class_weights` (the scoring's) become the costs of the *cost* rule."""
     if name not in RULES:
         raise ValueError(f"decision must be one of {tuple(RULES)}, got {name!r}")
-    return RULES[name]()
+    rule = RULES[name]()
+    if class_weights is not None and "costs" in rule.get_params():
+        rule.set_params(costs=[float(w) for w in class_weights])
+    return rule
 
 
 def rule_from_dict(saved: dict) -> DecisionRule:

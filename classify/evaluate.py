@@ -71,7 +71,7 @@ def fit_rule(task: Task, scores: RecordingScores, decision: DecisionName) -> tup
     """The decision rule fit on `scores` (tuned rules search their grid) and its selection score."""
     table = scores.table()
     y = task.labels_of(table.group_ids)
-    rule = make_rule(decision).fit(table, y, task.scoring.selection_key)
+    rule = make_rule(decision, task.scoring.class_weights).fit(table, y, task.scoring.selection_key)
     return rule, task.scoring.selection_key(y, rule.predict(table))[0]
 
 

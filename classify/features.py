@@ -7,25 +7,27 @@ from typing import Literal
 
 import numpy as np
 
-from embed.cache import CachedRecording, EmbeddingCache, check_cache_dir, list_caches, read_config
+from embed.cache import CachedRecording, EmbeddingCache, FrameCache, check_cache_dir, list_caches, read_config
 
 from .task import Task
 
 Windows = Literal["train", "eval"]
 
 
-def find_cache(cache_dir: str | Path, spec: str) -> EmbeddingCache:
-    """`spec` is an encoder name, or NAME@KEY when several caches exist for that encoder."""
+def find_cache(cache_dir: str | Path, spec: str, kind: Literal["", "frames"] = "") -> EmbeddingCache:
+    """`spec` is an encoder name, or NAME@KEY when several caches exist for that encoder; `kind`
+    "frames" finds a frame cache (`extract --frames`) instead of a window cache."""
     name, _, key = spec.partition("@")
     check_cache_dir(cache_dir, create=False)
-    paths = [p for p in list_caches(cache_dir, name) if not key or p.stem.endswith(key)]
+    paths = [p for p in list_caches(cache_dir, name, kind) if not key or p.stem.endswith(key)]
     if not paths:
-        raise FileNotFoundError(f"no embedding cache for {spec!r} in {cache_dir}; run "
-                                f"`python pipeline.py extract --encoder {name}` first")
+        raise FileNotFoundError(f"no {'frame' if kind else 'embedding'} cache for {spec!r} in {cache_dir}; run "
+                                f"`python pipeline.py extract --encoder {name}{' --frames' if kind else ''}` first")
     if len(paths) > 1:
         listing = "\n  ".join(f"{name}@{p.stem.split('-')[-1]}: {_config_line(p)}" for p in paths)
-        raise ValueError(f"several caches for {name!r} in {cache_dir}; pick one as NAME@KEY:\n  {listing}")
-    return EmbeddingCache(cache_dir, name, read_config(paths[0]))
+        raise ValueError(f"several {'frame ' if kind else ''}caches for {name!r} in {cache_dir}; pick one as "
+                         f"NAME@KEY:\n  {listing}")
+    return (FrameCache if kind else EmbeddingCache)(cache_dir, name, read_config(paths[0]))
 
 
 def _config_line(path: Path) -> str:

@@ -50,15 +50,21 @@ def macc(labels: np.ndarray, predictions: np.ndarray) -> float:
     return float(r.mean())
 
 
-def macro_auroc(labels: np.ndarray, probabilities: np.ndarray) -> float:
-    """Mean one-vs-rest AUROC over classes that have both positives and negatives."""
+def class_aurocs(labels: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+    """One-vs-rest AUROC of each class's probability (NaN for a class without positives or negatives)."""
     labels = np.asarray(labels, int)
-    aucs = []
+    aucs = np.full(probabilities.shape[1], np.nan)
     for k in range(probabilities.shape[1]):
         positive = labels == k
         if positive.any() and (~positive).any():
-            aucs.append(roc_auc_score(positive, probabilities[:, k]))
-    return float(np.mean(aucs)) if aucs else float("nan")
+            aucs[k] = roc_auc_score(positive, probabilities[:, k])
+    return aucs
+
+
+def macro_auroc(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    """Mean one-vs-rest AUROC over classes that have both positives and negatives."""
+    aucs = class_aurocs(labels, probabilities)
+    return float(np.nanmean(aucs)) if np.isfinite(aucs).any() else float("nan")
 
 
 LABEL_METRICS = {"weighted_accuracy": weighted_accuracy, "uar": uar, "macc": macc}
@@ -94,13 +100,17 @@ class Scoring:
         return tuple(self.metric(m, labels, predictions) for m in self.label_metrics)
 
     def all(self, labels: np.ndarray, predictions: np.ndarray, probabilities: np.ndarray | None = None) -> dict:
-        """The metric columns of scores.csv: label metrics, recall per class, AUROC, n_patients."""
+        """The metric columns of scores.csv: label metrics, recall per class, AUROC (macro),
+        n_patients, then each class's one-vs-rest AUROC (`auroc_unknown`: Unknown against the rest)."""
         r = recalls(labels, predictions, len(self.classes))
+        aucs = (class_aurocs(labels, probabilities) if probabilities is not None
+                else np.full(len(self.classes), np.nan))
         return {
             **{m: self.metric(m, labels, predictions) for m in self.label_metrics},
             **{f"recall_{name.lower()}": float(v) for name, v in zip(self.classes, r)},
-            "auroc": macro_auroc(labels, probabilities) if probabilities is not None else float("nan"),
+            "auroc": float(np.nanmean(aucs)) if np.isfinite(aucs).any() else float("nan"),
             "n_patients": int(len(labels)),
+            **{f"auroc_{name.lower()}": float(v) for name, v in zip(self.classes, aucs)},
         }
 
 

@@ -98,7 +98,8 @@ def gather_inputs(inputs: list[str | Path], patient_id: str | None = None
 def _segment_config(config: dict) -> SegmentConfig:
     seg = config["segments"]
     eval_stride = seg.get("eval_stride_s")
-    return SegmentConfig(seg["window_s"], seg["train_stride_s"], None if eval_stride == "window" else eval_stride)
+    return SegmentConfig(seg["window_s"], seg["train_stride_s"], None if eval_stride == "window" else eval_stride,
+                         align=seg.get("align", "fixed"))
 
 
 def build_encoder(entry: dict, checkpoint: str | None = None, device: str = "auto",
@@ -126,7 +127,7 @@ def eval_only(segments: SegmentConfig) -> SegmentConfig:
     """The same evaluation windows with no extra training windows (the training stride is set to the
     evaluation one, so the union of both plans is the evaluation plan)."""
     stride = segments.window_s if segments.eval_stride_s is None else segments.eval_stride_s
-    return SegmentConfig(segments.window_s, stride, segments.eval_stride_s)
+    return SegmentConfig(segments.window_s, stride, segments.eval_stride_s, align=segments.align)
 
 
 def embed_inputs(encoder, segments: SegmentConfig, recordings: list[InputRecording], batch_size: int = 32,

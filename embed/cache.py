@@ -47,6 +47,31 @@ class CachedRecording:
     def eval(self) -> np.ndarray:
         return self.embeddings[self.eval_index]
 
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The HDF5 datasets one recording is stored as."""
+        return {"embeddings": self.embeddings.astype(np.float32), "starts": self.starts.astype(np.int64),
+                "train_index": self.train_index.astype(np.int64), "eval_index": self.eval_index.astype(np.int64)}
+
+    @classmethod
+    def from_group(cls, rid: str, group: h5py.Group) -> "CachedRecording":
+        return cls(rid, group["embeddings"][()], group["starts"][()], group["train_index"][()],
+                   group["eval_index"][()])
+
+
+@dataclass
+class CachedFrames:
+    """Frame embeddings of a whole recording, in time order, with each frame's centre time."""
+    recording_id: str
+    embeddings: np.ndarray  # (n_frames, D), stored in the cache's frame dtype (float16 or float32)
+    times: np.ndarray  # (n_frames,) seconds from the recording's start
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"embeddings": self.embeddings, "times": self.times.astype(np.float32)}
+
+    @classmethod
+    def from_group(cls, rid: str, group: h5py.Group) -> "CachedFrames":
+        return cls(rid, group["embeddings"][()], group["times"][()])
+
 
 class CacheLockedError(LockHeldError):
     pass
@@ -62,13 +87,15 @@ class CacheDamagedError(RuntimeError):
 
 
 class EmbeddingCache:
-    """The cache for one key under `cache_dir`."""
+    """The cache for one key under `cache_dir`: window embeddings per recording."""
+    record: type = CachedRecording
+    kind: str = ""  # "" for window embeddings; other kinds go into the file name, NAME-KIND-KEY.h5
 
     def __init__(self, cache_dir: str | Path, name: str, config: dict) -> None:
         self.dir = Path(cache_dir)
         self.config = config
         self.key = cache_key(config)
-        self.stem = f"{name}-{self.key}"
+        self.stem = f"{name}-{self.kind}-{self.key}" if self.kind else f"{name}-{self.key}"
         self.path = self.dir / f"{self.stem}.h5"
         self.parts_dir = self.dir / f"{self.stem}.parts"
         self._lock: FileLock | None = None
@@ -146,7 +173,7 @@ class EmbeddingCache:
                 for rid, group in fh["recordings"].items():
                     if wanted is not None and rid not in wanted:
                         continue
-                    out[rid] = _read_recording(path, rid, group)
+                    out[rid] = _read_recording(path, rid, group, self.record)
         return out
 
     def salvage(self) -> list[tuple[Path, str]]:
@@ -167,7 +194,7 @@ class EmbeddingCache:
                 good, bad = [], []
                 for rid, group in fh["recordings"].items():
                     try:
-                        good.append(_read_recording(path, rid, group))
+                        good.append(_read_recording(path, rid, group, self.record))
                     except CacheDamagedError:
                         bad.append(rid)
                 # one write makes a whole file, so its first recording tells
@@ -199,10 +226,7 @@ class EmbeddingCache:
                 for rec in records:
                     g = group.create_group(rec.recording_id)
                     # fletcher32: every chunk carries a checksum that HDF5 checks on each read
-                    for name, data in (("embeddings", rec.embeddings.astype(np.float32)),
-                                       ("starts", rec.starts.astype(np.int64)),
-                                       ("train_index", rec.train_index.astype(np.int64)),
-                                       ("eval_index", rec.eval_index.astype(np.int64))):
+                    for name, data in rec.arrays().items():
                         g.create_dataset(name, data=data, fletcher32=True,
                                          chunks=tuple(max(1, n) for n in data.shape))
             with open(tmp, "rb") as raw:
@@ -252,15 +276,21 @@ class EmbeddingCache:
         return n
 
 
+class FrameCache(EmbeddingCache):
+    """Frame embeddings with their times, one sequence per recording (`extract --frames`), in
+    `NAME-frames-KEY.h5`; written, checked and salvaged as the window cache is."""
+    record = CachedFrames
+    kind = "frames"
+
+
 def _short(value: object, limit: int = 200) -> str:
     text = str(value).replace("\n", " ")
     return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
 
 
-def _read_recording(path: Path, rid: str, group: h5py.Group) -> CachedRecording:
+def _read_recording(path: Path, rid: str, group: h5py.Group, record: type = CachedRecording):
     try:
-        rec = CachedRecording(rid, group["embeddings"][()], group["starts"][()], group["train_index"][()],
-                              group["eval_index"][()])
+        rec = record.from_group(rid, group)
     except (OSError, KeyError, RuntimeError) as err:
         raise CacheDamagedError(path, f"recording {rid} is damaged ({_short(err)})") from None
     if not np.isfinite(rec.embeddings).all():  # written before such values were refused
@@ -272,14 +302,16 @@ def _has_checksums(group: h5py.Group) -> bool:
     return all(ds.fletcher32 for ds in group.values() if isinstance(ds, h5py.Dataset))
 
 
-def list_caches(cache_dir: str | Path, encoder: str) -> list[Path]:
-    """Main-file paths of every cache key of `encoder`, also of keys that so far have only shards
-    (an extract stopped before its first consolidation); the main file need not exist."""
+def list_caches(cache_dir: str | Path, encoder: str, kind: str = "") -> list[Path]:
+    """Main-file paths of every cache key of `encoder` (of one `kind`: "" window embeddings, "frames"),
+    also of keys that so far have only shards (an extract stopped before its first consolidation);
+    the main file need not exist."""
     cache_dir = Path(cache_dir)
-    stems = {p.stem for p in cache_dir.glob(f"{encoder}-*.h5")}
-    stems |= {p.name[:-len(".parts")] for p in cache_dir.glob(f"{encoder}-*.parts")
+    prefix = f"{encoder}-{kind}-" if kind else f"{encoder}-"
+    stems = {p.stem for p in cache_dir.glob(f"{prefix}*.h5")}
+    stems |= {p.name[:-len(".parts")] for p in cache_dir.glob(f"{prefix}*.parts")
               if p.is_dir() and any(p.glob("part-*.h5"))}
-    return sorted(cache_dir / f"{s}.h5" for s in stems if s[len(encoder) + 1:].isalnum())
+    return sorted(cache_dir / f"{s}.h5" for s in stems if s[len(prefix):].isalnum())
 
 
 def read_config(path: Path) -> dict:
@@ -335,10 +367,9 @@ class DiskFullError(OSError):
                                        f"{needed / 1e6:.1f} MB needed, {free / 1e6:.1f} MB free)")
 
 
-def estimate_bytes(records: list[CachedRecording]) -> int:
+def estimate_bytes(records: list) -> int:
     """Bytes a cache file of these records takes: the arrays plus HDF5's per-dataset overhead."""
-    data = sum(r.embeddings.size * 4 + (r.starts.size + r.train_index.size + r.eval_index.size) * 8
-               for r in records)
+    data = sum(a.nbytes for r in records for a in r.arrays().values())
     return int(data * 1.05) + 8192 * len(records) + (1 << 16)
 
 

@@ -18,10 +18,11 @@ import numpy as np
 from tqdm import tqdm
 
 from .audio import AudioError, open_resampled
-from .cache import CachedRecording, DiskFullError, EmbeddingCache, check_recording_id
+from .cache import CachedFrames, CachedRecording, DiskFullError, EmbeddingCache, FrameCache, check_recording_id
 from .datasets.base import Recording
 from .encoders import Encoder
 from .checksum import file_sha256
+from .frames import FrameConfig, FrameSource, frames_record
 from .problems import Problem
 from .segments import SegmentConfig, plan_segments
 
@@ -38,8 +39,13 @@ def cache_config(encoder: Encoder, segments: SegmentConfig) -> dict:
     }
 
 
-def open_cache(encoder: Encoder, segments: SegmentConfig, cache_dir: str | Path) -> EmbeddingCache:
-    return EmbeddingCache(cache_dir, encoder.name, cache_config(encoder, segments))
+def open_cache(encoder: Encoder, segments: SegmentConfig, cache_dir: str | Path,
+               frames: FrameConfig | None = None) -> EmbeddingCache:
+    """The window cache, or with `frames` the frame cache (its own key: frame options, covering windows)."""
+    if frames is None:
+        return EmbeddingCache(cache_dir, encoder.name, cache_config(encoder, segments))
+    return FrameCache(cache_dir, encoder.name, {**cache_config(encoder, frames.segments()),
+                                                "frames": frames.as_dict()})
 
 
 def fit_normalisation(encoder: Encoder, recordings: list[Recording], progress: bool = True
@@ -71,6 +77,7 @@ class Prepared:
     notes: list[str] = field(default_factory=list)
     error: str | None = None
     embeddings: np.ndarray | None = None
+    n_samples: int = 0  # the recording's length at the encoder's rate
 
 
 @dataclass
@@ -92,15 +99,32 @@ class ExtractReport:
         return line + (f"\nstopped: {self.stopped}" if self.stopped else "")
 
 
+def s1_onsets(recording: Recording, sample_rate: int, notes: list[str]) -> np.ndarray | None:
+    """S1 onsets (samples) from the recording's segmentation, for windows aligned to heart cycles;
+    None (fixed windows, with a note) where it has none or it cannot be read."""
+    if getattr(recording, "tsv", None) is None:
+        notes.append("no .tsv segmentation: fixed windows instead of windows at S1 onsets")
+        return None
+    try:
+        rows = recording.segmentation()
+    except (OSError, ValueError) as err:
+        notes.append(f"{err}: fixed windows instead of windows at S1 onsets")
+        return None
+    return np.round(rows[rows[:, 2] == 1, 0] * sample_rate).astype(np.int64)
+
+
 def prepare(recording: Recording, sample_rate: int, segments: SegmentConfig) -> Prepared:
     """Decode, resample and plan the windows of one recording (never raises: a bad file comes
     back with `error` set)."""
     try:
         # long recordings come back streamed: windows are read and resampled when batched
         audio = open_resampled(recording.wav, sample_rate, expected_rate=recording.expected_rate)
-        plan = plan_segments(audio.n_samples, sample_rate, segments)
+        notes = audio.notes  # the audio may add notes of its own as windows are read
+        onsets = s1_onsets(recording, sample_rate, notes) if segments.align == "cycles" else None
+        plan = plan_segments(audio.n_samples, sample_rate, segments, onsets)
         window = int(round(segments.window_s * sample_rate))
-        return Prepared(recording, audio.windows(plan.starts, window), plan, audio.notes)
+        return Prepared(recording, audio.windows(plan.starts, window), plan, notes,
+                        n_samples=audio.n_samples)
     except AudioError as err:
         return Prepared(recording, None, error=err.problem)
     except Exception as err:  # one bad file must never end a run over thousands
@@ -117,8 +141,10 @@ class WindowBatcher:
     batches equal one uninterrupted local run bit for bit.
     """
 
-    def __init__(self, encoder: Encoder, batch_size: int) -> None:
+    def __init__(self, encoder: Encoder, batch_size: int, frames: FrameSource | None = None) -> None:
         self.encoder, self.batch_size = encoder, max(1, int(batch_size))
+        # what each window becomes: its clip embedding, or its frames
+        self.run = frames if frames is not None else encoder.embed
         self.windows = 0  # windows embedded
         self._queue: list[tuple[Prepared, int]] = []  # (prepared, row) windows not yet embedded
         self._pending: deque[tuple[Prepared, int]] = deque()  # (prepared, windows queued up to its last)
@@ -159,7 +185,7 @@ class WindowBatcher:
             if len(batch) < self.batch_size:
                 batch = np.concatenate([batch, np.zeros((self.batch_size - len(batch), batch.shape[1]),
                                                         batch.dtype)])
-            embs = self.encoder.embed(batch)[:len(items)]
+            embs = self.run(batch)[:len(items)]
         except Exception as err:
             # a batch failure should blame only its recordings: retry them one by one
             if len(items) == 1:
@@ -176,19 +202,25 @@ class WindowBatcher:
                               f"({self.encoder.checkpoint or 'built-in weights'}) and --precision")
                 continue
             if rid not in self._outputs:
-                self._outputs[rid] = np.zeros((len(prep.windows), len(emb)), np.float32)
+                self._outputs[rid] = np.zeros((len(prep.windows), *emb.shape), np.float32)
             self._outputs[rid][row] = emb
         self.windows += len(items)
 
 
-def outcome(prep: Prepared) -> tuple[CachedRecording | None, list[Problem]]:
-    """A completed recording as a cache entry (None when it failed) and its problems-table rows."""
+def outcome(prep: Prepared, frames: tuple[FrameSource, FrameConfig] | None = None
+            ) -> tuple[CachedRecording | CachedFrames | None, list[Problem]]:
+    """A completed recording as a cache entry (None when it failed) and its problems-table rows;
+    with `frames` (where they come from, the frame options) its windows' frames joined into one sequence."""
     problems = [Problem(str(prep.recording.wav), note, "warning") for note in prep.notes]
+    rid, plan = prep.recording.recording_id, prep.plan
+    if prep.error is None and frames is not None:
+        try:
+            return frames_record(rid, frames[0], prep.embeddings, plan.starts, prep.n_samples, frames[1]), problems
+        except ValueError as err:
+            prep.error = str(err)
     if prep.error is not None:
         return None, problems + [Problem(str(prep.recording.wav), prep.error)]
-    plan = prep.plan
-    return CachedRecording(prep.recording.recording_id, prep.embeddings, plan.starts, plan.train_index,
-                           plan.eval_index), problems
+    return CachedRecording(rid, prep.embeddings, plan.starts, plan.train_index, plan.eval_index), problems
 
 
 def extract(
@@ -203,12 +235,18 @@ def extract(
     progress: bool = True,
     backend: Literal["local", "ray"] = "local",
     ray: "RayOptions | None" = None,
+    frames: FrameConfig | None = None,
 ) -> ExtractReport:
     """Embed the recordings not cached yet. `backend="ray"` runs decoding and the encoder on a
-    Ray cluster (`ray`: its address and actor pool); the cache is written here either way."""
+    Ray cluster (`ray`: its address and actor pool); the cache is written here either way.
+    `frames`: cache every frame with its time (a frame cache) instead of window embeddings."""
     if backend not in ("local", "ray"):
         raise ValueError(f"backend must be 'local' or 'ray', got {backend!r}")
-    cache = open_cache(encoder, segments, cache_dir)
+    if frames is not None and backend != "local":
+        raise ValueError("frame caches (--frames) are made with the local backend only")
+    # a layer choice or hop that does not fit the encoder fails here, before any work
+    source = FrameSource(encoder, frames) if frames is not None else None
+    cache = open_cache(encoder, segments, cache_dir, frames)
     report = ExtractReport(cache.path)
     recordings = usable_recordings(recordings, report.problems)
     cache.lock(lock_timeout_s)
@@ -226,7 +264,8 @@ def extract(
             extract_on_ray(encoder, todo, cache, segments, batch_size, flush_every, progress, report,
                            ray or RayOptions())
         elif todo:
-            _run(encoder, todo, cache, segments, batch_size, flush_every, workers, progress, report)
+            _run(encoder, todo, cache, frames.segments() if frames else segments, batch_size, flush_every,
+                 workers, progress, report, frames, source)
         cache.consolidate()
     except DiskFullError as err:
         kept = [f.name for f in (cache.path, cache.parts_dir) if f.exists()]
@@ -298,14 +337,15 @@ def usable_recordings(recordings: list[Recording], problems: list[Problem]) -> l
     return list(seen.values())
 
 
-def _run(encoder, todo, cache, segments, batch_size, flush_every, workers, progress, report) -> None:
-    batcher = WindowBatcher(encoder, batch_size)
+def _run(encoder, todo, cache, segments, batch_size, flush_every, workers, progress, report, frames=None,
+         source=None) -> None:
+    batcher = WindowBatcher(encoder, batch_size, source)
     writer = ShardWriter(cache, report, flush_every, progress_bar(encoder, len(todo), progress))
 
     def complete(done: list[Prepared]) -> None:
         report.windows = batcher.windows
         for prep in done:
-            writer.add(*outcome(prep))
+            writer.add(*outcome(prep, (source, frames) if frames else None))
 
     try:
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:

@@ -29,13 +29,7 @@ def load_model(model_file_path: str = "", encoder: str = "logmel", **kwargs) -> 
 def get_timestamp_embeddings(audio: torch.Tensor, model: Encoder) -> tuple[torch.Tensor, torch.Tensor]:
     """Frame embeddings and their centre times in milliseconds."""
     frames = model.frame_embeddings(audio).cpu()
-    n_frames = frames.shape[1]
-    duration_ms = audio.shape[-1] / model.sample_rate * 1000.0
-    hop_ms = model.frame_hop_s * 1000.0
-    # centre frames on the hop grid, spread evenly when an encoder returns a coarser grid
-    times = torch.arange(n_frames, dtype=torch.float32) * hop_ms + hop_ms / 2
-    if n_frames and times[-1] > duration_ms:
-        times = (torch.arange(n_frames, dtype=torch.float32) + 0.5) * (duration_ms / n_frames)
+    times = torch.from_numpy(1000.0 * model.frame_times(frames.shape[1], audio.shape[-1])).float()
     return frames, times.expand(frames.shape[0], -1).clone()
 
 

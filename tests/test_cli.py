@@ -37,6 +37,34 @@ def test_unknown_encoder_is_named(synthetic_data, tmp_path, capsys):
     assert "unknown encoder 'nope'" in capsys.readouterr().err
 
 
+def test_decision_choices_are_the_rule_registry(monkeypatch, capsys):
+    from typing import get_args
+
+    from classify.aggregate import RULES, DecisionName, MeanRule
+    from pipeline import build_parser
+    assert set(get_args(DecisionName)) == set(RULES)  # the Literal type names the registered rules
+
+    def parsed(decision: str) -> str:
+        return build_parser().parse_args(["probe", "--data", "d", "--decision", decision]).decision
+
+    assert [parsed(name) for name in RULES] == list(RULES)
+
+    class MedianRule(MeanRule):
+        name, suffix, summary = "median", "+median", "stand-in for a newly registered rule"
+
+    with pytest.raises(SystemExit):
+        parsed("median")
+    assert "invalid choice: 'median'" in capsys.readouterr().err
+    monkeypatch.setitem(RULES, "median", MedianRule)
+    assert parsed("median") == "median"  # a rule registered later is a choice without touching the CLI
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["probe", "--help"])
+    shown = capsys.readouterr().out
+    assert "{" + ",".join(RULES) + "}" in shown.replace(" ", "").replace("\n", "")
+    assert list(RULES)[-1] == "median"
+    assert all(f"{name}: {rule.summary}" in shown for name, rule in RULES.items())
+
+
 def test_demo_runs_end_to_end_reuses_its_work_folder_and_cleans_up(tmp_path, capsys):
     work = tmp_path / "demo"
     assert main(["demo", "--patients", "20", "--workdir", str(work)]) == 0

@@ -112,7 +112,7 @@ def _no_weights(tmp: Path, name: str) -> Made:
 
 MAKERS: dict[str, Callable[[Path, str], Made]] = {
     "ast": _ast, "atst_frame": _atst, "beats": _beats, "byola": _byola, "byola2": _byola, "cnn14": _cnn14,
-    "crepe": _crepe, "logmel": _no_weights, "m2d": _m2d, "yamnet": _yamnet,
+    "crepe": _crepe, "logmel": _no_weights, "m2d": _m2d, "quality": _no_weights, "yamnet": _yamnet,
     **{n: _efficientat for n in ("mn04", "mn05", "mn10", "mn20", "mn30", "mn40", "dymn04", "dymn10", "dymn20")},
 }
 

@@ -48,6 +48,18 @@ def test_macro_auroc_perfect_and_reversed():
     assert macro_auroc(labels, 1 - proba) == 0.0
 
 
+def test_scores_carry_each_class_one_vs_rest_auroc():
+    labels = np.array([P, U, U, A, A, A])
+    proba = np.array([[.8, .1, .1], [.1, .6, .3], [.1, .2, .7], [.2, .5, .3], [.1, .1, .8], [.1, .1, .8]])
+    scoring = Scoring(("Present", "Unknown", "Absent"), ("weighted_accuracy", "uar", "auroc"))
+    m = scoring.all(labels, proba.argmax(1), proba)
+    # Unknown scores: 0.6 and 0.2 against 0.1, 0.5, 0.1, 0.1 -> 7 of 8 pairs ordered
+    assert m["auroc_present"] == 1.0 and m["auroc_unknown"] == pytest.approx(7 / 8)
+    assert m["auroc"] == pytest.approx(np.mean([m["auroc_present"], m["auroc_unknown"], m["auroc_absent"]]))
+    only_absent = scoring.all(np.array([A, A]), np.array([A, A]), np.eye(3)[[A, A]])
+    assert np.isnan(only_absent["auroc_unknown"]) and np.isnan(only_absent["auroc"])
+
+
 def test_any_rule_is_the_class_hierarchy():
     onehot = np.eye(3)
     for calls, expected in (([A, U, P], P), ([A, U, A], U), ([A, A], A)):

@@ -336,6 +336,16 @@ class Encoder:
             out = self.frames(x)
         return out.float()
 
+    def frame_times(self, n_frames: int, n_samples: int) -> np.ndarray:
+        """Centre times in seconds, from the clip's start, of the `n_frames` frames that
+        `frame_embeddings` returns for a clip of `n_samples`: on the `frame_hop_s` grid, or spread
+        evenly over the clip when an encoder returns a coarser grid than its hop says."""
+        duration = n_samples / self.sample_rate
+        times = (np.arange(n_frames) + 0.5) * self.frame_hop_s
+        if n_frames and times[-1] > duration:
+            times = (np.arange(n_frames) + 0.5) * (duration / n_frames)
+        return times
+
     def auto_batch_size(self, window_s: float = 5.0, probe: int = 8) -> int:
         """Batch size for this device: 32 on a CPU; on CUDA, from the memory one window takes
         (measured on `probe` silent windows) and the memory free now."""

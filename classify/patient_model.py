@@ -1,0 +1,157 @@
+"""Two-stage model: recording probes, then a patient-level model over their out-of-fold scores.
+
+Stage 1 (`RecordingProbe`): one standardised logistic regression per feature block (an encoder's
+window-mean embedding, its phase-pooled frames, the quality features...), on recordings, its C
+chosen by patient-grouped cross-validation; the folds of the chosen C give every training
+recording an out-of-fold probability that no model trained on its patient produced.
+Stage 2 (`PatientModel`): per patient, each member's probabilities at every auscultation location
+(and which locations are missing), their mean and max over the patient's recordings -> a logistic
+regression predicting the patient class; decided by expected cost (`CostRule`).
+
+Everything is fit on the groups it is given (train + val of a split); the caller keeps test groups
+out. The probabilities are not class-balanced at stage 2, so the cost rule sees calibrated ones.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import log_loss
+from sklearn.model_selection import StratifiedGroupKFold
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.class_weight import compute_sample_weight
+
+from .selection import select_best
+
+EPS = 1e-4
+
+
+def _clipped(proba: np.ndarray) -> np.ndarray:
+    p = np.clip(proba, EPS, 1.0)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def balanced_log_loss(y: np.ndarray, proba: np.ndarray, n_classes: int) -> float:
+    """Log loss with every class weighted equally (minority classes count as much as Absent)."""
+    return float(log_loss(y, _clipped(proba), sample_weight=compute_sample_weight("balanced", y),
+                          labels=range(n_classes)))
+
+
+def group_folds(y: np.ndarray, groups: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Patient-grouped, label-stratified folds (a group's rows stay on one side)."""
+    splitter = StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
+    return list(splitter.split(np.zeros(len(y)), y, groups=groups))
+
+
+def _logistic(C: float, balanced: bool):
+    return make_pipeline(StandardScaler(), LogisticRegression(
+        C=C, max_iter=3000, class_weight="balanced" if balanced else None))
+
+
+def _proba(model, X: np.ndarray, n_classes: int) -> np.ndarray:
+    out = np.zeros((len(X), n_classes))
+    out[:, np.asarray(model.classes_, int)] = model.predict_proba(X)
+    return out
+
+
+def cross_val_proba(make_model, X: np.ndarray, y: np.ndarray, folds: list, n_classes: int,
+                    sample_weight: np.ndarray | None = None) -> np.ndarray:
+    """Out-of-fold probabilities: each row predicted by the model fit without its fold."""
+    out = np.zeros((len(X), n_classes))
+    for fit_idx, held_idx in folds:
+        model = make_model()
+        kwargs = {} if sample_weight is None else {"logisticregression__sample_weight": sample_weight[fit_idx]}
+        model.fit(X[fit_idx], y[fit_idx], **kwargs)
+        out[held_idx] = _proba(model, X[held_idx], n_classes)
+    return out
+
+
+class RecordingProbe(ClassifierMixin, BaseEstimator):
+    """Stage 1: class-balanced standardised logistic regression on recording features.
+
+    `fit(X, y, groups)` picks C by the balanced log loss of patient-grouped CV and keeps that C's
+    out-of-fold probabilities in `oof_proba_`; the final model is fit on every row."""
+
+    def __init__(self, Cs: tuple[float, ...] = (1e-3, 1e-2, 1e-1), folds: int = 5, seed: int = 0,
+                 n_classes: int = 3) -> None:
+        self.Cs = Cs
+        self.folds = folds
+        self.seed = seed
+        self.n_classes = n_classes
+
+    def fit(self, X: np.ndarray, y: np.ndarray, groups: np.ndarray, strata: np.ndarray | None = None
+            ) -> "RecordingProbe":
+        folds = group_folds(y if strata is None else strata, groups, self.folds, self.seed)
+        def cv_loss(C):
+            oof = cross_val_proba(lambda: _logistic(C, True), X, y, folds, self.n_classes)
+            return -balanced_log_loss(y, oof, self.n_classes), oof
+
+        self.C_, _, self.oof_proba_ = select_best(self.Cs, cv_loss)
+        self.model_ = _logistic(self.C_, True).fit(X, y)
+        self.classes_ = np.arange(self.n_classes)
+        return self
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        return _proba(self.model_, X, self.n_classes)
+
+
+@dataclass
+class MemberScores:
+    """One stage-1 member's recording probabilities."""
+    name: str
+    recording_ids: np.ndarray
+    proba: np.ndarray  # (n_recordings, n_classes)
+
+
+def patient_features(members: list[MemberScores], group_ids: list[str], recordings_of: dict[str, list[str]],
+                     location_of: dict[str, str], locations: tuple[str, ...]) -> np.ndarray:
+    """Rows for `group_ids`: per member, the log probabilities averaged per location (0 where the
+    location is missing), their mean and max over the patient's recordings; then one missing flag
+    per location. Datasets without locations get the mean and max only."""
+    rows = []
+    indexes = [{r: i for i, r in enumerate(m.recording_ids)} for m in members]
+    for gid in group_ids:
+        recs = recordings_of.get(gid, [])
+        row = []
+        for m, index in zip(members, indexes):
+            mine = [r for r in recs if r in index]
+            logp = np.log(np.clip(m.proba[[index[r] for r in mine]], EPS, 1.0)) if mine else None
+            n = m.proba.shape[1]
+            for loc in locations:
+                at = [i for i, r in enumerate(mine) if location_of.get(r) == loc]
+                row.extend(logp[at].mean(axis=0) if at else np.zeros(n))
+            row.extend(logp.mean(axis=0) if mine else np.zeros(n))
+            row.extend(logp.max(axis=0) if mine else np.zeros(n))
+        row.extend(float(not any(location_of.get(r) == loc for r in recs)) for loc in locations)
+        rows.append(row)
+    return np.asarray(rows, dtype=np.float64)
+
+
+class PatientModel(ClassifierMixin, BaseEstimator):
+    """Stage 2: logistic regression from patient features to the patient class; C by grouped CV
+    (each patient is its own group here) on the multinomial log loss. Not class-balanced."""
+
+    def __init__(self, Cs: tuple[float, ...] = (0.003, 0.01, 0.03, 0.1, 0.3), folds: int = 5, seed: int = 0,
+                 n_classes: int = 3) -> None:
+        self.Cs = Cs
+        self.folds = folds
+        self.seed = seed
+        self.n_classes = n_classes
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> "PatientModel":
+        folds = group_folds(y, np.arange(len(y)), self.folds, self.seed)
+
+        def cv_loss(C):
+            oof = cross_val_proba(lambda: _logistic(C, False), X, y, folds, self.n_classes)
+            return -log_loss(y, _clipped(oof), labels=range(self.n_classes)), oof
+
+        self.C_, _, self.oof_proba_ = select_best(self.Cs, cv_loss)
+        self.model_ = _logistic(self.C_, False).fit(X, y)
+        self.classes_ = np.arange(self.n_classes)
+        return self
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        return _proba(self.model_, X, self.n_classes)

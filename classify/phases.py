@@ -1,0 +1,105 @@
+"""Heart-cycle phase pooling: frame embeddings + their times + phase intervals -> one vector.
+
+Intervals are rows `(start_s, end_s, label)` in CirCor's `.tsv` form (labels 1 S1, 2 systole,
+3 S2, 4 diastole, 0 unannotated), from the dataset's `.tsv` files or a segmenter's output. A frame
+belongs to the interval holding its centre time. Per recording the vector is, in this order: the
+mean frame of each phase (S1, systole, S2, diastole), systole minus diastole (murmurs are mostly
+systolic), the standard deviation of systole and of diastole frames (a murmur makes its phase
+vary), then one flag per phase that had no frame (its blocks are zeros).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Mapping
+
+import numpy as np
+
+from embed.cache import FrameCache
+from embed.datasets.circor import read_tsv
+from embed.problems import Problem
+
+PHASES = ("S1", "systole", "S2", "diastole")  # .tsv labels 1..4
+BLOCKS = ("mean_S1", "mean_systole", "mean_S2", "mean_diastole", "systole_minus_diastole",
+          "std_systole", "std_diastole")
+
+
+def frame_labels(times: np.ndarray, intervals: np.ndarray) -> np.ndarray:
+    """The `.tsv` label (0-4) of the interval holding each time, half-open `[start, end)`; 0 where
+    no interval does."""
+    intervals = np.asarray(intervals, dtype=np.float64).reshape(-1, 3)
+    if not len(intervals):
+        return np.zeros(len(times), np.int64)
+    intervals = intervals[np.argsort(intervals[:, 0], kind="stable")]
+    row = np.maximum(np.searchsorted(intervals[:, 0], times, side="right") - 1, 0)
+    inside = (times >= intervals[row, 0]) & (times < intervals[row, 1])
+    return np.where(inside, intervals[row, 2], 0).astype(np.int64)
+
+
+def phase_feature_size(dim: int) -> int:
+    return len(BLOCKS) * dim + len(PHASES)
+
+
+def phase_feature_names(dim: int) -> list[str]:
+    return [f"{block}[{i}]" for block in BLOCKS for i in range(dim)] + [f"missing_{p}" for p in PHASES]
+
+
+def phase_features(frames: np.ndarray, times: np.ndarray, intervals: np.ndarray) -> np.ndarray:
+    """`(n_frames, dim)` frames, their centre times (s) and phase intervals -> `phase_feature_size(dim)`
+    float32 vector (layout in the module docstring)."""
+    frames = np.asarray(frames, dtype=np.float32)
+    if frames.ndim != 2 or len(frames) != len(times):
+        raise ValueError(f"frames must be (n_frames, dim) with one time per frame, got {frames.shape} "
+                         f"and {len(times)} times")
+    labels = frame_labels(np.asarray(times), intervals)
+    dim = frames.shape[1]
+    means, stds, missing = [], {}, []
+    for label, _ in enumerate(PHASES, start=1):
+        members = frames[labels == label]
+        missing.append(len(members) == 0)
+        means.append(members.mean(axis=0) if len(members) else np.zeros(dim, np.float32))
+        stds[label] = members.std(axis=0) if len(members) else np.zeros(dim, np.float32)
+    contrast = means[1] - means[3] if not (missing[1] or missing[3]) else np.zeros(dim, np.float32)
+    return np.concatenate([*means, contrast, stds[2], stds[4], np.asarray(missing, np.float32)]).astype(np.float32)
+
+
+def read_intervals(paths: Mapping[str, Path], problems: list[Problem] | None = None) -> dict[str, np.ndarray]:
+    """Recording id -> intervals read from its `.tsv`. A file that cannot be read (CirCor v1.0.3 has
+    one: `0 0 28`) leaves its recording without intervals and is added to `problems`."""
+    out = {}
+    for rid, path in paths.items():
+        try:
+            out[rid] = read_tsv(path)
+        except (OSError, ValueError) as err:
+            if problems is not None:  # read_tsv's message starts with the path: keep its line number only
+                message = str(err).removeprefix(f"{path}:")
+                problems.append(Problem(str(path), f"line {message.strip()}; the recording has no phase intervals"
+                                        if message != str(err) else f"{err}; the recording has no phase intervals"))
+    return out
+
+
+def tsv_intervals(recordings, problems: list[Problem] | None = None) -> dict[str, np.ndarray]:
+    """Recording id -> its `.tsv` intervals, for the recordings that have a readable one."""
+    return read_intervals({r.recording_id: r.tsv for r in recordings if getattr(r, "tsv", None) is not None},
+                          problems)
+
+
+def folder_intervals(folder: str | Path, problems: list[Problem] | None = None) -> dict[str, np.ndarray]:
+    """Recording id -> intervals from `FOLDER/RID.tsv` files (a segmenter's output)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no folder of .tsv intervals")
+    return read_intervals({path.stem: path for path in sorted(folder.glob("*.tsv"))}, problems)
+
+
+def phase_feature_table(cache: FrameCache, intervals: Mapping[str, np.ndarray],
+                        recording_ids: list[str] | None = None,
+                        on_missing: Callable[[str], None] | None = None) -> dict[str, np.ndarray]:
+    """Recording id -> phase vector for every recording of a frame cache (or `recording_ids`).
+    A recording without intervals gets zeros with every phase flagged missing (and is passed to
+    `on_missing`, e.g. to be reported)."""
+    out = {}
+    for rid, rec in cache.read(recording_ids).items():
+        if rid not in intervals and on_missing is not None:
+            on_missing(rid)
+        out[rid] = phase_features(rec.embeddings, rec.times, intervals.get(rid, np.zeros((0, 3))))
+    return out
