@@ -29,14 +29,14 @@ def _print_problems(problems, limit: int = 30) -> None:
         print(f"  ... {len(problems) - limit} more", file=sys.stderr)
 
 
-def parse_options(pairs: list[str] | None) -> dict:
+def parse_options(pairs: list[str] | None, flag: str = "--encoder-opt") -> dict:
     """`KEY=VALUE` strings -> kwargs; values are Python literals when they parse as one."""
     import ast
     options = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key.isidentifier():
-            raise ValueError(f"--encoder-opt expects KEY=VALUE, got {pair!r}")
+            raise ValueError(f"{flag} expects KEY=VALUE, got {pair!r}")
         try:
             options[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
@@ -332,7 +332,7 @@ def cmd_predict(args) -> int:
     from embed.problems import format_table, problem_rows
     results, problems = predict(args.model, args.input, args.out, checkpoint=args.checkpoint,
                                 encoder_name=args.encoder, probe=args.probe, patient_id=args.patient_id,
-                                device=args.device, trust_checkpoint=args.trust_checkpoint)
+                                device=args.device, trust_checkpoint=args.trust_checkpoint, weights=args.weights)
     for result in results:
         print(json.dumps(result, indent=2))
     if problems:
@@ -340,6 +340,23 @@ def cmd_predict(args) -> int:
     print(f"{len(results)} patients -> {args.out}/PID.json", file=sys.stderr)
     failed = any(r["class"] is None for r in results) or any(p.severity == "error" for p in problems)
     return 1 if failed or (args.strict and problems) else 0
+
+
+def cmd_recipe(args) -> int:
+    from classify.outputs import OutputFolder
+    from classify.recipe_job import run_recipe
+    from embed.datasets import load_dataset
+    started = time.time()
+    with OutputFolder(args.out):
+        dataset = load_dataset(args.dataset, args.data)
+        table = run_recipe(args.name, dataset, args.cache, args.weights, args.out, splits=args.splits,
+                           seeds=args.seeds, seed=args.seed, save_model=args.save_model,
+                           without=tuple(filter(None, (args.without or "").split(","))),
+                           overrides=parse_options(args.set, "--set"), device=args.device)
+    print(table.to_string(index=False))
+    print(f"\nwrote {Path(args.out) / 'scores.csv'} and {Path(args.out) / 'predictions.csv'} "
+          f"in {time.time() - started:.0f} s" + (f"; saved the recipe to {args.save_model}" if args.save_model else ""))
+    return 0
 
 
 def cmd_demo(args) -> int:
@@ -576,6 +593,27 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     add_backend_options(p)
     p.set_defaults(func=cmd_probe)
 
+    from classify.recipe_book import RECIPES
+    p = sub.add_parser("recipe", help="a committed recipe end to end: extract what is missing, fit, score, save")
+    p.add_argument("name", choices=list(RECIPES), help="; ".join(f"{k}: {r.description}" for k, r in RECIPES.items()))
+    add_dataset_options(p)
+    p.add_argument("--weights", default=None, help="folder holding the official weight files under their published names")
+    p.add_argument("--out", default="runs/recipe")
+    p.add_argument("--splits", default=None, type=splits_spec,
+                   help="paper | kfold | campaign (CirCor), or a CSV from `pipeline.py splits`")
+    p.add_argument("--seeds", type=int, default=5, help="probe seeds per split (inner CV folds differ)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache", default=str(DEFAULT_CACHE))
+    p.add_argument("--device", default="auto")
+    p.add_argument("--without", default=None, metavar="MEMBER[,MEMBER]",
+                   help="leave these members out (ablation)")
+    p.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                   help="change one field of the recipe (ablation), e.g. patient_model=False, "
+                        "test_intervals=tsv, decision=mean")
+    p.add_argument("--save-model", default=None, metavar="DIR",
+                   help="also fit on every labelled patient and save that, for predict")
+    p.set_defaults(func=cmd_recipe)
+
     p = sub.add_parser("segment", help="heart-cycle segmenter on frame caches: frame accuracy on test groups")
     add_dataset_options(p)
     p.add_argument("--encoder", default="logmel", help="frame cache (`extract --frames`): NAME or NAME@KEY")
@@ -594,6 +632,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--out", default="predictions", help="one PID.json per patient goes here")
     p.add_argument("--checkpoint", default=None, help="encoder weights (default: the path in the manifest)")
     p.add_argument("--trust-checkpoint", action="store_true")
+    p.add_argument("--weights", default=None, help="a saved recipe: folder of its encoders' official weight files")
     p.add_argument("--encoder", default=None, help="which saved model (default: the first)")
     p.add_argument("--probe", default=None)
     p.add_argument("--patient-id", default=None, help="treat all loose wav files as this one patient")

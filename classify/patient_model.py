@@ -17,13 +17,11 @@ from dataclasses import dataclass
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
 from sklearn.model_selection import StratifiedGroupKFold
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 from sklearn.utils.class_weight import compute_sample_weight
 
+from .probes import LinearProbe
 from .selection import select_best
 
 EPS = 1e-4
@@ -46,9 +44,8 @@ def group_folds(y: np.ndarray, groups: np.ndarray, folds: int, seed: int) -> lis
     return list(splitter.split(np.zeros(len(y)), y, groups=groups))
 
 
-def _logistic(C: float, balanced: bool):
-    return make_pipeline(StandardScaler(), LogisticRegression(
-        C=C, max_iter=3000, class_weight="balanced" if balanced else None))
+def _logistic(C: float, balanced: bool) -> LinearProbe:
+    return LinearProbe(C=C, max_iter=3000, class_weight="balanced" if balanced else None)
 
 
 def _proba(model, X: np.ndarray, n_classes: int) -> np.ndarray:
@@ -57,14 +54,11 @@ def _proba(model, X: np.ndarray, n_classes: int) -> np.ndarray:
     return out
 
 
-def cross_val_proba(make_model, X: np.ndarray, y: np.ndarray, folds: list, n_classes: int,
-                    sample_weight: np.ndarray | None = None) -> np.ndarray:
+def cross_val_proba(make_model, X: np.ndarray, y: np.ndarray, folds: list, n_classes: int) -> np.ndarray:
     """Out-of-fold probabilities: each row predicted by the model fit without its fold."""
     out = np.zeros((len(X), n_classes))
     for fit_idx, held_idx in folds:
-        model = make_model()
-        kwargs = {} if sample_weight is None else {"logisticregression__sample_weight": sample_weight[fit_idx]}
-        model.fit(X[fit_idx], y[fit_idx], **kwargs)
+        model = make_model().fit(X[fit_idx], y[fit_idx])
         out[held_idx] = _proba(model, X[held_idx], n_classes)
     return out
 
@@ -96,6 +90,22 @@ class RecordingProbe(ClassifierMixin, BaseEstimator):
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         return _proba(self.model_, X, self.n_classes)
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {"C": np.asarray(self.C_), **self.model_.state()}
+
+    @classmethod
+    def from_state(cls, params: dict, state: dict[str, np.ndarray]) -> "RecordingProbe":
+        return _restore(cls(**params), state, balanced=True)
+
+
+def _restore(estimator, state: dict[str, np.ndarray], balanced: bool):
+    """A fitted stage from its saved arrays (plain numbers: nothing executes on load)."""
+    estimator.C_ = float(state["C"])
+    estimator.model_ = LinearProbe.from_state(
+        {"C": estimator.C_, "max_iter": 3000, "class_weight": "balanced" if balanced else None}, state)
+    estimator.classes_ = np.arange(estimator.n_classes)
+    return estimator
 
 
 @dataclass
@@ -155,3 +165,10 @@ class PatientModel(ClassifierMixin, BaseEstimator):
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         return _proba(self.model_, X, self.n_classes)
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {"C": np.asarray(self.C_), **self.model_.state()}
+
+    @classmethod
+    def from_state(cls, params: dict, state: dict[str, np.ndarray]) -> "PatientModel":
+        return _restore(cls(**params), state, balanced=False)

@@ -2,10 +2,7 @@
 
 Intervals are rows `(start_s, end_s, label)` in CirCor's `.tsv` form (labels 1 S1, 2 systole,
 3 S2, 4 diastole, 0 unannotated), from the dataset's `.tsv` files or a segmenter's output. A frame
-belongs to the interval holding its centre time. Per recording the vector is, in this order: the
-mean frame of each phase (S1, systole, S2, diastole), systole minus diastole (murmurs are mostly
-systolic), the standard deviation of systole and of diastole frames (a murmur makes its phase
-vary), then one flag per phase that had no frame (its blocks are zeros).
+belongs to the interval holding its centre time. The vector's layout: `phase_features`.
 """
 from __future__ import annotations
 
@@ -19,47 +16,66 @@ from embed.datasets.circor import read_tsv
 from embed.problems import Problem
 
 PHASES = ("S1", "systole", "S2", "diastole")  # .tsv labels 1..4
-BLOCKS = ("mean_S1", "mean_systole", "mean_S2", "mean_diastole", "systole_minus_diastole",
-          "std_systole", "std_diastole")
+# (name, .tsv label, start, end as fractions of the interval's own length): murmurs differ in when
+# they sound within systole (early, mid, late, holo-) and diastole
+PARTS = (("S1", 1, 0.0, 1.0), ("S2", 3, 0.0, 1.0),
+         ("systole_early", 2, 0.0, 1 / 3), ("systole_mid", 2, 1 / 3, 2 / 3), ("systole_late", 2, 2 / 3, 1.0),
+         ("diastole_early", 4, 0.0, 0.5), ("diastole_late", 4, 0.5, 1.0))
+BLOCKS = ("recording_mean", *(f"{name}_minus_mean" for name, *_ in PARTS), "std_systole", "std_diastole")
 
 
 def frame_labels(times: np.ndarray, intervals: np.ndarray) -> np.ndarray:
     """The `.tsv` label (0-4) of the interval holding each time, half-open `[start, end)`; 0 where
     no interval does."""
+    return frame_positions(times, intervals)[0]
+
+
+def frame_positions(times: np.ndarray, intervals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per time: the label of the interval holding it (0 where none), and where in that interval
+    it lies as a fraction of its length (0 at the start; -1 where no interval holds it)."""
     intervals = np.asarray(intervals, dtype=np.float64).reshape(-1, 3)
+    times = np.asarray(times, dtype=np.float64)
     if not len(intervals):
-        return np.zeros(len(times), np.int64)
+        return np.zeros(len(times), np.int64), np.full(len(times), -1.0)
     intervals = intervals[np.argsort(intervals[:, 0], kind="stable")]
     row = np.maximum(np.searchsorted(intervals[:, 0], times, side="right") - 1, 0)
-    inside = (times >= intervals[row, 0]) & (times < intervals[row, 1])
-    return np.where(inside, intervals[row, 2], 0).astype(np.int64)
+    start, end = intervals[row, 0], intervals[row, 1]
+    inside = (times >= start) & (times < end)
+    position = np.where(inside, (times - start) / np.maximum(end - start, 1e-9), -1.0)
+    return np.where(inside, intervals[row, 2], 0).astype(np.int64), position
 
 
 def phase_feature_size(dim: int) -> int:
-    return len(BLOCKS) * dim + len(PHASES)
+    return len(BLOCKS) * dim + len(PARTS)
 
 
 def phase_feature_names(dim: int) -> list[str]:
-    return [f"{block}[{i}]" for block in BLOCKS for i in range(dim)] + [f"missing_{p}" for p in PHASES]
+    return [f"{block}[{i}]" for block in BLOCKS for i in range(dim)] + [f"missing_{p[0]}" for p in PARTS]
 
 
 def phase_features(frames: np.ndarray, times: np.ndarray, intervals: np.ndarray) -> np.ndarray:
     """`(n_frames, dim)` frames, their centre times (s) and phase intervals -> `phase_feature_size(dim)`
-    float32 vector (layout in the module docstring)."""
+    float32 vector: the recording's mean frame; each part's mean frame minus it (S1, S2, systole in
+    thirds, diastole in halves: relative to the recording, so stethoscope gain and room noise
+    cancel); the standard deviation of systole and of diastole frames (a murmur makes its phase
+    vary); one flag per part without frames (its block is zeros)."""
     frames = np.asarray(frames, dtype=np.float32)
     if frames.ndim != 2 or len(frames) != len(times):
         raise ValueError(f"frames must be (n_frames, dim) with one time per frame, got {frames.shape} "
                          f"and {len(times)} times")
-    labels = frame_labels(np.asarray(times), intervals)
+    labels, position = frame_positions(np.asarray(times), intervals)
     dim = frames.shape[1]
-    means, stds, missing = [], {}, []
-    for label, _ in enumerate(PHASES, start=1):
-        members = frames[labels == label]
+    zeros = np.zeros(dim, np.float32)
+    overall = frames.mean(axis=0) if len(frames) else zeros
+    blocks, missing = [overall], []
+    for _, label, start, end in PARTS:
+        members = frames[(labels == label) & (position >= start) & ((position < end) | (end == 1.0))]
         missing.append(len(members) == 0)
-        means.append(members.mean(axis=0) if len(members) else np.zeros(dim, np.float32))
-        stds[label] = members.std(axis=0) if len(members) else np.zeros(dim, np.float32)
-    contrast = means[1] - means[3] if not (missing[1] or missing[3]) else np.zeros(dim, np.float32)
-    return np.concatenate([*means, contrast, stds[2], stds[4], np.asarray(missing, np.float32)]).astype(np.float32)
+        blocks.append(members.mean(axis=0) - overall if len(members) else zeros)
+    for label in (2, 4):
+        members = frames[labels == label]
+        blocks.append(members.std(axis=0) if len(members) else zeros)
+    return np.concatenate([*blocks, np.asarray(missing, np.float32)]).astype(np.float32)
 
 
 def read_intervals(paths: Mapping[str, Path], problems: list[Problem] | None = None) -> dict[str, np.ndarray]:

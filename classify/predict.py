@@ -164,10 +164,13 @@ def output_names(patient_ids: list[str]) -> dict[str, str]:
 def predict(model_dir: str | Path, inputs: list[str | Path], out_dir: str | Path | None = None, *,
             checkpoint: str | None = None, encoder_name: str | None = None, probe: str | None = None,
             patient_id: str | None = None, device: str = "auto", trust_checkpoint: bool = False,
-            batch_size: int = 32) -> tuple[list[dict], list[Problem]]:
+            batch_size: int = 32, weights: str | Path | None = None) -> tuple[list[dict], list[Problem]]:
     """One result dict per patient (also written as `out_dir/NAME.json`, NAME from `output_names`),
-    and the problems met."""
+    and the problems met. A folder saved by `recipe --save-model` runs the whole recipe; its
+    encoders' weight files are looked up by name in `weights`."""
     manifest = load_manifest(model_dir)
+    if manifest.get("kind") == "recipe":
+        return _predict_with_recipe(model_dir, manifest, inputs, out_dir, weights, patient_id, device, batch_size)
     entry = select_model(manifest, encoder_name, probe)
     classes = manifest["classes"]
     # refuses a file whose hash or header differs from the manifest; reads arrays only
@@ -208,8 +211,34 @@ def predict(model_dir: str | Path, inputs: list[str | Path], out_dir: str | Path
         else:
             problems.append(Problem(pid, "no usable recording; no prediction"))
         results.append(result)
-        if out_dir is not None:
-            out = Path(out_dir)
-            out.mkdir(parents=True, exist_ok=True)
-            (out / names[pid]).write_text(json.dumps(result, indent=2))
+        _write_result(out_dir, names[pid], result)
+    return results, problems
+
+
+def _write_result(out_dir: str | Path | None, name: str, result: dict) -> None:
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text(json.dumps(result, indent=2))
+
+
+def _predict_with_recipe(model_dir, manifest, inputs, out_dir, weights, patient_id, device, batch_size
+                         ) -> tuple[list[dict], list[Problem]]:
+    from .recipe_job import predict_recipe
+    patients, problems = gather_inputs(inputs, patient_id)
+    calls, recipe_problems = predict_recipe(model_dir, manifest, patients, weights, device, batch_size)
+    problems += recipe_problems
+    names = output_names(list(patients))
+    entry = manifest["models"][0]
+    results = []
+    for pid, recs in patients.items():
+        call = calls.get(pid)
+        result = {"patient_id": pid, "class": call and call["class"],
+                  "probabilities": call and call["probabilities"], "decision_rule": entry["rule"],
+                  "model": {"encoder": entry["encoder"], "probe": entry["probe"], "file": entry["file"]},
+                  "recordings": call["recordings"] if call else [],
+                  "skipped": [{"file": q.path, "problem": q.message} for q in recipe_problems
+                              if q.severity == "error" and q.path in {str(r.path) for r in recs}]}
+        results.append(result)
+        _write_result(out_dir, names[pid], result)
     return results, problems

@@ -5,9 +5,15 @@ feature members it builds from them (`Member`), and how it decides. `fit_recipe`
 groups it is given (train + val of a split: every choice inside, C values and layer groups, is
 made by patient-grouped cross-validation there); `evaluate_recipe` runs it on every split x seed
 and scores the test groups, which nothing in the fit has seen.
+
+Members of kind "phases" pool frame embeddings by heart-cycle phase. Training recordings use
+their `.tsv` intervals; with `test_intervals="segmenter"` the recordings being predicted get
+intervals from a `PhaseSegmenter` trained on the training recordings' frames and `.tsv`s, as new
+recordings without annotations would.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field, replace
 from typing import Callable, Literal
 
@@ -16,32 +22,41 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
-from .aggregate import GroupTable, make_rule
+from .aggregate import DecisionName, GroupTable, make_rule
 from .evaluate import SplitResult, proba_columns
-from .patient_model import MemberScores, PatientModel, RecordingProbe, balanced_log_loss, patient_features
+from .patient_model import (MemberScores, PatientModel, RecordingProbe, balanced_log_loss, patient_features)
+from .phases import phase_features
+from .segmenter import PhaseSegmenter
 from .selection import select_best
 from .task import Task
 
 FeatureKind = Literal["windows", "phases"]
+Intervals = Literal["tsv", "segmenter"]
+STATS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "mean": lambda e: e.mean(axis=0), "std": lambda e: e.std(axis=0), "max": lambda e: e.max(axis=0)}
 
 
 @dataclass(frozen=True)
 class ExtractSpec:
-    """One cache the recipe needs: `pipeline.py extract` options (the checkpoint by file name)."""
+    """One cache a recipe needs, as `pipeline.py extract` options; `checkpoint` is the official
+    weight file's published name, looked up in the recipe command's `--weights` folder."""
     encoder: str
     checkpoint: str | None = None
-    options: tuple[tuple[str, object], ...] = ()  # e.g. (("layers", "all"),)
+    layers: str = "last"
+    precision: str | None = None  # None: the encoder's default on the device
+    frames: bool = False  # a frame cache (`extract --frames`, fp16, the encoder's own hop)
 
 
 @dataclass(frozen=True)
 class Member:
-    """One stage-1 feature block. `source`: the cache's encoder name (NAME@KEY picks one of
-    several); `layers`: "last" | "all" | "i,j" | "cv" (the best of `layer_groups` by CV)."""
+    """One stage-1 feature block, read from the cache of `recipe.extracts[extract]`.
+    `layers`: "all" (every cached layer), "I,J" (those), or "cv" (the best of the last layer and
+    all layers by grouped CV); `stats`: statistics of window embeddings over the recording."""
     name: str
-    source: str
+    extract: int
     kind: FeatureKind = "windows"
-    layers: str = "last"
-    stats: tuple[str, ...] = ("mean",)  # statistics of the window embeddings over a recording
+    layers: str = "all"
+    stats: tuple[str, ...] = ("mean",)
 
 
 @dataclass(frozen=True)
@@ -52,33 +67,90 @@ class Recipe:
     members: tuple[Member, ...]
     targets: str = "location"  # stage-1 recording targets (the dataset's label scheme)
     patient_model: bool = True  # False: mean of the members' recording probabilities per patient
-    decision: str = "cost"
+    decision: DecisionName = "cost"
+    test_intervals: Intervals = "segmenter"
     folds: int = 5
 
-    def without(self, member_names: set[str]) -> "Recipe":
-        return replace(self, members=tuple(m for m in self.members if m.name not in member_names))
+    def with_fields(self, **fields) -> "Recipe":
+        """The recipe with some fields changed (ablations); unknown fields are refused by name."""
+        known = {f.name for f in dataclasses.fields(self)} - {"name", "extracts", "members"}
+        unknown = sorted(set(fields) - known)
+        if unknown:
+            raise ValueError(f"recipe fields {unknown} cannot be set; settable: {', '.join(sorted(known))}")
+        return replace(self, **fields)
+
+    def without(self, *member_names: str) -> "Recipe":
+        left = tuple(m for m in self.members if m.name not in member_names)
+        if not left:
+            raise ValueError(f"recipe {self.name}: removing {member_names} leaves no member")
+        return replace(self, members=left)
 
 
 @dataclass
 class FeatureBlock:
-    """Recording-level features of one member: rows aligned with `recording_ids`. `groups`: named
-    column sets the member may choose from (layers), else None."""
+    """Recording-level features of one member, rows aligned with `recording_ids`; `groups`: named
+    column sets a member with layers="cv" chooses from."""
     recording_ids: np.ndarray
     X: np.ndarray
     groups: dict[str, np.ndarray] | None = None
 
     def rows(self, recording_ids) -> tuple[np.ndarray, np.ndarray]:
-        """(mask of `recording_ids` this block has, their rows)."""
+        """(mask of the `recording_ids` this block has, their rows)."""
         index = {r: i for i, r in enumerate(self.recording_ids)}
         have = np.array([r in index for r in recording_ids], dtype=bool)
-        return have, self.X[[index[r] for r, h in zip(recording_ids, have) if h]]
+        return have, self.X[[index[r] for r, h in zip(recording_ids, have) if h]].reshape(-1, self.X.shape[1])
 
 
-def window_stats(embeddings: np.ndarray, stats: tuple[str, ...]) -> np.ndarray:
-    """One recording's window embeddings `(n_windows, D)` -> its statistics, concatenated."""
-    funcs: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-        "mean": lambda e: e.mean(axis=0), "std": lambda e: e.std(axis=0), "max": lambda e: e.max(axis=0)}
-    return np.concatenate([funcs[s](embeddings) for s in stats])
+@dataclass
+class PhaseFrames:
+    """A phases member's source: frames with times per recording, and the `.tsv` intervals."""
+    frames: dict  # recording id -> embed.cache.CachedFrames
+    intervals: dict[str, np.ndarray]
+    _tsv_block: FeatureBlock | None = None
+    _segmented: tuple | None = None  # (segmenter, {recording id: its intervals})
+
+    def block(self, recording_ids, intervals: dict[str, np.ndarray] | None = None) -> FeatureBlock:
+        """Phase features of these recordings (those with frames), from `intervals` (default the
+        `.tsv`s, computed once for every recording; a recording without any gets zeros and its
+        missing flags)."""
+        if intervals is None:
+            if self._tsv_block is None:
+                self._tsv_block = self.block(list(self.frames), self.intervals)
+            return self._tsv_block
+        ids = np.array([r for r in recording_ids if r in self.frames])
+        rows = [phase_features(self.frames[r].embeddings, self.frames[r].times,
+                               intervals.get(r, np.zeros((0, 3)))) for r in ids]
+        return FeatureBlock(ids, np.stack(rows) if rows else np.zeros((0, 0)))
+
+    def fit_segmenter(self, recording_ids, seed: int = 0) -> PhaseSegmenter:
+        ids = [r for r in recording_ids if r in self.frames and r in self.intervals]
+        return PhaseSegmenter(seed=seed).fit([self.frames[r].embeddings for r in ids],
+                                             [self.frames[r].times for r in ids], [self.intervals[r] for r in ids])
+
+    def segmented(self, segmenter: PhaseSegmenter, recording_ids) -> dict[str, np.ndarray]:
+        """The segmenter's intervals for these recordings, each decoded once per segmenter (the
+        evaluation reuses a split's segmenter across seeds)."""
+        if self._segmented is None or self._segmented[0] is not segmenter:
+            self._segmented = (segmenter, {})
+        done = self._segmented[1]
+        for r in recording_ids:
+            if r in self.frames and r not in done:
+                done[r] = segmenter.predict(self.frames[r].embeddings, self.frames[r].times)
+        return {r: done[r] for r in recording_ids if r in done}
+
+
+Source = FeatureBlock | PhaseFrames
+
+
+def window_block(embeddings: dict, stats: tuple[str, ...], slices: dict[int, slice]) -> FeatureBlock:
+    """Window embeddings per recording (`{rid: CachedRecording}`) -> their statistics; layer groups
+    "last" and "all" (each stat's columns) when the cache holds several layers."""
+    ids = np.array(sorted(embeddings))
+    X = np.stack([np.concatenate([STATS[s](embeddings[r].embeddings) for s in stats]) for r in ids])
+    width = X.shape[1] // len(stats)
+    last = np.r_[slices[max(slices)]] if len(slices) > 1 else np.arange(width)
+    groups = {"last": np.concatenate([last + k * width for k in range(len(stats))]), "all": np.arange(X.shape[1])}
+    return FeatureBlock(ids, X, groups if len(slices) > 1 else None)
 
 
 @dataclass
@@ -88,7 +160,22 @@ class FittedRecipe:
     columns: dict[str, np.ndarray | None]  # member -> the feature columns it uses (None: all)
     stage2: PatientModel | None
     rule: object
-    cv_metrics: dict = field(default_factory=dict)  # inner CV (train + val only) of the patient model
+    segmenter: PhaseSegmenter | None = None
+    cv_metrics: dict = field(default_factory=dict)  # inner CV (fit groups only) of the whole recipe
+
+    def blocks_for(self, sources: dict[str, Source], recording_ids) -> dict[str, FeatureBlock]:
+        """Feature blocks of recordings being predicted (phases from the segmenter when the recipe
+        says so)."""
+        out, segmented = {}, None
+        for m in self.recipe.members:
+            src = sources[m.name]
+            if isinstance(src, PhaseFrames):
+                if self.segmenter is not None and segmented is None:
+                    segmented = src.segmented(self.segmenter, recording_ids)
+                out[m.name] = src.block(recording_ids, segmented)
+            else:
+                out[m.name] = src
+        return out
 
     def member_scores(self, blocks: dict[str, FeatureBlock], recording_ids) -> list[MemberScores]:
         out = []
@@ -96,20 +183,30 @@ class FittedRecipe:
             have, X = blocks[m.name].rows(recording_ids)
             cols = self.columns[m.name]
             X = X if cols is None else X[:, cols]
-            out.append(MemberScores(m.name, np.asarray(recording_ids)[have], self.stage1[m.name].predict_proba(X)))
+            proba = self.stage1[m.name].predict_proba(X) if len(X) else np.zeros((0, self.stage1[m.name].n_classes))
+            out.append(MemberScores(m.name, np.asarray(recording_ids)[have], proba))
         return out
 
-    def predict_proba(self, task: Task, blocks: dict[str, FeatureBlock], group_ids: list[str]) -> np.ndarray:
+    def predict_proba(self, task: Task, sources: dict[str, Source], group_ids: list[str]
+                      ) -> tuple[np.ndarray, list[MemberScores]]:
+        """Patient probabilities, and each member's recording probabilities."""
         recs = [r for g in group_ids for r in task.recordings_of.get(g, [])]
-        members = self.member_scores(blocks, recs)
-        if self.stage2 is None:
-            return mean_member_proba(members, group_ids, task)
-        X = patient_features(members, group_ids, task.recordings_of, task.recording_location, task.locations)
-        return self.stage2.predict_proba(X)
+        with threadpool_limits(limits=1, user_api="blas"):
+            members = self.member_scores(self.blocks_for(sources, recs), recs)
+            if self.stage2 is None:
+                return mean_member_proba(members, group_ids, task), members
+            X = patient_features(members, group_ids, task.recordings_of, task.recording_location, task.locations)
+            return self.stage2.predict_proba(X), members
 
-    def predict(self, task: Task, blocks: dict[str, FeatureBlock], group_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        proba = self.predict_proba(task, blocks, group_ids)
-        return self.rule.predict(GroupTable(np.asarray(group_ids), proba, proba, proba.argmax(axis=1))), proba
+    def predict(self, task: Task, sources: dict[str, Source], group_ids: list[str]
+                ) -> tuple[np.ndarray, np.ndarray, list[MemberScores]]:
+        proba, members = self.predict_proba(task, sources, group_ids)
+        return decide(self.rule, group_ids, proba), proba, members
+
+
+def decide(rule, group_ids, proba: np.ndarray) -> np.ndarray:
+    """The rule's call on patient-level probabilities (one row per group)."""
+    return rule.predict(GroupTable(np.asarray(group_ids), proba, proba, proba.argmax(axis=1)))
 
 
 def mean_member_proba(members: list[MemberScores], group_ids: list[str], task: Task) -> np.ndarray:
@@ -123,52 +220,45 @@ def mean_member_proba(members: list[MemberScores], group_ids: list[str], task: T
     return out / max(len(members), 1)
 
 
-def _stage1(member: Member, block: FeatureBlock, X: np.ndarray, y: np.ndarray, groups: np.ndarray,
-            strata: np.ndarray, recipe: Recipe, seed: int, n_classes: int):
-    """Fit one member's probe; with layers="cv", the column group with the best CV loss."""
+def _fit_member(member: Member, block: FeatureBlock, X: np.ndarray, y: np.ndarray, groups: np.ndarray,
+                strata: np.ndarray, folds: int, seed: int, n_classes: int
+                ) -> tuple[RecordingProbe, np.ndarray | None]:
+    """Fit one member's probe; with layers="cv", on the column group with the best CV loss."""
     def fit(cols):
-        probe = RecordingProbe(folds=recipe.folds, seed=seed, n_classes=n_classes)
-        probe.fit(X if cols is None else X[:, cols], y, groups, strata)
-        return probe
+        return RecordingProbe(folds=folds, seed=seed, n_classes=n_classes).fit(
+            X if cols is None else X[:, cols], y, groups, strata)
 
-    if member.layers != "cv":
+    if member.layers != "cv" or not block.groups:
         return fit(None), None
-    if not block.groups:
-        raise ValueError(f"member {member.name}: layers='cv' needs a cache with several layers")
-
-    def score(name):
-        probe = fit(block.groups[name])
-        loss = -_balanced_loss(probe.oof_proba_, y, n_classes)
-        return loss, probe
-
-    chosen, _, probe = select_best(list(block.groups), score)
+    chosen, _, probe = select_best(list(block.groups), lambda name: (
+        -balanced_log_loss(y, (p := fit(block.groups[name])).oof_proba_, n_classes), p))
     return probe, block.groups[chosen]
 
 
-def _balanced_loss(proba: np.ndarray, y: np.ndarray, n_classes: int) -> float:
-    return balanced_log_loss(y, proba, n_classes)
-
-
-def fit_recipe(task: Task, recipe: Recipe, blocks: dict[str, FeatureBlock], group_ids: list[str],
-               seed: int = 0) -> FittedRecipe:
-    """Fit every stage on `group_ids` only (the caller's train + val)."""
+def fit_recipe(task: Task, recipe: Recipe, sources: dict[str, Source], group_ids: list[str],
+               seed: int = 0, segmenter: PhaseSegmenter | None = None) -> FittedRecipe:
+    """Fit every stage on `group_ids` only (the caller's train + val). `segmenter`: one already
+    fit on these groups (the evaluation reuses it across seeds); else fit here when needed."""
     # one BLAS thread: small lbfgs problems run many times slower when BLAS threads oversubscribe
     with threadpool_limits(limits=1, user_api="blas"):
-        return _fit_recipe(task, recipe, blocks, group_ids, seed)
+        return _fit_recipe(task, recipe, sources, group_ids, seed, segmenter)
 
 
-def _fit_recipe(task, recipe, blocks, group_ids, seed) -> FittedRecipe:
+def _fit_recipe(task, recipe, sources, group_ids, seed, segmenter) -> FittedRecipe:
     recs = [r for g in group_ids for r in task.recordings_of.get(g, [])]
     patient_of = {r: g for g in group_ids for r in task.recordings_of.get(g, [])}
     stage1, columns, oof = {}, {}, []
     for m in recipe.members:
-        block = blocks[m.name]
+        src = sources[m.name]
+        block = src.block(recs) if isinstance(src, PhaseFrames) else src
         have, X = block.rows(recs)
         ids = np.asarray(recs)[have]
+        if not len(ids):
+            raise ValueError(f"member {m.name}: none of the {len(recs)} training recordings has features")
         y = np.array([task.targets[r] for r in ids])
         groups = np.array([patient_of[r] for r in ids])
         strata = np.array([task.group_labels[g] for g in groups])
-        probe, cols = _stage1(m, block, X, y, groups, strata, recipe, seed, task.n_classes)
+        probe, cols = _fit_member(m, block, X, y, groups, strata, recipe.folds, seed, task.n_classes)
         stage1[m.name], columns[m.name] = probe, cols
         oof.append(MemberScores(m.name, ids, probe.oof_proba_))
     y_groups = task.labels_of(group_ids)
@@ -183,20 +273,28 @@ def _fit_recipe(task, recipe, blocks, group_ids, seed) -> FittedRecipe:
     rule.fit(table, y_groups, task.scoring.selection_key)
     cv_pred = rule.predict(table)
     cv_metrics = {f"cv_{k}": task.scoring.metric(k, y_groups, cv_pred) for k in task.scoring.label_metrics}
-    return FittedRecipe(recipe, stage1, columns, stage2, rule, cv_metrics)
+    phases = [sources[m.name] for m in recipe.members if isinstance(sources[m.name], PhaseFrames)]
+    if recipe.test_intervals == "segmenter" and phases and segmenter is None:
+        segmenter = phases[0].fit_segmenter(recs, seed=0)
+    if recipe.test_intervals != "segmenter" or not phases:
+        segmenter = None
+    return FittedRecipe(recipe, stage1, columns, stage2, rule, segmenter, cv_metrics)
 
 
-def evaluate_recipe(task: Task, recipe: Recipe, blocks: dict[str, FeatureBlock],
+def evaluate_recipe(task: Task, recipe: Recipe, sources: dict[str, Source],
                     splits: dict[str, dict[str, str]], seeds: int = 5, first_seed: int = 0,
                     progress: bool = True) -> list[SplitResult]:
-    """Every split x seed: fit on train + val, score the test groups once."""
+    """Every split x seed: fit on train + val, score the test groups once. The segmenter (when the
+    recipe uses one) is fit once per split: it has no seed-dependent part worth refitting."""
     results = []
     runs = [(name, split, first_seed + s) for name, split in splits.items() for s in range(seeds)]
+    segmenters: dict[str, PhaseSegmenter | None] = {}
     for name, split, seed in tqdm(runs, desc=f"recipe {recipe.name}", disable=not progress):
         fit_ids = [g for g in task.group_ids if split.get(g) in ("train", "val")]
         test_ids = task.ids_in(split, "test")
-        fitted = fit_recipe(task, recipe, blocks, fit_ids, seed)
-        pred, proba = fitted.predict(task, blocks, test_ids)
+        fitted = fit_recipe(task, recipe, sources, fit_ids, seed, segmenters.get(name))
+        segmenters[name] = fitted.segmenter
+        pred, proba, _ = fitted.predict(task, sources, test_ids)
         labels = task.labels_of(test_ids)
         frame = pd.DataFrame(proba, columns=proba_columns(task.classes))
         frame.insert(0, "patient_id", test_ids)
@@ -204,7 +302,8 @@ def evaluate_recipe(task: Task, recipe: Recipe, blocks: dict[str, FeatureBlock],
         frame.insert(2, "prediction", pred)
         frame["label"] = labels
         metrics = {**task.scoring.all(labels, pred, proba), **fitted.cv_metrics}
-        params = {m: f"C={p.C_:g}" for m, p in fitted.stage1.items()}
+        params = {m: f"C={p.C_:g}" + ("" if fitted.columns[m] is None else f",cols={len(fitted.columns[m])}")
+                  for m, p in fitted.stage1.items()}
         if fitted.stage2 is not None:
             params["patient_C"] = f"{fitted.stage2.C_:g}"
         results.append(SplitResult(recipe.name, "recipe", f"{name}@seed{seed}", metrics, frame, params,

@@ -23,6 +23,7 @@ from threadpoolctl import threadpool_limits
 from embed.frames import average_runs
 
 from .phases import PHASES, frame_labels
+from .probes import scaler_from_state
 
 N_PHASES = len(PHASES)
 PREVIOUS = np.array([3, 0, 1, 2])  # phase index before each one in the cycle
@@ -94,6 +95,28 @@ class PhaseSegmenter(BaseEstimator):
             smooth = np.convolve(hist, kernel / kernel.sum(), mode="same") + 1e-3 * hist.max()
             out.append(np.log(smooth / smooth.sum()))
         return out
+
+    # -- saving -----------------------------------------------------------------------------
+    def state(self) -> dict[str, np.ndarray]:
+        """The fitted segmenter as plain arrays (saved models hold data, never code)."""
+        out = {"factor": np.asarray(self.factor_), "grid_hop": np.asarray(self.grid_hop_),
+               "mean": self.scaler_.mean_, "scale": self.scaler_.scale_, "var": self.scaler_.var_,
+               "coef": self.probe_.coef_, "intercept": self.probe_.intercept_, "classes": self.probe_.classes_,
+               "log_prior": self.log_prior_}
+        out.update({f"log_duration_{k}": d for k, d in enumerate(self.log_duration_)})
+        return out
+
+    @classmethod
+    def from_state(cls, params: dict, state: dict[str, np.ndarray]) -> "PhaseSegmenter":
+        seg = cls(**params)
+        seg.factor_, seg.grid_hop_ = int(state["factor"]), float(state["grid_hop"])
+        seg.scaler_ = scaler_from_state(state)
+        seg.probe_ = LogisticRegression(C=seg.C)
+        seg.probe_.coef_, seg.probe_.intercept_ = state["coef"], state["intercept"]
+        seg.probe_.classes_, seg.probe_.n_features_in_ = state["classes"], state["coef"].shape[1]
+        seg.log_prior_ = state["log_prior"]
+        seg.log_duration_ = [state[f"log_duration_{k}"] for k in range(N_PHASES)]
+        return seg
 
     # -- prediction -------------------------------------------------------------------------
     def log_posteriors(self, frames: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

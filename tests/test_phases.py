@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from classify.phases import (BLOCKS, PHASES, folder_intervals, frame_labels, phase_feature_names,
+from classify.phases import (BLOCKS, PARTS, folder_intervals, frame_labels, phase_feature_names,
                              phase_feature_size, phase_feature_table, phase_features, tsv_intervals)
 from embed.datasets.circor import load_circor, read_tsv
 from embed.encoders import create
@@ -14,6 +14,10 @@ from embed.segments import SegmentConfig
 def brute_force_label(t: float, intervals: np.ndarray) -> int:
     hits = [int(lab) for a, b, lab in intervals if a <= t < b]
     return hits[0] if hits else 0
+
+
+def brute_force_part(t: float, intervals: np.ndarray, label: int, lo: float, hi: float) -> bool:
+    return any(a <= t < b and lab == label and lo <= (t - a) / (b - a) < hi for a, b, lab in intervals)
 
 
 def test_frames_encoding_their_time_are_pooled_by_phase():
@@ -30,12 +34,15 @@ def test_frames_encoding_their_time_are_pooled_by_phase():
     labels = np.array([brute_force_label(t, intervals) for t in times])
     np.testing.assert_array_equal(frame_labels(times, intervals), labels)
     block = {name: vec[2 * i:2 * i + 2] for i, name in enumerate(BLOCKS)}
-    for label, phase in enumerate(PHASES, start=1):
-        np.testing.assert_allclose(block[f"mean_{phase}"], frames[labels == label].mean(0), rtol=1e-5)
-    np.testing.assert_allclose(block["systole_minus_diastole"],
-                               frames[labels == 2].mean(0) - frames[labels == 4].mean(0), rtol=1e-4, atol=1e-6)
+    overall = frames.mean(0)
+    np.testing.assert_allclose(block["recording_mean"], overall, rtol=1e-5)
+    for name, label, lo, hi in PARTS:
+        member = np.array([brute_force_part(t, intervals, label, lo, hi + (hi == 1.0)) for t in times])
+        assert member.any()
+        np.testing.assert_allclose(block[f"{name}_minus_mean"], frames[member].mean(0) - overall,
+                                   rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(block["std_systole"], frames[labels == 2].std(0), rtol=1e-4)
-    assert not vec[-4:].any()  # no phase missing
+    assert not vec[-len(PARTS):].any()  # no part missing
     assert not np.isin(times[labels == 0], times[labels > 0]).any() and (labels == 0).sum() > 100
 
 
@@ -43,10 +50,10 @@ def test_missing_phases_are_zeros_with_a_flag():
     times = np.arange(0.005, 1.0, 0.01)
     frames = np.ones((len(times), 3))
     vec = phase_features(frames, times, np.array([[0.0, 0.5, 2.0]]))  # systole only
-    block = vec[:-4].reshape(len(BLOCKS), 3)
-    assert (block[1] == 1).all() and not block[[0, 2, 3, 4]].any()
-    assert vec[-4:].tolist() == [1, 0, 1, 1]
-    assert phase_features(frames, times, np.zeros((0, 3)))[-4:].tolist() == [1, 1, 1, 1]
+    block = vec[:-len(PARTS)].reshape(len(BLOCKS), 3)
+    assert (block[0] == 1).all() and not block[1:].any()  # parts relative to the recording's mean
+    assert vec[-len(PARTS):].tolist() == [1, 1, 0, 0, 0, 1, 1]
+    assert phase_features(frames, times, np.zeros((0, 3)))[-len(PARTS):].tolist() == [1] * len(PARTS)
     with pytest.raises(ValueError, match="one time per frame"):
         phase_features(frames, times[:-1], np.zeros((0, 3)))
 
@@ -61,14 +68,15 @@ def test_phase_table_over_real_tsv_files(circor_mini, tmp_path):
     missing = []
     table = phase_feature_table(cache, {k: v for k, v in intervals.items() if k != recordings[2].recording_id},
                                 on_missing=missing.append)
-    assert missing == [recordings[2].recording_id] and table[missing[0]][-4:].tolist() == [1, 1, 1, 1]
+    assert missing == [recordings[2].recording_id] and table[missing[0]][-len(PARTS):].tolist() == [1] * len(PARTS)
     rec = recordings[0]
     cached = cache.read([rec.recording_id])[rec.recording_id]
     tsv = read_tsv(rec.tsv)
     labels = np.array([brute_force_label(t, tsv) for t in cached.times])
     dim = cached.embeddings.shape[1]
-    np.testing.assert_allclose(table[rec.recording_id][dim:2 * dim],
-                               cached.embeddings[labels == 2].mean(0), rtol=1e-5, atol=1e-6)
+    frames = cached.embeddings.astype(np.float32)
+    np.testing.assert_allclose(table[rec.recording_id][dim:2 * dim],  # S1 relative to the recording
+                               frames[labels == 1].mean(0) - frames.mean(0), rtol=1e-4, atol=1e-4)
     # a segmenter's output folder reads the same way; a bad file is named, not the end of the run
     (tmp_path / "seg").mkdir()
     (tmp_path / "seg" / f"{rec.recording_id}.tsv").write_text(rec.tsv.read_text())

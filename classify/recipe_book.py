@@ -1,0 +1,41 @@
+"""The committed recipes (`pipeline.py recipe NAME`). Every choice inside one (C values, which
+layers) is made by cross-validation inside the training groups when the recipe is fit; what is
+fixed here was chosen by that same inner cross-validation on train + val (see the README's
+recipe section), never on test patients."""
+from __future__ import annotations
+
+from .recipe import ExtractSpec, Member, Recipe
+
+MN04_WEIGHTS = "efficientat_mn04_as_mAP_432.pt"  # EfficientAT's published file name
+
+RECIPES: dict[str, Recipe] = {}
+
+
+def register_recipe(recipe: Recipe) -> Recipe:
+    RECIPES[recipe.name] = recipe
+    return recipe
+
+
+register_recipe(Recipe(
+    name="cycle-mn04",
+    description="log-mel frames pooled per heart-cycle phase + signal quality + mn04's layers (by CV), "
+                "recording probes, patient model over locations, expected-cost decision",
+    extracts=(ExtractSpec("logmel", precision="fp32", frames=True), ExtractSpec("quality"),
+              ExtractSpec("mn04", MN04_WEIGHTS, layers="all", precision="bf16")),
+    members=(Member("phases", 0, "phases"), Member("quality", 1, stats=("mean", "std")),
+             Member("mn04", 2, layers="cv")),
+))
+
+register_recipe(Recipe(
+    name="cycle-logmel",
+    description="log-mel frames pooled per heart-cycle phase + signal quality (no pre-trained encoder), "
+                "recording probes, patient model over locations, expected-cost decision",
+    extracts=(ExtractSpec("logmel", precision="fp32", frames=True), ExtractSpec("quality")),
+    members=(Member("phases", 0, "phases"), Member("quality", 1, stats=("mean", "std"))),
+))
+
+
+def get_recipe(name: str) -> Recipe:
+    if name not in RECIPES:
+        raise KeyError(f"unknown recipe {name!r}; committed recipes: {', '.join(RECIPES)}")
+    return RECIPES[name]

@@ -1,0 +1,107 @@
+"""A fitted recipe saved as data: one `.npz` of arrays plus the model folder's `manifest.json`.
+
+The `.npz` holds every stage's arrays (recording probes, feature columns, the patient model, the
+segmenter) and a JSON header with the recipe itself, the decision rule and the configurations of
+the caches it was trained on. It is read with `allow_pickle=False` and checked against the
+manifest's sha256, as `probe --save-model` folders are (see `model_io`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from embed.checksum import file_sha256
+
+from .aggregate import rule_from_dict
+from .model_io import (HEADER, MANIFEST, MODEL_FORMAT, ModelIntegrityError, _atomic_write, _canonical_sha256,
+                       _checked_path)
+from .patient_model import PatientModel, RecordingProbe
+from .recipe import ExtractSpec, FittedRecipe, Member, Recipe
+from .segmenter import PhaseSegmenter
+
+RECIPE_FILE = "recipe.npz"
+
+
+def recipe_to_dict(recipe: Recipe) -> dict:
+    return dataclasses.asdict(recipe)
+
+
+def recipe_from_dict(saved: dict) -> Recipe:
+    fields = dict(saved)
+    fields["extracts"] = tuple(ExtractSpec(**e) for e in saved["extracts"])
+    fields["members"] = tuple(Member(**{**m, "stats": tuple(m["stats"])}) for m in saved["members"])
+    return Recipe(**fields)
+
+
+def save_recipe(fitted: FittedRecipe, model_dir: str | Path, classes: tuple[str, ...], dataset: str,
+                cache_configs: list[dict], trained_on: str, locations: tuple[str, ...] = ()) -> Path:
+    """Write `recipe.npz` and the manifest (last, so a folder with a manifest is complete)."""
+    out = Path(model_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    arrays: dict[str, np.ndarray] = {}
+    params = {}
+    for name, probe in fitted.stage1.items():
+        arrays.update({f"stage1:{name}:{k}": np.asarray(v) for k, v in probe.state().items()})
+        params[f"stage1:{name}"] = probe.get_params()
+        if fitted.columns[name] is not None:
+            arrays[f"columns:{name}"] = np.asarray(fitted.columns[name])
+    if fitted.stage2 is not None:
+        arrays.update({f"stage2:{k}": np.asarray(v) for k, v in fitted.stage2.state().items()})
+        params["stage2"] = fitted.stage2.get_params()
+    if fitted.segmenter is not None:
+        arrays.update({f"segmenter:{k}": np.asarray(v) for k, v in fitted.segmenter.state().items()})
+        params["segmenter"] = {k: list(v) if isinstance(v, tuple) else v
+                               for k, v in fitted.segmenter.get_params().items()}
+    header = {"recipe": recipe_to_dict(fitted.recipe), "rule": fitted.rule.to_dict(), "params": params,
+              "classes": list(classes), "cache_configs": cache_configs, "cv_metrics": fitted.cv_metrics,
+              "locations": list(locations)}
+    header = json.loads(json.dumps(header, default=str))
+    arrays[HEADER] = np.frombuffer(json.dumps(header, sort_keys=True).encode(), dtype=np.uint8)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    _atomic_write(out / RECIPE_FILE, buffer.getvalue())
+    entry = {"file": RECIPE_FILE, "sha256": file_sha256(out / RECIPE_FILE), "encoder": f"recipe:{fitted.recipe.name}",
+             "probe": "recipe", "rule": header["rule"], "cache_configs": cache_configs, "trained_on": trained_on}
+    manifest = {"format": MODEL_FORMAT, "kind": "recipe", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "dataset": dataset, "classes": list(classes), "decision": fitted.rule.name, "models": [entry]}
+    manifest = json.loads(json.dumps(manifest, default=str))
+    manifest["manifest_sha256"] = _canonical_sha256(manifest)
+    _atomic_write(out / MANIFEST, json.dumps(manifest, indent=2).encode())
+    return out / MANIFEST
+
+
+def load_recipe(model_dir: str | Path, manifest: dict) -> tuple[FittedRecipe, dict]:
+    """(fitted recipe, header) from a folder `save_recipe` wrote; sha256-checked, arrays only."""
+    entry = manifest["models"][0]
+    path = _checked_path(model_dir, entry)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            header = json.loads(npz[HEADER].tobytes().decode())
+            arrays = {k: npz[k] for k in npz.files if k != HEADER}
+    except (ValueError, OSError, KeyError, zipfile.BadZipFile, UnicodeDecodeError) as err:
+        raise ModelIntegrityError(f"{path}: not a recipe file of this format ({err})") from err
+    if header.get("rule") != entry.get("rule") or header.get("cache_configs") != entry.get("cache_configs"):
+        raise ModelIntegrityError(f"{path}: the manifest differs from the recipe file; refusing to use it")
+
+    def part(prefix: str) -> dict[str, np.ndarray]:
+        return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+    try:
+        recipe = recipe_from_dict(header["recipe"])
+        params = header["params"]
+        stage1 = {m.name: RecordingProbe.from_state(params[f"stage1:{m.name}"], part(f"stage1:{m.name}:"))
+                  for m in recipe.members}
+        columns = {m.name: arrays.get(f"columns:{m.name}") for m in recipe.members}
+        stage2 = PatientModel.from_state(params["stage2"], part("stage2:")) if "stage2" in params else None
+        segmenter = (PhaseSegmenter.from_state(params["segmenter"], part("segmenter:"))
+                     if "segmenter" in params else None)
+        rule = rule_from_dict(header["rule"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise ModelIntegrityError(f"{path}: cannot rebuild the recipe ({err})") from err
+    return FittedRecipe(recipe, stage1, columns, stage2, rule, segmenter, header.get("cv_metrics", {})), header

@@ -1,0 +1,138 @@
+"""Recipes: the two-stage model, the cost rule, selection inside train+val only, and the recipe
+command's round trip through --save-model and predict."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from classify.aggregate import GroupTable, make_rule
+from classify.metrics import Scoring, weighted_accuracy
+from classify.patient_model import MemberScores, patient_features
+from classify.recipe import FeatureBlock, Member, Recipe, evaluate_recipe, fit_recipe
+from classify.task import Task
+from embed.datasets import load_dataset
+from embed.datasets.splits import write_splits
+from pipeline import main
+
+LOCS = ("AV", "PV", "TV", "MV")
+
+
+def toy_task(n_groups: int = 120, seed: int = 0) -> tuple[Task, dict[str, FeatureBlock]]:
+    """Groups of 2-4 recordings at random locations; class 0 groups carry a signal in feature 0 of
+    the recordings at one location only, class 1 groups a weaker one in feature 1."""
+    rng = np.random.default_rng(seed)
+    labels = rng.choice(3, n_groups, p=[0.3, 0.2, 0.5])
+    recordings_of, location_of, targets, rows, ids = {}, {}, {}, [], []
+    for g, label in enumerate(labels):
+        gid = f"p{g:03d}"
+        locs = rng.choice(LOCS, rng.integers(2, 5), replace=False)
+        recordings_of[gid] = []
+        for loc in locs:
+            rid = f"{gid}_{loc}"
+            x = rng.normal(size=8)
+            if label == 0 and loc == "MV":
+                x[0] += 3.0
+            if label == 1:
+                x[1] += 1.5
+            recordings_of[gid].append(rid)
+            location_of[rid] = loc
+            targets[rid] = int(label)
+            rows.append(x)
+            ids.append(rid)
+    task = Task(Scoring(("Present", "Unknown", "Absent"), ("weighted_accuracy", "uar"), (5.0, 3.0, 1.0)),
+                list(recordings_of), {g: int(lab) for g, lab in zip(recordings_of, labels)}, recordings_of,
+                targets, locations=LOCS, recording_location=location_of)
+    return task, {"toy": FeatureBlock(np.array(ids), np.array(rows))}
+
+
+RECIPE = Recipe("toy", "", (), (Member("toy", 0),), targets="patient", folds=3)
+
+
+def test_cost_rule_is_the_expected_weighted_accuracy_decision():
+    rng = np.random.default_rng(0)
+    proba = rng.dirichlet(np.ones(3), 500)
+    rule = make_rule("cost", (5.0, 3.0, 1.0))
+    calls = rule.predict(GroupTable(np.arange(500), proba, proba, proba.argmax(1)))
+    np.testing.assert_array_equal(calls, (proba * [5, 3, 1]).argmax(1))
+    # with labels drawn from these probabilities, no other fixed call rule scores better on average
+    labels = np.array([rng.choice(3, p=p) for p in proba])
+    mean_rule = proba.argmax(1)
+    assert weighted_accuracy(labels, calls) > weighted_accuracy(labels, mean_rule)
+
+
+def test_patient_features_average_per_location_and_flag_missing_ones():
+    member = MemberScores("m", np.array(["a_AV", "a_MV", "a_MV2", "b_PV"]),
+                          np.array([[0.5, 0.25, 0.25], [0.8, 0.1, 0.1], [0.4, 0.3, 0.3], [0.1, 0.1, 0.8]]))
+    X = patient_features([member], ["a", "b"], {"a": ["a_AV", "a_MV", "a_MV2"], "b": ["b_PV"]},
+                         {"a_AV": "AV", "a_MV": "MV", "a_MV2": "MV", "b_PV": "PV"}, ("AV", "PV", "MV"))
+    assert X.shape == (2, 3 * 3 + 3 + 3 + 3)
+    np.testing.assert_allclose(X[0, 6:9], np.log([[0.8, 0.1, 0.1], [0.4, 0.3, 0.3]]).mean(0))  # MV: mean of 2
+    assert not X[0, 3:6].any() and X[0, -3:].tolist() == [0, 1, 0]  # a has no PV recording
+    np.testing.assert_allclose(X[1, 12:15], np.log([0.1, 0.1, 0.8]))  # max over b's one recording
+
+
+def test_fit_never_uses_the_groups_it_is_not_given():
+    task, blocks = toy_task()
+    fit_ids, held = task.group_ids[:90], task.group_ids[90:]
+    a = fit_recipe(task, RECIPE, blocks, fit_ids, seed=0)
+    # scramble every held-out recording's features and labels: nothing fitted may change
+    spoiled = blocks["toy"].X.copy()
+    held_rows = np.isin(blocks["toy"].recording_ids, [r for g in held for r in task.recordings_of[g]])
+    spoiled[held_rows] = np.random.default_rng(1).normal(100, 50, size=(held_rows.sum(), spoiled.shape[1]))
+    spoiled_task = Task(task.scoring, task.group_ids, {**task.group_labels, **{g: 0 for g in held}},
+                        task.recordings_of, task.targets, locations=task.locations,
+                        recording_location=task.recording_location)
+    b = fit_recipe(spoiled_task, RECIPE, {"toy": FeatureBlock(blocks["toy"].recording_ids, spoiled)}, fit_ids, seed=0)
+    np.testing.assert_array_equal(a.stage1["toy"].model_.state()["coef"], b.stage1["toy"].model_.state()["coef"])
+    np.testing.assert_array_equal(a.stage2.model_.state()["coef"], b.stage2.model_.state()["coef"])
+    assert a.cv_metrics == b.cv_metrics
+
+
+def test_two_stages_learn_the_location_signal_and_report_inner_cv():
+    task, blocks = toy_task(240)
+    split = {g: ("test" if i % 4 == 0 else "train") for i, g in enumerate(task.group_ids)}
+    results = evaluate_recipe(task, RECIPE, blocks, {"s": split}, seeds=2, progress=False)
+    assert [r.split for r in results] == ["s@seed0", "s@seed1"]
+    for r in results:
+        assert set(r.predictions["patient_id"]) == set(task.ids_in(split, "test"))
+        assert r.metrics["weighted_accuracy"] > 0.6 and 0 < r.metrics["cv_weighted_accuracy"] <= 1
+    # the per-location patient model beats averaging the recordings (the signal is at MV only)
+    flat = evaluate_recipe(task, RECIPE.with_fields(patient_model=False, decision="mean"), blocks, {"s": split},
+                           seeds=1, progress=False)
+    assert results[0].metrics["auroc"] > flat[0].metrics["auroc"]
+    with pytest.raises(ValueError, match="cannot be set"):
+        RECIPE.with_fields(members=())
+
+
+def test_recipe_command_round_trips_through_save_model_and_predict(synthetic_data, tmp_path):
+    dataset = load_dataset("circor", synthetic_data)
+    pids = list(dataset.group_ids())
+    split = {p: ("test" if i % 4 == 0 else "val" if i % 4 == 1 else "train") for i, p in enumerate(pids)}
+    write_splits({"one": split}, tmp_path / "splits.csv")
+    args = ["recipe", "cycle-logmel", "--data", str(synthetic_data), "--cache", str(tmp_path / "cache"),
+            "--splits", str(tmp_path / "splits.csv"), "--seeds", "1", "--out", str(tmp_path / "out"),
+            "--save-model", str(tmp_path / "model"), "--set", "folds=3"]
+    assert main(args) == 0
+    scores = pd.read_csv(tmp_path / "out" / "scores.csv")
+    assert scores["split"].tolist() == ["one@seed0"] and {"cv_weighted_accuracy", "uar"} <= set(scores.columns)
+    preds = pd.read_csv(tmp_path / "out" / "predictions.csv")
+    assert set(preds["patient_id"].astype(str)) == {p for p in pids if split[p] == "test"}
+    manifest = json.loads((tmp_path / "model" / "manifest.json").read_text())
+    assert manifest["kind"] == "recipe" and manifest["decision"] == "cost"
+    # predict on one patient folder: the saved recipe (segmenter intervals, no .tsv needed) runs whole
+    patient = pids[0]
+    folder = tmp_path / "new" / patient
+    folder.mkdir(parents=True)
+    for wav in (synthetic_data / "training_data").glob(f"{patient}_*.wav"):
+        (folder / wav.name).write_bytes(wav.read_bytes())
+    assert main(["predict", "--model", str(tmp_path / "model"), "--input", str(folder),
+                 "--out", str(tmp_path / "pred")]) == 0
+    result = json.loads(next((tmp_path / "pred").glob("*.json")).read_text())
+    assert result["class"] in ("Present", "Unknown", "Absent")
+    assert abs(sum(result["probabilities"].values()) - 1) < 1e-6
+    assert {r["location"] for r in result["recordings"]} <= set(LOCS) | {"Phc", "unknown"}
+    # an edited recipe file is refused, not loaded
+    (tmp_path / "model" / "recipe.npz").write_bytes(b"not a recipe")
+    assert main(["predict", "--model", str(tmp_path / "model"), "--input", str(folder),
+                 "--out", str(tmp_path / "pred2")]) != 0
