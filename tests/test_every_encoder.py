@@ -229,7 +229,7 @@ def test_layers_have_their_declared_sizes_and_the_last_is_the_embedding(name: st
     model = make_encoder(name, layers="all")
     n = model.n_layers
     assert n == len(model.layer_modules) + 1 and model.layers == tuple(range(n))
-    assert (n == 1) == (name in ("logmel", "quality"))
+    assert (n == 1) == (name in ("logmel", "quality"))  # the weight-free feature encoders have no blocks
     x = np.random.default_rng(1).standard_normal((2, model.sample_rate // 2)).astype(np.float32) * 0.1
     frames = model.layer_frames(x, range(n))
     dims = model.block_dims() + (model.feature_dim,)
