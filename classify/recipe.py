@@ -124,7 +124,8 @@ class PhaseFrames:
 
     def fit_segmenter(self, recording_ids, seed: int = 0) -> PhaseSegmenter:
         ids = [r for r in recording_ids if r in self.frames and r in self.intervals]
-        return PhaseSegmenter(seed=seed).fit([self.frames[r].embeddings for r in ids],
+        # without the heart-rate adaptation of the durations: the recipe's reported runs were made so
+        return PhaseSegmenter(heart_rate=0.0, seed=seed).fit([self.frames[r].embeddings for r in ids],
                                              [self.frames[r].times for r in ids], [self.intervals[r] for r in ids])
 
     def segmented(self, segmenter: PhaseSegmenter, recording_ids) -> dict[str, np.ndarray]:

@@ -327,10 +327,11 @@ def read_config(path: Path) -> dict:
                                 ) from None
 
 
-def layer_slices(config: dict) -> dict[int, slice]:
-    """Which columns of a cache's vectors hold which encoder layer, `{layer index: slice}`, from its
-    configuration (`extract --layers`). A cache of the embedding alone is one layer: the last,
-    keyed by its index where the configuration records the depth, else -1."""
+def layer_slices(cache: "EmbeddingCache | dict") -> dict[int, slice]:
+    """Which columns of a cache's vectors hold which encoder layer, `{layer index: slice}`, from the
+    cache's configuration (`extract --layers`; a cache or its config). A cache of the embedding alone
+    is one layer: the last, keyed by its index where the configuration records the depth, else -1."""
+    config = cache.config if isinstance(cache, EmbeddingCache) else cache
     if "layers" not in config:
         return {int(config["n_layers"]) - 1 if "n_layers" in config else -1: slice(0, None)}
     layers, dims = config["layers"], config["layer_dims"]

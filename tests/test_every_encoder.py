@@ -225,11 +225,11 @@ def test_bf16_fp32_modules_run_in_fp32_only_under_bf16(make_encoder) -> None:
 def test_layers_have_their_declared_sizes_and_the_last_is_the_embedding(name: str, make_encoder) -> None:
     """`layers="all"`: every layer's frames come from one forward pass with the declared dimension,
     the vector is the layers' pooled outputs in order, and its last layer is the usual embedding
-    bit for bit. An encoder without blocks (logmel) has one layer."""
+    bit for bit. An encoder without blocks (logmel, quality) has one layer."""
     model = make_encoder(name, layers="all")
     n = model.n_layers
     assert n == len(model.layer_modules) + 1 and model.layers == tuple(range(n))
-    assert (n == 1) == (name == "logmel")
+    assert (n == 1) == (name in ("logmel", "quality"))  # the weight-free feature encoders have no blocks
     x = np.random.default_rng(1).standard_normal((2, model.sample_rate // 2)).astype(np.float32) * 0.1
     frames = model.layer_frames(x, range(n))
     dims = model.block_dims() + (model.feature_dim,)
