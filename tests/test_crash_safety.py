@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -121,33 +122,35 @@ def test_crash_during_consolidation_leaves_no_duplicates(data, reference, tmp_pa
 
 
 def test_second_extract_fails_clearly_or_waits(data, reference, tmp_path):
+    """While the cache's lock is held (here by this test, as another extract run would hold it), a
+    second run is refused at once, or with --lock-timeout waits and then does the work. Holding the
+    lock here instead of racing a first extract run keeps the test independent of machine speed."""
     cache = tmp_path / "cache"
-    slow = [*SLOW, "--train-stride", "1.0"]
-    first = _start(data, cache, *slow)
+    holder = open_cache(create("logmel"), SegmentConfig(), cache)  # the key the command computes
+    holder.lock()
+    lines: list[str] = []
     try:
-        lock = lambda: next(cache.glob("*.lock"), None)  # noqa: E731
-        held = _wait_for(lambda: lock() is not None and lock().read_text().strip() == str(first.pid), 60, 0.01)
-        assert held and first.poll() is None
-        refused = _start(data, cache, *slow, "--lock-timeout", "0")
-        waiter = _start(data, cache, *slow, "--lock-timeout", "300")
-        out, err = refused.communicate(timeout=120)
-        assert first.poll() is None, "first run ended before the second tried the lock; make it slower"
+        refused = _start(data, cache, "--lock-timeout", "0")
+        _, err = refused.communicate(timeout=120)
         assert refused.returncode == 2
         assert "another extract run holds this cache" in err and "--lock-timeout" in err
-        first_out, _ = first.communicate(timeout=300)
-        first_end = time.monotonic()
-        wait_out, wait_err = waiter.communicate(timeout=300)
+        assert f"(pid {os.getpid()}" in err
+        waiter = _start(data, cache, "--lock-timeout", "300")
+        reader = threading.Thread(target=lambda: lines.extend(waiter.stderr), daemon=True)
+        reader.start()
+        assert _wait_for(lambda: any("waiting up to 300 s" in line for line in lines), 120, 0.05)
+        assert waiter.poll() is None  # still waiting: nothing embedded while the lock is held
     finally:
-        for proc in (first, locals().get("refused"), locals().get("waiter")):
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-    assert first.returncode == 0 and waiter.returncode == 0, wait_err
-    assert time.monotonic() >= first_end
-    n = len(reference)
-    assert f"{n} recordings embedded" in first_out
-    # it found the lock taken, waited, then reused everything the first run wrote
-    assert f"(pid {first.pid})" in wait_err and "waiting up to 300 s" in wait_err
-    assert "0 recordings embedded" in wait_out and f"{n} already cached" in wait_out
+        holder.unlock()
+    try:
+        wait_out = waiter.stdout.read()
+        waiter.wait(timeout=300)
+    finally:
+        if waiter.poll() is None:
+            waiter.kill()
+    reader.join(timeout=10)
+    assert waiter.returncode == 0, "".join(lines)
+    assert f"{len(reference)} recordings embedded" in wait_out
 
 
 def test_every_entry_records_its_configuration_and_mismatches_are_refused(data, tmp_path):
