@@ -274,6 +274,8 @@ class YamnetEncoder(Encoder):
     frame_hop_s = 0.48
     default_pooling = "mean"
     needs_checkpoint = True
+    # README "bf16 safety": cosine 0.99982 to fp32 on real CirCor windows, probe scores within noise
+    bf16_safe = True
     # layers: the first conv and the 12 separable convs before the last one (layer 13, the embedding)
     layer_modules = tuple(f"layers.{i}" for i in range(len(LAYER_DEFS) - 1))
 
