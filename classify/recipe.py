@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from .aggregate import DecisionName, GroupTable, make_rule
 from .evaluate import SplitResult, proba_columns
+from .layers import layer_columns
 from .patient_model import (MemberScores, PatientModel, RecordingProbe, balanced_log_loss, patient_features)
 from .phases import phase_features
 from .segmenter import PhaseSegmenter
@@ -149,7 +150,7 @@ def window_block(embeddings: dict, stats: tuple[str, ...], slices: dict[int, sli
     ids = np.array(sorted(embeddings))
     X = np.stack([np.concatenate([STATS[s](embeddings[r].embeddings) for s in stats]) for r in ids])
     width = X.shape[1] // len(stats)
-    last = np.r_[slices[max(slices)]] if len(slices) > 1 else np.arange(width)
+    last = layer_columns(slices, [max(slices)], width)
     groups = {"last": np.concatenate([last + k * width for k in range(len(stats))]), "all": np.arange(X.shape[1])}
     return FeatureBlock(ids, X, groups if len(slices) > 1 else None)
 

@@ -21,6 +21,7 @@ from embed.problems import Problem
 from embed.segments import SegmentConfig
 
 from .evaluate import summary_table
+from .layers import layer_columns
 from .metrics import Scoring
 from .phases import tsv_intervals
 from .recipe import ExtractSpec, FittedRecipe, PhaseFrames, Recipe, Source, evaluate_recipe, fit_recipe, window_block
@@ -83,7 +84,7 @@ def _layer_subset(block, layers: str, slices: dict[int, slice], n_stats: int):
     """Only the columns of layers `I,J` (for each window statistic)."""
     from .recipe import FeatureBlock
     width = block.X.shape[1] // n_stats
-    cols = np.concatenate([np.r_[slices[int(i)]] for i in layers.split(",")])
+    cols = layer_columns(slices, [int(i) for i in layers.split(",")], width)
     cols = np.concatenate([cols + k * width for k in range(n_stats)])
     return FeatureBlock(block.recording_ids, block.X[:, cols])
 
