@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from embed.encoders import Encoder, available, create, get_class
-from embed.encoders import base
+from embed.encoders import base, vit
 
 
 class TinyEncoder(Encoder):
@@ -97,3 +97,41 @@ def test_precision_is_in_the_cache_key(monkeypatch) -> None:
     for name in safe:
         assert create(name).describe()["precision"] == "bf16"
         assert create(name, precision="fp32").describe()["precision"] == "fp32"
+
+
+@pytest.mark.skipif(not vit.fused_cpu_bf16_available(), reason="this CPU has no oneDNN bf16")
+def test_fused_cpu_bf16_block_matches_autocast_and_leaves_fp32_alone() -> None:
+    torch.manual_seed(0)
+    for qkv_bias in (True, False):  # ATST-Frame's blocks have no qkv bias
+        block = vit.Block(64, 4, qkv_bias=qkv_bias).eval()
+        for p in block.parameters():
+            torch.nn.init.normal_(p, std=0.1)
+        x = torch.randn(3, 21, 64)
+        with torch.inference_mode():
+            fp32 = block(x)
+            unfused = x + block.attn(block.norm1(x))
+            unfused = unfused + block.mlp(block.norm2(unfused))
+            assert torch.equal(fp32, unfused)  # fp32 never takes the fused path
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                fused = block(x)
+                again = block(x[:1])  # another batch size reuses the packed weights
+        assert fused.dtype == torch.bfloat16
+        cos = torch.nn.functional.cosine_similarity(fused.float().flatten(1), fp32.flatten(1))
+        assert cos.min() > 0.999
+        assert torch.allclose(again.float(), fused[:1].float(), atol=0.05, rtol=0.02)
+        # new weights are repacked, not served stale
+        with torch.no_grad():
+            block.mlp.fc2.weight.mul_(-1)
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            flipped = block(x)
+        assert not torch.allclose(flipped.float(), fused.float(), atol=0.1)
+
+
+@pytest.mark.skipif(not vit.fused_cpu_bf16_available(), reason="this CPU has no oneDNN bf16")
+def test_fused_cpu_bf16_kernels_are_in_the_cache_key_of_transformers_only(tmp_path) -> None:
+    from embed.random_checkpoints import write_random_checkpoint
+
+    m2d = write_random_checkpoint("m2d", tmp_path)
+    assert create("m2d", checkpoint=m2d, precision="bf16").describe()["cpu_bf16_kernels"] == vit.FUSED_CPU_BF16
+    assert "cpu_bf16_kernels" not in create("m2d", checkpoint=m2d, precision="fp32").describe()
+    assert "cpu_bf16_kernels" not in create("logmel", precision="bf16").describe()

@@ -27,6 +27,8 @@ from typing import ClassVar, Literal, Sequence, Union
 import numpy as np
 import torch
 
+from .vit import FUSED_CPU_BF16, Block, fused_cpu_bf16_available
+
 POOLINGS = ("mean", "max", "meanmax", "meanstd")
 LayerSpec = Union[Literal["last", "all"], str, Sequence[int], None]
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -408,6 +410,12 @@ class Encoder:
             pooled.append(vector)
         return torch.cat(pooled, dim=-1).float().cpu().numpy()
 
+    def runs_fused_cpu_bf16(self) -> bool:
+        """Whether its transformer blocks take the fused CPU bf16 path (`vit.py`), whose numerics
+        differ slightly from autocast's, so caches made either way keep apart."""
+        return (self.precision == "bf16" and self.device.type == "cpu" and self.model is not None
+                and fused_cpu_bf16_available() and any(isinstance(m, Block) for m in self.model.modules()))
+
     def describe(self) -> dict:
         return {
             "encoder": self.name,
@@ -416,6 +424,7 @@ class Encoder:
             "precision": self.precision,
             **({"bf16_fp32_modules": list(self.bf16_fp32_modules)}
                if self.precision == "bf16" and self.bf16_fp32_modules else {}),
+            **({"cpu_bf16_kernels": FUSED_CPU_BF16} if self.runs_fused_cpu_bf16() else {}),
             # only when other than the embedding alone, so caches made before layers existed keep their key
             **({} if self.last_only else {"layers": list(self.layers), "n_layers": self.n_layers,
                                           "layer_dims": [self.layer_dims()[i] for i in self.layers]}),
