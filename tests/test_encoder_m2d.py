@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import official
-from embed.encoders import create, pool
+from embed.encoders import create, pool, vit
 from embed.encoders.checkpoint import CheckpointError
 from embed.encoders.m2d import parse_config_name
 
@@ -244,3 +244,15 @@ def test_low_precision_pass_leaves_fp32_unchanged(enc) -> None:
     cos = (low * plain).sum(1) / np.linalg.norm(low, axis=1) / np.linalg.norm(plain, axis=1)
     assert cos.min() > 0.999
     np.testing.assert_allclose(enc.embed(audio), plain, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.skipif(not vit.fused_cpu_bf16_available(), reason="this CPU has no oneDNN bf16")
+def test_fused_cpu_bf16_kernels_are_in_the_cache_key_of_transformers_only(ckpt) -> None:
+    bf16 = create("m2d", ckpt[0], precision="bf16")
+    assert bf16.describe()["cpu_bf16_kernels"] == vit.FUSED_CPU_BF16
+    assert "cpu_bf16_kernels" not in create("m2d", ckpt[0], precision="fp32").describe()
+    assert "cpu_bf16_kernels" not in create("logmel", precision="bf16").describe()
+    audio = np.random.default_rng(0).standard_normal((2, 16000 * 3)).astype(np.float32) * 0.1
+    fp32 = create("m2d", ckpt[0], precision="fp32").frame_embeddings(audio)
+    cos = torch.nn.functional.cosine_similarity(bf16.frame_embeddings(audio).flatten(1), fp32.flatten(1))
+    assert cos.min() > 0.999

@@ -126,12 +126,3 @@ def test_fused_cpu_bf16_block_matches_autocast_and_leaves_fp32_alone() -> None:
             flipped = block(x)
         assert not torch.allclose(flipped.float(), fused.float(), atol=0.1)
 
-
-@pytest.mark.skipif(not vit.fused_cpu_bf16_available(), reason="this CPU has no oneDNN bf16")
-def test_fused_cpu_bf16_kernels_are_in_the_cache_key_of_transformers_only(tmp_path) -> None:
-    from embed.random_checkpoints import write_random_checkpoint
-
-    m2d = write_random_checkpoint("m2d", tmp_path)
-    assert create("m2d", checkpoint=m2d, precision="bf16").describe()["cpu_bf16_kernels"] == vit.FUSED_CPU_BF16
-    assert "cpu_bf16_kernels" not in create("m2d", checkpoint=m2d, precision="fp32").describe()
-    assert "cpu_bf16_kernels" not in create("logmel", precision="bf16").describe()
