@@ -26,6 +26,10 @@ from .frames import FrameConfig, FrameSource, frames_record
 from .problems import Problem
 from .segments import SegmentConfig, plan_segments
 
+# without --batch-size, a CPU job of this many recordings or more first times the candidate batch
+# sizes (a few seconds, up to half a minute for a ViT in fp32) and keeps the fastest
+TIME_BATCH_SIZES_FROM = 256
+
 if TYPE_CHECKING:
     from .ray_backend import RayOptions
 
@@ -258,7 +262,8 @@ def extract(
         todo = [r for r in recordings if r.recording_id not in have]
         report.skipped = len(recordings) - len(todo)
         if todo:
-            batch_size = batch_size or encoder.auto_batch_size(segments.window_s)
+            batch_size = batch_size or encoder.auto_batch_size(segments.window_s,
+                                                               timed=len(todo) >= TIME_BATCH_SIZES_FROM)
         if todo and backend == "ray":
             from .ray_backend import RayOptions, extract_on_ray
             extract_on_ray(encoder, todo, cache, segments, batch_size, flush_every, progress, report,

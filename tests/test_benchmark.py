@@ -1,6 +1,8 @@
 """benchmark: flop counts, front-end timing, wall split, real-recording timing, naive comparison."""
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -113,3 +115,21 @@ def test_batch_size_for_the_device() -> None:
     assert batch_size_for_memory(8e9, 50e6) == 64  # 4e9 / 50e6 = 80 -> 64
     assert batch_size_for_memory(80e9, 1e6) == 512  # capped
     assert batch_size_for_memory(1e6, 50e6) == 8  # floor
+
+
+def test_timed_cpu_batch_size_picks_the_fastest_candidate(monkeypatch) -> None:
+    from embed.encoders import base
+
+    enc = create("logmel")
+    calls = []
+
+    def embed(batch):  # a fake cost: 8 windows per batch are cheapest per window
+        calls.append(len(batch))
+        time.sleep(0.002 * abs(len(batch) - 8) + 0.001 * len(batch))
+        return np.zeros((len(batch), 1), np.float32)
+
+    monkeypatch.setattr(enc, "embed", embed)
+    assert enc.auto_batch_size(timed=True) == 8
+    assert sorted(set(calls)) == sorted(base.CPU_BATCH_CANDIDATES)
+    calls.clear()
+    assert enc.auto_batch_size() == CPU_BATCH_SIZE and not calls  # short jobs time nothing
