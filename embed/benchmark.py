@@ -10,6 +10,7 @@ authors' reference code does) against `extract` on the same recordings.
 """
 from __future__ import annotations
 
+import math
 import tempfile
 import threading
 import time
@@ -61,11 +62,29 @@ def matmul_roofline(precision: str, device: torch.device, n: int = 2048, repeats
     return Roofline(flop / float(np.median(walls)), flop / max(float(np.median(cpus)), 1e-9))
 
 
+def _fused_linear_flops(x_shape, weight_shape, *_args, **_kwargs) -> int:
+    return 2 * math.prod(x_shape[:-1]) * weight_shape[0] * weight_shape[1]
+
+
+def _fused_linear_binary_flops(x_shape, _other_shape, weight_shape, *_args, **_kwargs) -> int:
+    return _fused_linear_flops(x_shape, weight_shape)
+
+
+def _fused_flop_formulas() -> dict:
+    """oneDNN's fused linear kernels (the CPU bf16 path of the ViT blocks) are unknown to torch's
+    flop counter; counted like the linear layers they replace."""
+    try:
+        op = torch.ops.mkldnn._linear_pointwise
+        return {op.default: _fused_linear_flops, op.binary: _fused_linear_binary_flops}
+    except (AttributeError, RuntimeError):
+        return {}
+
+
 def gflop_per_window(encoder: Encoder, windows: np.ndarray) -> float:
     """Floating-point operations of one window (matrix products, convolutions, attention), by
     torch's flop counter over a batch of `windows`."""
     from torch.utils.flop_counter import FlopCounterMode
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False, custom_mapping=_fused_flop_formulas())
     with counter:
         encoder.frame_embeddings(windows)
     return counter.get_total_flops() / len(windows) / 1e9

@@ -27,7 +27,7 @@ from .problems import Problem
 from .segments import SegmentConfig, plan_segments
 
 # without --batch-size, a CPU job of this many recordings or more first times the candidate batch
-# sizes (a few seconds, up to half a minute for a ViT in fp32) and keeps the fastest
+# sizes (about 10 s at most) and keeps the fastest
 TIME_BATCH_SIZES_FROM = 256
 
 if TYPE_CHECKING:

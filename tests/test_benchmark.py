@@ -133,3 +133,16 @@ def test_timed_cpu_batch_size_picks_the_fastest_candidate(monkeypatch) -> None:
     assert sorted(set(calls)) == sorted(base.CPU_BATCH_CANDIDATES)
     calls.clear()
     assert enc.auto_batch_size() == CPU_BATCH_SIZE and not calls  # short jobs time nothing
+
+
+def test_timed_cpu_batch_size_stops_at_its_time_budget(monkeypatch) -> None:
+    enc = create("logmel")
+    calls = []
+
+    def embed(batch):
+        calls.append(len(batch))
+        time.sleep(0.01)
+        return np.zeros((len(batch), 1), np.float32)
+
+    monkeypatch.setattr(enc, "embed", embed)
+    assert enc.fastest_cpu_batch_size(budget_s=0.0) == 2 and set(calls) == {2}  # the first is always timed

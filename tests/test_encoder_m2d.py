@@ -256,3 +256,13 @@ def test_fused_cpu_bf16_kernels_are_in_the_cache_key_of_transformers_only(ckpt) 
     fp32 = create("m2d", ckpt[0], precision="fp32").frame_embeddings(audio)
     cos = torch.nn.functional.cosine_similarity(bf16.frame_embeddings(audio).flatten(1), fp32.flatten(1))
     assert cos.min() > 0.999
+
+
+@pytest.mark.skipif(not vit.fused_cpu_bf16_available(), reason="this CPU has no oneDNN bf16")
+def test_flop_count_is_the_same_on_the_fused_bf16_path(ckpt) -> None:
+    from embed.benchmark import gflop_per_window
+
+    audio = np.random.default_rng(1).standard_normal((1, 16000 * 2)).astype(np.float32) * 0.1
+    fp32 = gflop_per_window(create("m2d", ckpt[0], precision="fp32"), audio)
+    bf16 = gflop_per_window(create("m2d", ckpt[0], precision="bf16"), audio)
+    assert fp32 > 1.0 and bf16 == pytest.approx(fp32, rel=1e-6)

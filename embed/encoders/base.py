@@ -366,19 +366,22 @@ class Encoder:
         free, _ = torch.cuda.mem_get_info(self.device)
         return batch_size_for_memory(free, per_window)
 
-    def fastest_cpu_batch_size(self, window_s: float = 5.0, repeats: int = 2) -> int:
+    def fastest_cpu_batch_size(self, window_s: float = 5.0, repeats: int = 2, budget_s: float = 10.0) -> int:
         """The candidate batch size with the most windows/s on noise windows (best of `repeats`
-        timed batches after one untimed), so about 3 x 62 windows of work in all."""
+        timed batches after one untimed), smallest first. Tuning stops once it has taken
+        `budget_s`: a network that slow is bound by its arithmetic, where batch size hardly matters."""
         noise = np.random.default_rng(0).standard_normal(
             (max(CPU_BATCH_CANDIDATES), int(round(window_s * self.sample_rate)))).astype(np.float32) * 0.1
-        speed = {}
+        speed, start = {}, time.perf_counter()
         for size in CPU_BATCH_CANDIDATES:
+            if speed and time.perf_counter() - start > budget_s:
+                break
             self.embed(noise[:size])
             best = math.inf
             for _ in range(repeats):
-                start = time.perf_counter()
+                tic = time.perf_counter()
                 self.embed(noise[:size])
-                best = min(best, time.perf_counter() - start)
+                best = min(best, time.perf_counter() - tic)
             speed[size] = size / best
         return max(speed, key=speed.get)
 
