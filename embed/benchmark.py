@@ -62,29 +62,36 @@ def matmul_roofline(precision: str, device: torch.device, n: int = 2048, repeats
     return Roofline(flop / float(np.median(walls)), flop / max(float(np.median(cpus)), 1e-9))
 
 
-def _fused_linear_flops(x_shape, weight_shape, *_args, **_kwargs) -> int:
+def _fused_linear_flops(x_shape, *args, **_kwargs) -> int:
+    # mkldnn::_linear_pointwise(X, W, B, attr, ...) or its .binary(X, other, W, B, attr)
+    weight_shape = args[0] if isinstance(args[2], str) else args[1]
     return 2 * math.prod(x_shape[:-1]) * weight_shape[0] * weight_shape[1]
 
 
-def _fused_linear_binary_flops(x_shape, _other_shape, weight_shape, *_args, **_kwargs) -> int:
-    return _fused_linear_flops(x_shape, weight_shape)
+def _cpu_attention_flops(q_shape, k_shape, v_shape, *_args, **_kwargs) -> int:
+    # q k^T and (softmax) v: (batch, heads, n_q, d) x (batch, heads, n_k, d)
+    return 2 * math.prod(q_shape[:-1]) * k_shape[-2] * (q_shape[-1] + v_shape[-1])
 
 
-def _fused_flop_formulas() -> dict:
-    """oneDNN's fused linear kernels (the CPU bf16 path of the ViT blocks) are unknown to torch's
-    flop counter; counted like the linear layers they replace."""
-    try:
-        op = torch.ops.mkldnn._linear_pointwise
-        return {op.default: _fused_linear_flops, op.binary: _fused_linear_binary_flops}
-    except (AttributeError, RuntimeError):
-        return {}
+def _cpu_flop_formulas() -> dict:
+    """Kernels torch's flop counter does not know, keyed by op as it looks them up: the CPU flash
+    attention that `scaled_dot_product_attention` dispatches to, and oneDNN's fused linear
+    kernels (the CPU bf16 path of the ViT blocks), counted like the linear layers they replace."""
+    formulas = {}
+    for name, formula in ((("aten", "_scaled_dot_product_flash_attention_for_cpu"), _cpu_attention_flops),
+                          (("mkldnn", "_linear_pointwise"), _fused_linear_flops)):
+        try:
+            formulas[getattr(getattr(torch.ops, name[0]), name[1])] = formula
+        except (AttributeError, RuntimeError):
+            continue
+    return formulas
 
 
 def gflop_per_window(encoder: Encoder, windows: np.ndarray) -> float:
     """Floating-point operations of one window (matrix products, convolutions, attention), by
     torch's flop counter over a batch of `windows`."""
     from torch.utils.flop_counter import FlopCounterMode
-    counter = FlopCounterMode(display=False, custom_mapping=_fused_flop_formulas())
+    counter = FlopCounterMode(display=False, custom_mapping=_cpu_flop_formulas())
     with counter:
         encoder.frame_embeddings(windows)
     return counter.get_total_flops() / len(windows) / 1e9
