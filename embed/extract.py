@@ -21,6 +21,7 @@ from .audio import AudioError, open_resampled
 from .cache import CachedFrames, CachedRecording, DiskFullError, EmbeddingCache, FrameCache, check_recording_id
 from .datasets.base import Recording
 from .encoders import Encoder
+from .encoders.base import CPU_BATCH_CANDIDATES
 from .checksum import file_sha256
 from .frames import FrameConfig, FrameSource, frames_record
 from .problems import Problem
@@ -262,8 +263,11 @@ def extract(
         todo = [r for r in recordings if r.recording_id not in have]
         report.skipped = len(recordings) - len(todo)
         if todo:
-            batch_size = batch_size or encoder.auto_batch_size(segments.window_s,
-                                                               timed=len(todo) >= TIME_BATCH_SIZES_FROM)
+            if not batch_size:
+                timed = len(todo) >= TIME_BATCH_SIZES_FROM and encoder.device.type == "cpu"
+                batch_size = encoder.auto_batch_size(segments.window_s, timed=timed)
+                if progress and timed:
+                    print(f"batch size {batch_size} (the fastest of {CPU_BATCH_CANDIDATES}, timed)", file=sys.stderr)
         if todo and backend == "ray":
             from .ray_backend import RayOptions, extract_on_ray
             extract_on_ray(encoder, todo, cache, segments, batch_size, flush_every, progress, report,
