@@ -36,3 +36,16 @@ def physionet2016_mini() -> Path:
 # The default CPU precision follows the machine (bf16 where it is native and safe); the tests pin
 # fp32 so their tolerances hold on every CPU. tests/test_precision.py checks the default itself.
 os.environ["HEARTPROBE_CPU_BF16"] = "0"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _drop_generated_checkpoints(tmp_path_factory):
+    """Generated checkpoints in the official layouts are full-size (a ViT-B is 330 MB); delete
+    those a test module wrote once it is done, so the suite's disk peak stays near one module's
+    (all of them together came to 7 GB) instead of growing to the sum."""
+    root = tmp_path_factory.getbasetemp()
+    before = {p for p in root.rglob("*") if p.is_file()}
+    yield
+    for path in root.rglob("*"):
+        if path not in before and path.is_file() and path.stat().st_size > 20 * 2**20:
+            path.unlink()
