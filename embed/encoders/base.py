@@ -73,7 +73,7 @@ def resolve_precision(precision: str | None, device: torch.device, bf16_safe: bo
 
 CPU_BATCH_SIZE = 32  # windows per batch on a CPU when nothing is timed
 # tried by `fastest_cpu_batch_size`: on 2 cores the CNNs ran 1.5-1.7x faster at 4 than at 32
-# (activations that stay in cache), the transformers alike at every size (README, speed)
+# (activations that stay in cache), M2D alike at every size (README, speed)
 CPU_BATCH_CANDIDATES = (2, 4, 8, 16, 32)
 
 
