@@ -8,6 +8,8 @@ and runs GELU and the additions as separate passes over memory; on 2 CPU cores t
 faster (README, "Where the time goes"). fp32 and CUDA runs never take it."""
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -15,8 +17,9 @@ from torch import nn
 FUSED_CPU_BF16 = "onednn-fused-v1"
 
 
+@functools.cache  # a property of the torch build and the CPU; asked on every block call
 def fused_cpu_bf16_available() -> bool:
-    """oneDNN is built in and this CPU computes bf16 natively."""
+    """oneDNN is built in and has bf16 kernels for this CPU (native bf16, or AVX-512 emulating it)."""
     try:
         return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # a torch build without the oneDNN ops
