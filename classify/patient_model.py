@@ -1,9 +1,11 @@
 """Two-stage model: recording probes, then a patient-level model over their out-of-fold scores.
 
-Stage 1 (`RecordingProbe`): one standardised logistic regression per feature block (an encoder's
-window-mean embedding, its phase-pooled frames, the quality features...), on recordings, its C
-chosen by patient-grouped cross-validation; the folds of the chosen C give every training
-recording an out-of-fold probability that no model trained on its patient produced.
+Stage 1: one recording probe per feature block (an encoder's window-mean embedding, its
+phase-pooled frames, the quality features...), on recordings: `RecordingProbe`, a standardised
+logistic regression with C chosen by patient-grouped cross-validation, or `RecordingBoost`,
+gradient-boosted trees that catch interactions a linear probe cannot (a raised band *and* a
+quiet diastole). Their patient-grouped folds give every training recording an out-of-fold
+probability that no model trained on its patient produced.
 Stage 2 (`PatientModel`): per patient, each member's probabilities at every auscultation location
 (and which locations are missing), their mean and max over the patient's recordings -> a logistic
 regression predicting the patient class; decided by expected cost (`CostRule`).
@@ -14,7 +16,7 @@ out. The probabilities are not class-balanced at stage 2, so the cost rule sees 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -22,7 +24,7 @@ from sklearn.metrics import log_loss
 from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.utils.class_weight import compute_sample_weight
 
-from .probes import LinearProbe
+from .probes import LinearProbe, XGBoostProbe
 from .selection import select_best
 
 EPS = 1e-4
@@ -91,6 +93,10 @@ class _CrossValidatedLogistic(ClassifierMixin, BaseEstimator):
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         return _proba(self.model_, X, self.n_classes)
 
+    def describe(self) -> str:
+        """The hyper-parameters CV chose, for scores.csv's params column."""
+        return f"C={self.C_:g}"
+
     def state(self) -> dict[str, np.ndarray]:
         return {"C": np.asarray(self.C_), **self.model_.state()}
 
@@ -113,6 +119,55 @@ class RecordingProbe(_CrossValidatedLogistic):
     def fit(self, X: np.ndarray, y: np.ndarray, groups: np.ndarray, strata: np.ndarray | None = None
             ) -> "RecordingProbe":
         return self._fit(X, y, group_folds(y if strata is None else strata, groups, self.folds, self.seed))
+
+
+class RecordingBoost(ClassifierMixin, BaseEstimator):
+    """Stage 1 with gradient-boosted trees (class-balanced sample weights, fixed settings: a grid
+    would multiply the recipe's slowest step); out-of-fold probabilities from the same
+    patient-grouped folds as `RecordingProbe`."""
+
+    def __init__(self, folds: int = 5, seed: int = 0, n_classes: int = 3, n_estimators: int = 150,
+                 max_depth: int = 3, learning_rate: float = 0.1, n_jobs: int | None = None) -> None:
+        self.folds = folds
+        self.seed = seed
+        self.n_classes = n_classes
+        self.n_estimators = n_estimators
+        self.max_depth = max_depth
+        self.learning_rate = learning_rate
+        self.n_jobs = n_jobs
+
+    def _model(self) -> XGBoostProbe:
+        return XGBoostProbe(n_estimators=self.n_estimators, max_depth=self.max_depth,
+                            learning_rate=self.learning_rate, n_jobs=self.n_jobs, random_state=self.seed)
+
+    def fit(self, X: np.ndarray, y: np.ndarray, groups: np.ndarray, strata: np.ndarray | None = None
+            ) -> "RecordingBoost":
+        folds = group_folds(y if strata is None else strata, groups, self.folds, self.seed)
+        self.oof_proba_ = cross_val_proba(self._model, X, y, folds, self.n_classes)
+        self.model_ = self._model().fit(X, y)
+        self.classes_ = np.arange(self.n_classes)
+        return self
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        return _proba(self.model_, X, self.n_classes)
+
+    def describe(self) -> str:
+        return f"xgboost={self.n_estimators}x{self.max_depth}"
+
+    def state(self) -> dict[str, np.ndarray]:
+        return self.model_.state()
+
+    @classmethod
+    def from_state(cls, params: dict, state: dict[str, np.ndarray]) -> "RecordingBoost":
+        """A fitted stage from its saved arrays (XGBoost's own JSON model: nothing executes on load)."""
+        estimator = cls(**params)
+        estimator.model_ = XGBoostProbe.from_state({"n_jobs": estimator.n_jobs}, state)
+        estimator.classes_ = np.arange(estimator.n_classes)
+        return estimator
+
+
+RecordingProbeName = Literal["linear", "xgboost"]
+RECORDING_PROBES: dict[str, type] = {"linear": RecordingProbe, "xgboost": RecordingBoost}
 
 
 @dataclass

@@ -25,7 +25,8 @@ from tqdm import tqdm
 from .aggregate import DecisionName, GroupTable, make_rule
 from .evaluate import SplitResult, proba_columns
 from .layers import layer_columns
-from .patient_model import (MemberScores, PatientModel, RecordingProbe, balanced_log_loss, patient_features)
+from .patient_model import (RECORDING_PROBES, MemberScores, PatientModel, RecordingProbe, RecordingProbeName,
+                            balanced_log_loss, patient_features)
 from .phases import phase_features
 from .segmenter import PhaseSegmenter
 from .selection import select_best
@@ -52,12 +53,14 @@ class ExtractSpec:
 class Member:
     """One stage-1 feature block, read from the cache of `recipe.extracts[extract]`.
     `layers`: "all" (every cached layer), "I,J" (those), or "cv" (the best of the last layer and
-    all layers by grouped CV); `stats`: statistics of window embeddings over the recording."""
+    all layers by grouped CV); `stats`: statistics of window embeddings over the recording;
+    `probe`: the stage-1 model (two members may share a source with different probes)."""
     name: str
     extract: int
     kind: FeatureKind = "windows"
     layers: str = "all"
     stats: tuple[str, ...] = ("mean",)
+    probe: RecordingProbeName = "linear"
 
 
 @dataclass(frozen=True)
@@ -158,7 +161,7 @@ def window_block(embeddings: dict, stats: tuple[str, ...], slices: dict[int, sli
 @dataclass
 class FittedRecipe:
     recipe: Recipe
-    stage1: dict[str, RecordingProbe]
+    stage1: dict[str, RecordingProbe]  # or another of RECORDING_PROBES
     columns: dict[str, np.ndarray | None]  # member -> the feature columns it uses (None: all)
     stage2: PatientModel | None
     rule: object
@@ -227,7 +230,7 @@ def _fit_member(member: Member, block: FeatureBlock, X: np.ndarray, y: np.ndarra
                 ) -> tuple[RecordingProbe, np.ndarray | None]:
     """Fit one member's probe; with layers="cv", on the column group with the best CV loss."""
     def fit(cols):
-        return RecordingProbe(folds=folds, seed=seed, n_classes=n_classes).fit(
+        return RECORDING_PROBES[member.probe](folds=folds, seed=seed, n_classes=n_classes).fit(
             X if cols is None else X[:, cols], y, groups, strata)
 
     if member.layers != "cv" or not block.groups:
@@ -304,7 +307,7 @@ def evaluate_recipe(task: Task, recipe: Recipe, sources: dict[str, Source],
         frame.insert(2, "prediction", pred)
         frame["label"] = labels
         metrics = {**task.scoring.all(labels, pred, proba), **fitted.cv_metrics}
-        params = {m: f"C={p.C_:g}" + ("" if fitted.columns[m] is None else f",cols={len(fitted.columns[m])}")
+        params = {m: p.describe() + ("" if fitted.columns[m] is None else f",cols={len(fitted.columns[m])}")
                   for m, p in fitted.stage1.items()}
         if fitted.stage2 is not None:
             params["patient_C"] = f"{fitted.stage2.C_:g}"

@@ -21,7 +21,7 @@ from embed.checksum import file_sha256
 from .aggregate import rule_from_dict
 from .model_io import (HEADER, MANIFEST, MODEL_FORMAT, ModelIntegrityError, _atomic_write, _canonical_sha256,
                        _checked_path)
-from .patient_model import PatientModel, RecordingProbe
+from .patient_model import RECORDING_PROBES, PatientModel
 from .recipe import ExtractSpec, FittedRecipe, Member, Recipe
 from .segmenter import PhaseSegmenter
 
@@ -95,7 +95,7 @@ def load_recipe(model_dir: str | Path, manifest: dict) -> tuple[FittedRecipe, di
     try:
         recipe = recipe_from_dict(header["recipe"])
         params = header["params"]
-        stage1 = {m.name: RecordingProbe.from_state(params[f"stage1:{m.name}"], part(f"stage1:{m.name}:"))
+        stage1 = {m.name: RECORDING_PROBES[m.probe].from_state(params[f"stage1:{m.name}"], part(f"stage1:{m.name}:"))
                   for m in recipe.members}
         columns = {m.name: arrays.get(f"columns:{m.name}") for m in recipe.members}
         stage2 = PatientModel.from_state(params["stage2"], part("stage2:")) if "stage2" in params else None

@@ -68,16 +68,22 @@ def recipe_sources(recipe: Recipe, recordings: list, cache_dir: str | Path, weig
         caches.append(cache)
         configs.append(cache.config)
     sources: dict[str, Source] = {}
+    built: dict[tuple, Source] = {}  # members that differ only in their probe share one source
     for m in recipe.members:
-        cache = caches[m.extract]
-        if m.kind == "phases":
-            sources[m.name] = PhaseFrames(cache.read(), intervals or {})
-        else:
-            block = window_block(cache.read(), m.stats, layer_slices(cache.config))
-            if m.layers not in ("all", "cv"):
-                block = _layer_subset(block, m.layers, layer_slices(cache.config), len(m.stats))
-            sources[m.name] = block
+        key = (m.extract, m.kind) if m.kind == "phases" else (m.extract, m.kind, m.stats, m.layers)
+        if key not in built:
+            built[key] = _member_source(m, caches[m.extract], intervals)
+        sources[m.name] = built[key]
     return sources, configs, problems
+
+
+def _member_source(member, cache, intervals: dict[str, np.ndarray] | None) -> Source:
+    if member.kind == "phases":
+        return PhaseFrames(cache.read(), intervals or {})
+    block = window_block(cache.read(), member.stats, layer_slices(cache.config))
+    if member.layers not in ("all", "cv"):
+        block = _layer_subset(block, member.layers, layer_slices(cache.config), len(member.stats))
+    return block
 
 
 def _layer_subset(block, layers: str, slices: dict[int, slice], n_stats: int):
