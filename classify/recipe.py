@@ -62,6 +62,11 @@ class Member:
     stats: tuple[str, ...] = ("mean",)
     probe: RecordingProbeName = "linear"
 
+    def __post_init__(self) -> None:
+        if self.probe not in RECORDING_PROBES:
+            raise ValueError(f"member {self.name}: unknown stage-1 probe {self.probe!r}; "
+                             f"available: {', '.join(RECORDING_PROBES)}")
+
 
 @dataclass(frozen=True)
 class Recipe:

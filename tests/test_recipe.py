@@ -137,6 +137,8 @@ def test_boosted_stage1_catches_an_interaction_the_linear_one_cannot_and_round_t
     sources = {"lin": block, "xgb": block}
     fitted = fit_recipe(task, both, sources, task.ids_in(split, "train"), seed=0)
     assert fitted.stage1["xgb"].describe().startswith("xgboost")
+    with pytest.raises(ValueError, match="unknown stage-1 probe 'svm'"):
+        Member("x", 0, probe="svm")
     save_recipe(fitted, tmp_path / "model", task.classes, "toy", [], trained_on="toy")
     loaded, _ = load_recipe(tmp_path / "model", json.loads((tmp_path / "model" / "manifest.json").read_text()))
     test_ids = task.ids_in(split, "test")
