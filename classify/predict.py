@@ -68,6 +68,10 @@ def _from_folder(folder: Path, problems: list[Problem]) -> dict[str, list[InputR
         out[txt.stem] = recs
     if not txts:  # a plain folder of recordings: one patient named after the folder
         wavs = sorted(p for p in folder.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES)
+        if not wavs:
+            problems.append(Problem(str(folder), f"no recordings ({', '.join(sorted(AUDIO_SUFFIXES))}) "
+                                                 "and no patient .txt in this folder"))
+            return out
         out[folder.name] = [_loose(w, folder.name) for w in wavs]
     return out
 

@@ -148,6 +148,8 @@ def predict_recipe(model_dir: str | Path, manifest: dict, patients: dict[str, li
         raise ValueError(f"{model_dir}: this recipe pools phases from .tsv files only; new recordings need one "
                          "saved with test_intervals='segmenter'")
     flat = [rec for recs in patients.values() for rec in recs]
+    if not flat:
+        return {}, [Problem(pid, "no usable recording; no prediction") for pid in patients]
     jobs = [_Job(f"r{i}", rec.path) for i, rec in enumerate(flat)]
     job_of = {id(rec): job.recording_id for rec, job in zip(flat, jobs)}
     with tempfile.TemporaryDirectory(prefix="heartprobe-recipe-") as tmp:

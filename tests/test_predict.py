@@ -127,6 +127,17 @@ def test_predict_on_loose_wavs_at_any_rate(trained, capsys, tmp_path):
     assert sorted(p.name for p in (tmp_path / "pred").iterdir()) == sorted(["broken.json", f"{pid}.json", "visit3.json"])
 
 
+def test_predict_names_an_empty_folder_and_a_missing_path(trained, capsys, tmp_path):
+    (tmp_path / "empty").mkdir()
+    code, results, err = _predict(capsys, "--model", str(trained["model"]), "--input", str(tmp_path / "empty"),
+                                  str(tmp_path / "nowhere"), "--out", str(tmp_path / "pred"))
+    assert code == 1 and results == []
+    lines = err.splitlines()  # the problems table shortens long paths from the left
+    assert any(line.split()[2].endswith("/empty") and "no recordings" in line for line in lines if "error" in line)
+    assert any(line.split()[2].endswith("/nowhere") and "no such file or folder" in line for line in lines
+               if "error" in line)
+
+
 def test_patient_id_groups_loose_files(tmp_path):
     for name in ("a_MV.wav", "b.wav", "c_TV_2.wav"):
         (tmp_path / name).write_bytes(b"")

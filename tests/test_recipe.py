@@ -173,6 +173,10 @@ def test_recipe_command_round_trips_through_save_model_and_predict(synthetic_dat
     assert result["class"] in ("Present", "Unknown", "Absent")
     assert abs(sum(result["probabilities"].values()) - 1) < 1e-6
     assert {r["location"] for r in result["recordings"]} <= set(LOCS) | {"Phc", "unknown"}
+    # an empty folder is named, not a crash deep in the feature code
+    (tmp_path / "empty").mkdir()
+    assert main(["predict", "--model", str(tmp_path / "model"), "--input", str(tmp_path / "empty"),
+                 "--out", str(tmp_path / "pred3")]) == 1
     # an edited recipe file is refused, not loaded
     (tmp_path / "model" / "recipe.npz").write_bytes(b"not a recipe")
     assert main(["predict", "--model", str(tmp_path / "model"), "--input", str(folder),
