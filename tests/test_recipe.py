@@ -146,6 +146,23 @@ def test_boosted_stage1_catches_an_interaction_the_linear_one_cannot_and_round_t
                                fitted.predict_proba(task, sources, test_ids)[0], rtol=1e-6)
 
 
+def test_members_that_differ_only_in_probe_share_one_source(synthetic_data, tmp_path):
+    """cycle-logmel reads its phase frames once for the linear and the boosted member, so the
+    frames are held and the segmenter decodes each recording once."""
+    from classify.phases import tsv_intervals
+    from classify.recipe_book import get_recipe
+    from classify.recipe_job import recipe_sources
+    recipe = get_recipe("cycle-logmel")
+    probes = {m.name: m.probe for m in recipe.members if m.kind == "phases"}
+    assert sorted(probes.values()) == ["linear", "xgboost"]
+    recordings = load_dataset("circor", synthetic_data).recordings()[:6]
+    sources, _, _ = recipe_sources(recipe, recordings, tmp_path, None, intervals=tsv_intervals(recordings),
+                                   progress=False)
+    first, second = (sources[name] for name in probes)
+    assert first is second and set(first.frames) == {r.recording_id for r in recordings}
+    assert sources["quality"] is not first
+
+
 def test_recipe_command_round_trips_through_save_model_and_predict(synthetic_data, tmp_path):
     dataset = load_dataset("circor", synthetic_data)
     pids = list(dataset.group_ids())
