@@ -154,8 +154,11 @@ Source = FeatureBlock | PhaseFrames
 
 def window_block(embeddings: dict, stats: tuple[str, ...], slices: dict[int, slice]) -> FeatureBlock:
     """Window embeddings per recording (`{rid: CachedRecording}`) -> their statistics; layer groups
-    "last" and "all" (each stat's columns) when the cache holds several layers."""
+    "last" and "all" (each stat's columns) when the cache holds several layers. No recordings (every
+    one of a prediction unreadable) give an empty block, as `PhaseFrames.block` does."""
     ids = np.array(sorted(embeddings))
+    if not len(ids):
+        return FeatureBlock(ids, np.zeros((0, 0), np.float32))
     X = np.stack([np.concatenate([STATS[s](embeddings[r].embeddings) for s in stats]) for r in ids])
     width = X.shape[1] // len(stats)
     last = layer_columns(slices, [max(slices)], width)

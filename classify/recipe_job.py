@@ -64,7 +64,8 @@ def recipe_sources(recipe: Recipe, recordings: list, cache_dir: str | Path, weig
         if any(r.recording_id not in cached for r in recordings):  # a complete cache is only read
             report = extract(encoder, recordings, cache_dir, segments, batch_size, progress=progress,
                              frames=frames, lock_timeout_s=3600)
-            problems += report.problems
+            # a file every encoder fails to read is one problem, not one per cache
+            problems += [p for p in report.problems if p not in problems]
         caches.append(cache)
         configs.append(cache.config)
     sources: dict[str, Source] = {}
@@ -89,6 +90,8 @@ def _member_source(member, cache, intervals: dict[str, np.ndarray] | None) -> So
 def _layer_subset(block, layers: str, slices: dict[int, slice], n_stats: int):
     """Only the columns of layers `I,J` (for each window statistic)."""
     from .recipe import FeatureBlock
+    if not len(block.recording_ids):
+        return block
     width = block.X.shape[1] // n_stats
     cols = layer_columns(slices, [int(i) for i in layers.split(",")], width)
     cols = np.concatenate([cols + k * width for k in range(n_stats)])
@@ -148,8 +151,6 @@ def predict_recipe(model_dir: str | Path, manifest: dict, patients: dict[str, li
         raise ValueError(f"{model_dir}: this recipe pools phases from .tsv files only; new recordings need one "
                          "saved with test_intervals='segmenter'")
     flat = [rec for recs in patients.values() for rec in recs]
-    if not flat:
-        return {}, [Problem(pid, "no usable recording; no prediction") for pid in patients]
     jobs = [_Job(f"r{i}", rec.path) for i, rec in enumerate(flat)]
     job_of = {id(rec): job.recording_id for rec, job in zip(flat, jobs)}
     with tempfile.TemporaryDirectory(prefix="heartprobe-recipe-") as tmp:

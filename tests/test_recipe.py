@@ -190,10 +190,18 @@ def test_recipe_command_round_trips_through_save_model_and_predict(synthetic_dat
     assert result["class"] in ("Present", "Unknown", "Absent")
     assert abs(sum(result["probabilities"].values()) - 1) < 1e-6
     assert {r["location"] for r in result["recordings"]} <= set(LOCS) | {"Phc", "unknown"}
-    # an empty folder is named, not a crash deep in the feature code
+    # an empty folder, or one whose only recording cannot be read, is named, not a crash deep in
+    # the feature code
     (tmp_path / "empty").mkdir()
     assert main(["predict", "--model", str(tmp_path / "model"), "--input", str(tmp_path / "empty"),
                  "--out", str(tmp_path / "pred3")]) == 1
+    (tmp_path / "unreadable").mkdir()
+    (tmp_path / "unreadable" / "a_AV.wav").write_bytes(b"")
+    assert main(["predict", "--model", str(tmp_path / "model"), "--input", str(tmp_path / "unreadable"),
+                 "--out", str(tmp_path / "pred4")]) == 1
+    unreadable = json.loads((tmp_path / "pred4" / "unreadable.json").read_text())
+    assert unreadable["class"] is None and unreadable["skipped"] == [
+        {"file": str(tmp_path / "unreadable" / "a_AV.wav"), "problem": "empty file (0 bytes)"}]
     # an edited recipe file is refused, not loaded
     (tmp_path / "model" / "recipe.npz").write_bytes(b"not a recipe")
     assert main(["predict", "--model", str(tmp_path / "model"), "--input", str(folder),
