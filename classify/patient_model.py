@@ -166,6 +166,7 @@ class RecordingBoost(ClassifierMixin, BaseEstimator):
         return estimator
 
 
+RecordingStage = RecordingProbe | RecordingBoost
 RecordingProbeName = Literal["linear", "xgboost"]
 RECORDING_PROBES: dict[str, type] = {"linear": RecordingProbe, "xgboost": RecordingBoost}
 

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from .aggregate import DecisionName, GroupTable, make_rule
 from .evaluate import SplitResult, proba_columns
 from .layers import layer_columns
-from .patient_model import (RECORDING_PROBES, MemberScores, PatientModel, RecordingProbe, RecordingProbeName,
+from .patient_model import (RECORDING_PROBES, MemberScores, PatientModel, RecordingProbeName, RecordingStage,
                             balanced_log_loss, patient_features)
 from .phases import phase_features
 from .segmenter import PhaseSegmenter
@@ -169,7 +169,7 @@ def window_block(embeddings: dict, stats: tuple[str, ...], slices: dict[int, sli
 @dataclass
 class FittedRecipe:
     recipe: Recipe
-    stage1: dict[str, RecordingProbe]  # or another of RECORDING_PROBES
+    stage1: dict[str, RecordingStage]
     columns: dict[str, np.ndarray | None]  # member -> the feature columns it uses (None: all)
     stage2: PatientModel | None
     rule: object
@@ -235,7 +235,7 @@ def mean_member_proba(members: list[MemberScores], group_ids: list[str], task: T
 
 def _fit_member(member: Member, block: FeatureBlock, X: np.ndarray, y: np.ndarray, groups: np.ndarray,
                 strata: np.ndarray, folds: int, seed: int, n_classes: int
-                ) -> tuple[RecordingProbe, np.ndarray | None]:
+                ) -> tuple[RecordingStage, np.ndarray | None]:
     """Fit one member's probe; with layers="cv", on the column group with the best CV loss."""
     def fit(cols):
         return RECORDING_PROBES[member.probe](folds=folds, seed=seed, n_classes=n_classes).fit(
