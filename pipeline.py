@@ -611,7 +611,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                    help="leave these members out (ablation)")
     p.add_argument("--set", action="append", metavar="FIELD=VALUE",
                    help="change one field of the recipe (ablation), e.g. patient_model=False, "
-                        "test_intervals=tsv, decision=mean")
+                        "test_intervals=tsv, train_intervals=segmenter, decision=mean")
     p.add_argument("--save-model", default=None, metavar="DIR",
                    help="also fit on every labelled patient and save that, for predict")
     p.set_defaults(func=cmd_recipe)

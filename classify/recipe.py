@@ -6,16 +6,18 @@ groups it is given (train + val of a split: every choice inside, C values and la
 made by patient-grouped cross-validation there); `evaluate_recipe` runs it on every split x seed
 and scores the test groups, which nothing in the fit has seen.
 
-Members of kind "phases" pool frame embeddings by heart-cycle phase. Training recordings use
-their `.tsv` intervals; with `test_intervals="segmenter"` the recordings being predicted get
-intervals from a `PhaseSegmenter` trained on the training recordings' frames and `.tsv`s, as new
-recordings without annotations would.
+Members of kind "phases" pool frame embeddings by heart-cycle phase. With `test_intervals="segmenter"`
+the recordings being predicted get intervals from a `PhaseSegmenter` trained on the training
+recordings' frames and `.tsv`s, as new recordings without annotations would. Training recordings
+use their `.tsv` intervals (`train_intervals="tsv"`) or, with `train_intervals="segmenter"`, the
+intervals of segmenters cross-fitted over the training patients, so stage 1 learns from phases
+with the kind of mistakes it meets at test.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field, replace
-from typing import Callable, Literal
+from typing import Callable, Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -26,7 +28,7 @@ from .aggregate import DecisionName, GroupTable, make_rule
 from .evaluate import SplitResult, proba_columns
 from .layers import layer_columns
 from .patient_model import (RECORDING_PROBES, MemberScores, PatientModel, RecordingProbeName, RecordingStage,
-                            balanced_log_loss, patient_features)
+                            balanced_log_loss, group_folds, patient_features)
 from .phases import phase_features
 from .segmenter import PhaseSegmenter
 from .selection import select_best
@@ -34,6 +36,7 @@ from .task import Task
 
 FeatureKind = Literal["windows", "phases"]
 Intervals = Literal["tsv", "segmenter"]
+CROSSFIT_FOLDS = 3  # segmenters per cross-fit: each fit takes about a minute on the full training set
 STATS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "mean": lambda e: e.mean(axis=0), "std": lambda e: e.std(axis=0), "max": lambda e: e.max(axis=0)}
 
@@ -78,7 +81,14 @@ class Recipe:
     patient_model: bool = True  # False: mean of the members' recording probabilities per patient
     decision: DecisionName = "cost"
     test_intervals: Intervals = "segmenter"
+    train_intervals: Intervals = "tsv"
     folds: int = 5
+
+    def __post_init__(self) -> None:
+        for name in ("test_intervals", "train_intervals"):
+            if getattr(self, name) not in get_args(Intervals):
+                raise ValueError(f"recipe {self.name}: {name} must be one of {', '.join(get_args(Intervals))}, "
+                                 f"got {getattr(self, name)!r}")
 
     def with_fields(self, **fields) -> "Recipe":
         """The recipe with some fields changed (ablations); unknown fields are refused by name."""
@@ -117,6 +127,7 @@ class PhaseFrames:
     intervals: dict[str, np.ndarray]
     _tsv_block: FeatureBlock | None = None
     _segmented: tuple | None = None  # (segmenter, {recording id: its intervals})
+    _crossfit: dict = field(default_factory=dict)  # training recording ids -> their cross-fitted block
 
     def block(self, recording_ids, intervals: dict[str, np.ndarray] | None = None) -> FeatureBlock:
         """Phase features of these recordings (those with frames), from `intervals` (default the
@@ -147,6 +158,22 @@ class PhaseFrames:
             if r in self.frames and r not in done:
                 done[r] = segmenter.predict(self.frames[r].embeddings, self.frames[r].times)
         return {r: done[r] for r in recording_ids if r in done}
+
+    def crossfit_block(self, recording_ids, patient_of: dict[str, str], folds: int = CROSSFIT_FOLDS) -> FeatureBlock:
+        """Phase features of training recordings from intervals no segmenter trained on their own
+        patient gave: per patient-grouped fold, a segmenter fit on the other folds' `.tsv`s decodes
+        the fold. Computed once per set of recordings (the evaluation reuses it across seeds)."""
+        ids = [r for r in recording_ids if r in self.frames]
+        key = tuple(ids)
+        if key not in self._crossfit:
+            groups = np.array([patient_of[r] for r in ids])
+            intervals: dict[str, np.ndarray] = {}
+            for fit_idx, held_idx in group_folds(np.zeros(len(ids)), groups, folds, seed=0):
+                segmenter = self.fit_segmenter([ids[i] for i in fit_idx])
+                for i in held_idx:
+                    intervals[ids[i]] = segmenter.predict(self.frames[ids[i]].embeddings, self.frames[ids[i]].times)
+            self._crossfit[key] = self.block(ids, intervals)
+        return self._crossfit[key]
 
 
 Source = FeatureBlock | PhaseFrames
@@ -262,8 +289,7 @@ def _fit_recipe(task, recipe, sources, group_ids, seed, segmenter) -> FittedReci
     patient_of = {r: g for g in group_ids for r in task.recordings_of.get(g, [])}
     stage1, columns, oof = {}, {}, []
     for m in recipe.members:
-        src = sources[m.name]
-        block = src.block(recs) if isinstance(src, PhaseFrames) else src
+        block = _training_block(sources[m.name], recs, patient_of, recipe.train_intervals)
         have, X = block.rows(recs)
         ids = np.asarray(recs)[have]
         if not len(ids):
@@ -292,6 +318,13 @@ def _fit_recipe(task, recipe, sources, group_ids, seed, segmenter) -> FittedReci
     if recipe.test_intervals != "segmenter" or not phases:
         segmenter = None
     return FittedRecipe(recipe, stage1, columns, stage2, rule, segmenter, cv_metrics)
+
+
+def _training_block(source: Source, recording_ids: list[str], patient_of: dict[str, str],
+                    intervals: Intervals) -> FeatureBlock:
+    if not isinstance(source, PhaseFrames):
+        return source
+    return source.crossfit_block(recording_ids, patient_of) if intervals == "segmenter" else source.block(recording_ids)
 
 
 def evaluate_recipe(task: Task, recipe: Recipe, sources: dict[str, Source],

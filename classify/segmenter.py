@@ -16,10 +16,12 @@ training ones and the training durations relative to the cycle period scaled to 
 """
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import numpy as np
 from sklearn.base import BaseEstimator
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
@@ -85,7 +87,10 @@ class PhaseSegmenter(BaseEstimator):
         self.scaler_ = StandardScaler().fit(X)
         # one BLAS thread: these small products gain nothing from more, and threads that spin-wait
         # for each other made the fit 10-20x slower on a CPU shared with other jobs
-        with threadpool_limits(1):
+        # 300 lbfgs iterations stop short of convergence on a full training set; the segmenter was
+        # tuned and measured so, and the warning would repeat for every fit of a recipe run
+        with threadpool_limits(1), warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
             self.probe_ = LogisticRegression(C=self.C, max_iter=300).fit(self.scaler_.transform(X), y)
         self.log_prior_ = np.log(np.bincount(y, minlength=N_PHASES) / len(y))
         self.log_duration_ = self._durations(intervals)

@@ -111,6 +111,8 @@ def test_two_stages_learn_the_location_signal_and_report_inner_cv():
     assert results[0].metrics["auroc"] > flat[0].metrics["auroc"]
     with pytest.raises(ValueError, match="cannot be set"):
         RECIPE.with_fields(members=())
+    with pytest.raises(ValueError, match="train_intervals must be one of tsv, segmenter, got 'seg'"):
+        RECIPE.with_fields(train_intervals="seg")
 
 
 def test_boosted_stage1_catches_an_interaction_the_linear_one_cannot_and_round_trips(tmp_path):
@@ -206,3 +208,63 @@ def test_recipe_command_round_trips_through_save_model_and_predict(synthetic_dat
     (tmp_path / "model" / "recipe.npz").write_bytes(b"not a recipe")
     assert main(["predict", "--model", str(tmp_path / "model"), "--input", str(folder),
                  "--out", str(tmp_path / "pred2")]) != 0
+
+
+def test_training_phases_from_cross_fitted_segmenters_never_come_from_their_own_patient(synthetic_data, tmp_path,
+                                                                                        monkeypatch):
+    """train_intervals="segmenter": each training recording's phases come from a segmenter fit on
+    other patients' .tsv files only; computed once per training set, then reused across seeds."""
+    from classify.phases import phase_features, tsv_intervals
+    from classify.recipe import CROSSFIT_FOLDS, PhaseFrames
+    from classify.recipe_book import get_recipe
+    from classify.recipe_job import recipe_sources
+    dataset = load_dataset("circor", synthetic_data)
+    recordings = dataset.recordings()[:24]
+    recipe = get_recipe("cycle-logmel").with_fields(train_intervals="segmenter", folds=3)
+    sources, _, _ = recipe_sources(recipe, recordings, tmp_path, None, intervals=tsv_intervals(recordings),
+                                   progress=False)
+    phases = sources["phases"]
+    patient_of = {r.recording_id: r.patient_id for r in recordings}
+    frame_owner = {id(f.embeddings): rid for rid, f in phases.frames.items()}
+    decoded, trainings = {}, []
+    fit_segmenter = PhaseFrames.fit_segmenter
+
+    def spying_fit(self, ids, seed=0):
+        segmenter, trained_on = fit_segmenter(self, ids, seed), {patient_of[r] for r in ids}
+        trainings.append(trained_on)
+        predict = segmenter.predict
+
+        def spying_predict(frames, times, *args, **kwargs):
+            rid = frame_owner[id(frames)]
+            assert patient_of[rid] not in trained_on
+            decoded[rid] = predict(frames, times, *args, **kwargs)
+            return decoded[rid]
+        segmenter.predict = spying_predict
+        return segmenter
+
+    monkeypatch.setattr(PhaseFrames, "fit_segmenter", spying_fit)
+    ids = [r.recording_id for r in recordings]
+    block = phases.crossfit_block(ids, patient_of)
+    assert len(trainings) == CROSSFIT_FOLDS and set(decoded) == set(ids) == set(block.recording_ids)
+    for i, rid in enumerate(block.recording_ids):  # the features are those of the decoded intervals
+        f = phases.frames[rid]
+        np.testing.assert_allclose(block.X[i], phase_features(f.embeddings, f.times, decoded[rid]))
+    assert not np.allclose(block.X, phases.block(ids).rows(block.recording_ids)[1])  # not the .tsv ones
+    # a recipe fit on these groups reads that block: no further cross-fit, whatever the seed
+    task = Task.from_dataset(dataset, recipe.targets)
+    groups = list(dict.fromkeys(r.patient_id for r in recordings))
+    task = Task(task.scoring, groups, {g: task.group_labels[g] for g in groups},
+                {g: [r for r in ids if patient_of[r] == g] for g in groups}, task.targets,
+                locations=task.locations, recording_location=task.recording_location)
+    assert phases.crossfit_block([r for g in groups for r in task.recordings_of[g]], patient_of) is block
+    read = []
+    crossfit_block = PhaseFrames.crossfit_block
+    monkeypatch.setattr(PhaseFrames, "crossfit_block",
+                        lambda self, *a, **k: read.append(crossfit_block(self, *a, **k)) or read[-1])
+    for seed in (0, 1):
+        fitted = fit_recipe(task, recipe.with_fields(test_intervals="tsv"), sources, groups, seed=seed)
+        assert fitted.segmenter is None and "cv_uar" in fitted.cv_metrics
+    # both phase members of both fits read that one block; the .tsv recipe reads none
+    assert len(read) == 4 and all(b is block for b in read) and len(trainings) == CROSSFIT_FOLDS
+    fit_recipe(task, recipe.with_fields(test_intervals="tsv", train_intervals="tsv"), sources, groups)
+    assert len(read) == 4
