@@ -150,7 +150,7 @@ class PhaseFrames:
 
     def segmented(self, segmenter: PhaseSegmenter, recording_ids) -> dict[str, np.ndarray]:
         """The segmenter's intervals for these recordings, each decoded once per segmenter (the
-        evaluation reuses a split's segmenter across seeds)."""
+        evaluation reuses a split's segmenter across seeds; the cross-fit decodes each fold here)."""
         if self._segmented is None or self._segmented[0] is not segmenter:
             self._segmented = (segmenter, {})
         done = self._segmented[1]
@@ -170,8 +170,7 @@ class PhaseFrames:
             intervals: dict[str, np.ndarray] = {}
             for fit_idx, held_idx in group_folds(np.zeros(len(ids)), groups, folds, seed=0):
                 segmenter = self.fit_segmenter([ids[i] for i in fit_idx])
-                for i in held_idx:
-                    intervals[ids[i]] = segmenter.predict(self.frames[ids[i]].embeddings, self.frames[ids[i]].times)
+                intervals.update(self.segmented(segmenter, [ids[i] for i in held_idx]))
             self._crossfit[key] = self.block(ids, intervals)
         return self._crossfit[key]
 
