@@ -27,8 +27,11 @@ from .phases import tsv_intervals
 from .recipe import ExtractSpec, FittedRecipe, PhaseFrames, Recipe, Source, evaluate_recipe, fit_recipe, window_block
 from .recipe_book import get_recipe
 from .recipe_io import load_recipe, save_recipe
+from .segmenter_store import SegmenterStore
 from .run import load_splits, write_results
 from .task import Task
+
+SEGMENTER_DIR = "segmenters"  # under the cache folder
 
 
 def build_encoder(spec: ExtractSpec, weights: str | Path | None, device: str = "auto"):
@@ -79,8 +82,8 @@ def recipe_sources(recipe: Recipe, recordings: list, cache_dir: str | Path, weig
 
 
 def _member_source(member, cache, intervals: dict[str, np.ndarray] | None) -> Source:
-    if member.kind == "phases":
-        return PhaseFrames(cache.read(), intervals or {})
+    if member.kind == "phases":  # segmenters fit on its frames are kept beside the cache
+        return PhaseFrames(cache.read(), intervals or {}, SegmenterStore(cache.dir / SEGMENTER_DIR), cache.key)
     block = window_block(cache.read(), member.stats, layer_slices(cache.config))
     if member.layers not in ("all", "cv"):
         block = _layer_subset(block, member.layers, layer_slices(cache.config), len(member.stats))
