@@ -11,7 +11,8 @@ the recordings being predicted get intervals from a `PhaseSegmenter` trained on 
 recordings' frames and `.tsv`s, as new recordings without annotations would. Training recordings
 use their `.tsv` intervals (`train_intervals="tsv"`) or, with `train_intervals="segmenter"`, the
 intervals of segmenters cross-fitted over the training patients, so stage 1 learns from phases
-with the kind of mistakes it meets at test.
+with the kind of mistakes it meets at test. Fitted segmenters and their decodes are kept in a
+`SegmenterStore` when the source has one (`recipe_job` puts it beside the frame cache).
 """
 from __future__ import annotations
 
@@ -128,6 +129,7 @@ class PhaseFrames:
     intervals: dict[str, np.ndarray]
     store: SegmenterStore | None = None  # fitted segmenters and their decodes, kept across runs
     frames_key: str = ""  # the frame cache's key: part of every store entry's key
+    progress: bool = False  # a progress bar while a segmenter decodes many recordings
     _tsv_block: FeatureBlock | None = None
     _segmented: tuple | None = None  # (segmenter, {recording id: its intervals})
     _crossfit: dict = field(default_factory=dict)  # training recording ids -> their cross-fitted block
@@ -176,7 +178,8 @@ class PhaseFrames:
             self._segmented = (segmenter, dict(entry[1]) if entry is not None else {})
         done = self._segmented[1]
         new = [r for r in dict.fromkeys(recording_ids) if r in self.frames and r not in done]
-        for r in new:
+        for r in tqdm(new, desc="segmenter: decoding recordings", leave=False,
+                      disable=not self.progress or len(new) < 100):
             done[r] = segmenter.predict(self.frames[r].embeddings, self.frames[r].times)
         if new and key is not None:
             self.store.save(key, segmenter.state(), done)

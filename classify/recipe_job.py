@@ -76,14 +76,15 @@ def recipe_sources(recipe: Recipe, recordings: list, cache_dir: str | Path, weig
     for m in recipe.members:
         key = (m.extract, m.kind) if m.kind == "phases" else (m.extract, m.kind, m.stats, m.layers)
         if key not in built:
-            built[key] = _member_source(m, caches[m.extract], intervals)
+            built[key] = _member_source(m, caches[m.extract], intervals, progress)
         sources[m.name] = built[key]
     return sources, configs, problems
 
 
-def _member_source(member, cache, intervals: dict[str, np.ndarray] | None) -> Source:
+def _member_source(member, cache, intervals: dict[str, np.ndarray] | None, progress: bool) -> Source:
     if member.kind == "phases":  # segmenters fit on its frames are kept beside the cache
-        return PhaseFrames(cache.read(), intervals or {}, SegmenterStore(cache.dir / SEGMENTER_DIR), cache.key)
+        return PhaseFrames(cache.read(), intervals or {}, SegmenterStore(cache.dir / SEGMENTER_DIR), cache.key,
+                           progress)
     block = window_block(cache.read(), member.stats, layer_slices(cache.config))
     if member.layers not in ("all", "cv"):
         block = _layer_subset(block, member.layers, layer_slices(cache.config), len(member.stats))
