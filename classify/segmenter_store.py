@@ -10,10 +10,10 @@ without pickle (loading one never executes code); an unreadable one is reported 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -63,19 +63,24 @@ class SegmenterStore:
         return state, decoded
 
     def save(self, key: str, state: dict[str, np.ndarray], decoded: dict[str, np.ndarray]) -> None:
-        """Write the entry whole (a temporary file renamed over it: a reader never sees half of one)."""
-        self.folder.mkdir(parents=True, exist_ok=True)
+        """Write the entry whole (a temporary file renamed over it: a reader never sees half of one).
+        The store only saves time, so a failed write (a full disk, a read-only cache) is reported and
+        the run goes on."""
         ids = list(decoded)
         rows = [np.asarray(decoded[r], dtype=np.float64).reshape(-1, 3) for r in ids]
         offsets = np.concatenate([[0], np.cumsum([len(r) for r in rows])]).astype(np.int64)
         arrays = {f"{_STATE}{k}": np.asarray(v) for k, v in state.items()}
         arrays.update(ids=np.asarray(ids, dtype=str), offsets=offsets,
                       intervals=np.concatenate(rows) if rows else np.zeros((0, 3)))
-        fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".npz.tmp")
+        path = self.path(key)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # one writer per process: its own name
         try:
-            with os.fdopen(fd, "wb") as fh:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as fh:
                 np.savez(fh, **arrays)
-            os.replace(tmp, self.path(key))
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+            os.replace(tmp, path)
+        except OSError as err:
+            warnings.warn(f"{path}: could not keep the segmenter entry ({err}); the run goes on without it")
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)

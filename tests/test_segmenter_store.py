@@ -31,7 +31,11 @@ def test_an_entry_round_trips_and_a_bad_file_is_reported_and_ignored(tmp_path):
                  offsets=np.array([0, 0]), intervals=np.zeros((0, 3)))
     with pytest.warns(UserWarning, match="k3.npz: unreadable"):
         assert store.load("k3") is None
-    assert not list((tmp_path / "segmenters").glob("*.tmp"))
+    assert not list((tmp_path / "segmenters").glob(".*.tmp"))
+    # a store that cannot be written to (here a file where its folder should be) only warns
+    (tmp_path / "blocked").write_text("a file, not a folder")
+    with pytest.warns(UserWarning, match="could not keep the segmenter entry"):
+        SegmenterStore(tmp_path / "blocked").save("k4", state, decoded)
 
 
 def test_the_key_changes_with_every_input_of_the_fit():
