@@ -166,6 +166,8 @@ class PhaseFrames:
             if key is not None:
                 self.store.save(key, segmenter.state(), {})
         segmenter.store_key_ = key
+        # its decodes so far (the entry just read, or none): `segmented` need not read the entry again
+        self._segmented = (segmenter, dict(entry[1]) if entry is not None else {})
         return segmenter
 
     def segmented(self, segmenter: PhaseSegmenter, recording_ids) -> dict[str, np.ndarray]:

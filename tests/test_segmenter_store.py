@@ -73,8 +73,12 @@ def test_a_second_run_reads_the_cross_fit_and_test_segmenter_from_the_store(synt
         raise AssertionError("the store should have answered")
     monkeypatch.setattr(PhaseSegmenter, "fit", refuse)
     monkeypatch.setattr(PhaseSegmenter, "predict", refuse)
+    loads = []
+    load = SegmenterStore.load
+    monkeypatch.setattr(SegmenterStore, "load", lambda self, key: loads.append(key) or load(self, key))
     second = phases()
     again = second.crossfit_block(train, patient_of)
+    assert len(loads) == len(set(loads)) == 3  # each fold's entry read once, not again to decode
     assert again is not block and np.array_equal(again.recording_ids, block.recording_ids)
     np.testing.assert_array_equal(again.X, block.X)
     stored = second.fit_segmenter(train)
