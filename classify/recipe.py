@@ -132,7 +132,8 @@ class PhaseFrames:
     progress: bool = False  # a progress bar while a segmenter decodes many recordings
     _tsv_block: FeatureBlock | None = None
     _segmented: tuple | None = None  # (segmenter, {recording id: its intervals})
-    _crossfit: dict = field(default_factory=dict)  # training recording ids -> their cross-fitted block
+    _crossfit: dict = field(default_factory=dict)  # training recording ids -> their cross-fitted intervals
+    _crossfit_blocks: dict = field(default_factory=dict)  # (segmentation, recording ids) -> phase features
 
     def block(self, recording_ids, intervals: dict[str, np.ndarray] | None = None) -> FeatureBlock:
         """Phase features of these recordings (those with frames), from `intervals` (default the
@@ -187,10 +188,11 @@ class PhaseFrames:
             self.store.save(key, segmenter.state(), done)
         return {r: done[r] for r in recording_ids if r in done}
 
-    def crossfit_block(self, recording_ids, patient_of: dict[str, str], folds: int = CROSSFIT_FOLDS) -> FeatureBlock:
-        """Phase features of training recordings from intervals no segmenter trained on their own
-        patient gave: per patient-grouped fold, a segmenter fit on the other folds' `.tsv`s decodes
-        the fold. Computed once per set of recordings (the evaluation reuses it across seeds)."""
+    def crossfit_intervals(self, recording_ids, patient_of: dict[str, str], folds: int = CROSSFIT_FOLDS
+                           ) -> dict[str, np.ndarray]:
+        """Intervals of training recordings that no segmenter trained on their own patient gave: per
+        patient-grouped fold, a segmenter fit on the other folds' `.tsv`s decodes the fold. Computed
+        once per set of recordings (the evaluation reuses them across seeds)."""
         ids = [r for r in recording_ids if r in self.frames]
         key = tuple(ids)
         if key not in self._crossfit:
@@ -199,8 +201,22 @@ class PhaseFrames:
             for fit_idx, held_idx in group_folds(np.zeros(len(ids)), groups, folds, seed=0):
                 segmenter = self.fit_segmenter([ids[i] for i in fit_idx])
                 intervals.update(self.segmented(segmenter, [ids[i] for i in held_idx]))
-            self._crossfit[key] = self.block(ids, intervals)
+            self._crossfit[key] = intervals
         return self._crossfit[key]
+
+    def crossfit_block(self, recording_ids, patient_of: dict[str, str],
+                       segmentation: PhaseFrames | None = None) -> FeatureBlock:
+        """Phase features of training recordings from the cross-fitted intervals that segmenters
+        fit on `segmentation`'s frames decode (default: this source's own), once per set of
+        recordings. A recipe passes its first phases source, so every phases member pools the
+        intervals of one segmentation, in training as at test."""
+        segmentation = self if segmentation is None else segmentation
+        ids = [r for r in recording_ids if r in self.frames]
+        # keyed by the segmentation object: sources live as long as the recipe run that made them
+        key = (id(segmentation), tuple(ids))
+        if key not in self._crossfit_blocks:
+            self._crossfit_blocks[key] = self.block(ids, segmentation.crossfit_intervals(recording_ids, patient_of))
+        return self._crossfit_blocks[key]
 
 
 Source = FeatureBlock | PhaseFrames
@@ -315,8 +331,11 @@ def _fit_recipe(task, recipe, sources, group_ids, seed, segmenter) -> FittedReci
     recs = [r for g in group_ids for r in task.recordings_of.get(g, [])]
     patient_of = {r: g for g in group_ids for r in task.recordings_of.get(g, [])}
     stage1, columns, oof = {}, {}, []
+    phases = [sources[m.name] for m in recipe.members if isinstance(sources[m.name], PhaseFrames)]
+    # the first phases source's frames are the ones segmented, in training and at test (`blocks_for`)
+    segmentation = phases[0] if phases else None
     for m in recipe.members:
-        block = _training_block(sources[m.name], recs, patient_of, recipe.train_intervals)
+        block = _training_block(sources[m.name], recs, patient_of, recipe.train_intervals, segmentation)
         have, X = block.rows(recs)
         ids = np.asarray(recs)[have]
         if not len(ids):
@@ -339,19 +358,20 @@ def _fit_recipe(task, recipe, sources, group_ids, seed, segmenter) -> FittedReci
     rule.fit(table, y_groups, task.scoring.selection_key)
     cv_pred = rule.predict(table)
     cv_metrics = {f"cv_{k}": task.scoring.metric(k, y_groups, cv_pred) for k in task.scoring.label_metrics}
-    phases = [sources[m.name] for m in recipe.members if isinstance(sources[m.name], PhaseFrames)]
     if recipe.test_intervals == "segmenter" and phases and segmenter is None:
-        segmenter = phases[0].fit_segmenter(recs, seed=0)
+        segmenter = segmentation.fit_segmenter(recs, seed=0)
     if recipe.test_intervals != "segmenter" or not phases:
         segmenter = None
     return FittedRecipe(recipe, stage1, columns, stage2, rule, segmenter, cv_metrics)
 
 
 def _training_block(source: Source, recording_ids: list[str], patient_of: dict[str, str],
-                    intervals: Intervals) -> FeatureBlock:
+                    intervals: Intervals, segmentation: PhaseFrames | None) -> FeatureBlock:
     if not isinstance(source, PhaseFrames):
         return source
-    return source.crossfit_block(recording_ids, patient_of) if intervals == "segmenter" else source.block(recording_ids)
+    if intervals == "segmenter":
+        return source.crossfit_block(recording_ids, patient_of, segmentation)
+    return source.block(recording_ids)
 
 
 def evaluate_recipe(task: Task, recipe: Recipe, sources: dict[str, Source],

@@ -7,6 +7,7 @@ from __future__ import annotations
 from .recipe import ExtractSpec, Member, Recipe
 
 MN04_WEIGHTS = "efficientat_mn04_as_mAP_432.pt"  # EfficientAT's published file name
+BYOLA_WEIGHTS = "AudioNTT2020-BYOLA-64x96d512.pth"  # BYOL-A's published file name
 
 RECIPES: dict[str, Recipe] = {}
 
@@ -37,6 +38,20 @@ register_recipe(Recipe(
     extracts=(ExtractSpec("logmel", precision="fp32", frames=True), ExtractSpec("quality")),
     members=(Member("phases", 0, "phases"), Member("quality", 1, stats=("mean", "std")),
              Member("phases_xgb", 0, "phases", probe="xgboost")),
+    train_intervals="segmenter",
+))
+
+# cycle-logmel plus BYOL-A's own frames (512-d, every 80 ms) pooled over the same intervals: the
+# phase pooling of a pre-trained encoder's frames; it lowered the inner CV, so it is not the
+# recommended recipe (README, Recipes)
+register_recipe(Recipe(
+    name="cycle-byola",
+    description="cycle-logmel plus BYOL-A d512 frames pooled per heart-cycle phase (the log-mel "
+                "segmentation's intervals)",
+    extracts=(ExtractSpec("logmel", precision="fp32", frames=True), ExtractSpec("quality"),
+              ExtractSpec("byola", BYOLA_WEIGHTS, precision="fp32", frames=True)),
+    members=(Member("phases", 0, "phases"), Member("quality", 1, stats=("mean", "std")),
+             Member("phases_xgb", 0, "phases", probe="xgboost"), Member("byola_phases", 2, "phases")),
     train_intervals="segmenter",
 ))
 

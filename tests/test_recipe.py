@@ -210,19 +210,27 @@ def test_recipe_command_round_trips_through_save_model_and_predict(synthetic_dat
                  "--out", str(tmp_path / "pred2")]) != 0
 
 
+def crossfit_logmel_recipe(data, cache_dir, n_recordings: int):
+    """cycle-logmel with cross-fitted training intervals on the first recordings of `data`: the
+    dataset, those recordings, the recipe and its sources (.tsv intervals)."""
+    from classify.phases import tsv_intervals
+    from classify.recipe_book import get_recipe
+    from classify.recipe_job import recipe_sources
+    dataset = load_dataset("circor", data)
+    recordings = dataset.recordings()[:n_recordings]
+    recipe = get_recipe("cycle-logmel").with_fields(train_intervals="segmenter", folds=3)
+    sources, _, _ = recipe_sources(recipe, recordings, cache_dir, None, intervals=tsv_intervals(recordings),
+                                   progress=False)
+    return dataset, recordings, recipe, sources
+
+
 def test_training_phases_from_cross_fitted_segmenters_never_come_from_their_own_patient(synthetic_data, tmp_path,
                                                                                         monkeypatch):
     """train_intervals="segmenter": each training recording's phases come from a segmenter fit on
     other patients' .tsv files only; computed once per training set, then reused across seeds."""
-    from classify.phases import phase_features, tsv_intervals
+    from classify.phases import phase_features
     from classify.recipe import CROSSFIT_FOLDS, PhaseFrames
-    from classify.recipe_book import get_recipe
-    from classify.recipe_job import recipe_sources
-    dataset = load_dataset("circor", synthetic_data)
-    recordings = dataset.recordings()[:24]
-    recipe = get_recipe("cycle-logmel").with_fields(train_intervals="segmenter", folds=3)
-    sources, _, _ = recipe_sources(recipe, recordings, tmp_path, None, intervals=tsv_intervals(recordings),
-                                   progress=False)
+    dataset, recordings, recipe, sources = crossfit_logmel_recipe(synthetic_data, tmp_path, 24)
     phases = sources["phases"]
     patient_of = {r.recording_id: r.patient_id for r in recordings}
     frame_owner = {id(f.embeddings): rid for rid, f in phases.frames.items()}
@@ -268,3 +276,90 @@ def test_training_phases_from_cross_fitted_segmenters_never_come_from_their_own_
     assert len(read) == 4 and all(b is block for b in read) and len(trainings) == CROSSFIT_FOLDS
     fit_recipe(task, recipe.with_fields(test_intervals="tsv", train_intervals="tsv"), sources, groups)
     assert len(read) == 4
+
+
+def test_every_phases_member_pools_the_intervals_of_the_first_ones_segmentation(synthetic_data, tmp_path,
+                                                                               monkeypatch):
+    """Two phases members on different frames (say log-mel and an encoder's coarser frames): only the
+    first one's frames are segmented, and the second pools the same cross-fitted intervals in
+    training and the same decoded intervals at test, never ones of a segmenter of its own."""
+    from classify.phases import phase_features
+    from classify.recipe import PhaseFrames
+    from embed.cache import CachedFrames
+    dataset, recordings, base, sources = crossfit_logmel_recipe(synthetic_data, tmp_path, 40)
+    first = sources["phases"]
+    rng = np.random.default_rng(0)
+    # other frames: every second frame of a random projection, so a different dimension and hop
+    projection = rng.normal(size=(next(iter(first.frames.values())).embeddings.shape[1], 5))
+    second = PhaseFrames({r: CachedFrames(r, (f.embeddings[::2].astype(np.float32) @ projection), f.times[::2])
+                          for r, f in first.frames.items()}, first.intervals)
+    fit_segmenter = PhaseFrames.fit_segmenter
+
+    def only_the_first(self, *args, **kwargs):
+        assert self is first, "a second phases source fit a segmenter of its own"
+        return fit_segmenter(self, *args, **kwargs)
+    monkeypatch.setattr(PhaseFrames, "fit_segmenter", only_the_first)
+    recipe = Recipe("two-frames", "", base.extracts, base.members + (Member("other_phases", 0, "phases"),),
+                    folds=3, train_intervals="segmenter")
+    sources = {**sources, "other_phases": second}
+    patient_of = {r.recording_id: r.patient_id for r in recordings}
+    task = Task.from_dataset(dataset, recipe.targets)
+    groups = list(dict.fromkeys(r.patient_id for r in recordings))
+    ids = [r.recording_id for r in recordings]
+    task = Task(task.scoring, groups[:-3], {g: task.group_labels[g] for g in groups},
+                {g: [r for r in ids if patient_of[r] == g] for g in groups}, task.targets,
+                locations=task.locations, recording_location=task.recording_location)
+    train_groups, test_groups = groups[:-3], groups[-3:]
+    fitted = fit_recipe(task, recipe, sources, train_groups)
+    train = [r for g in train_groups for r in task.recordings_of[g]]
+    intervals = first.crossfit_intervals(train, patient_of)
+    block = second.crossfit_block(train, patient_of, first)
+    assert set(block.recording_ids) == set(train)
+    for i, rid in enumerate(block.recording_ids):
+        f = second.frames[rid]
+        np.testing.assert_allclose(block.X[i], phase_features(f.embeddings, f.times, intervals[rid]), rtol=1e-6)
+    # at test both members read the intervals the first source's segmenter decodes
+    test = [r for g in test_groups for r in task.recordings_of[g]]
+    blocks = fitted.blocks_for(sources, test)
+    decoded = first.segmented(fitted.segmenter, test)
+    for rid in test:
+        f = second.frames[rid]
+        have, X = blocks["other_phases"].rows([rid])
+        np.testing.assert_allclose(X[0], phase_features(f.embeddings, f.times, decoded[rid]), rtol=1e-6)
+    pred, proba, _ = fitted.predict(task, sources, test_groups)
+    assert len(pred) == len(test_groups) and np.allclose(proba.sum(axis=1), 1)
+
+
+def test_recipe_with_an_encoders_frames_runs_and_segments_only_the_log_mel_frames(synthetic_data, tmp_path):
+    """cycle-byola (BYOL-A's frames pooled per phase beside log-mel's), with a generated checkpoint
+    under the official file name: extracted, fit, saved and applied to a new patient; its segmenters
+    (cross-fit and test) are those of one frame cache, not one set per phases member."""
+    import torch
+
+    from classify.recipe_book import BYOLA_WEIGHTS
+    from classify.recipe_job import SEGMENTER_DIR
+    from test_encoder_byola import _state as byola_state
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    torch.save(byola_state(1, 512, 0), weights / BYOLA_WEIGHTS)
+    dataset = load_dataset("circor", synthetic_data)
+    pids = list(dataset.group_ids())
+    split = {p: ("test" if i % 4 == 0 else "train") for i, p in enumerate(pids)}
+    write_splits({"one": split}, tmp_path / "splits.csv")
+    cache = tmp_path / "cache"
+    assert main(["recipe", "cycle-byola", "--data", str(synthetic_data), "--weights", str(weights),
+                 "--cache", str(cache), "--splits", str(tmp_path / "splits.csv"), "--seeds", "1",
+                 "--out", str(tmp_path / "out"), "--save-model", str(tmp_path / "model"), "--set", "folds=3"]) == 0
+    assert len(list(cache.glob("byola-frames-*.h5"))) == 1
+    # the split: 3 cross-fit segmenters + 1 for the test recordings; --save-model: as many again
+    assert len(list((cache / SEGMENTER_DIR).glob("*.npz"))) == 8
+    scores = pd.read_csv(tmp_path / "out" / "scores.csv")
+    assert scores["split"].tolist() == ["one@seed0"] and 0 <= scores["uar"].iloc[0] <= 1
+    folder = tmp_path / "new" / pids[1]
+    folder.mkdir(parents=True)
+    for wav in (synthetic_data / "training_data").glob(f"{pids[1]}_*.wav"):
+        (folder / wav.name).write_bytes(wav.read_bytes())
+    assert main(["predict", "--model", str(tmp_path / "model"), "--weights", str(weights), "--input", str(folder),
+                 "--out", str(tmp_path / "pred")]) == 0
+    result = json.loads(next((tmp_path / "pred").glob("*.json")).read_text())
+    assert abs(sum(result["probabilities"].values()) - 1) < 1e-6
