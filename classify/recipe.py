@@ -11,7 +11,8 @@ the recordings being predicted get intervals from a `PhaseSegmenter` trained on 
 recordings' frames and `.tsv`s, as new recordings without annotations would. Training recordings
 use their `.tsv` intervals (`train_intervals="tsv"`) or, with `train_intervals="segmenter"`, the
 intervals of segmenters cross-fitted over the training patients, so stage 1 learns from phases
-with the kind of mistakes it meets at test. Fitted segmenters and their decodes are kept in a
+with the kind of mistakes it meets at test. Segmenters read the first phases member's frames only;
+every phases member pools those intervals. Fitted segmenters and their decodes are kept in a
 `SegmenterStore` when the source has one (`recipe_job` puts it beside the frame cache).
 """
 from __future__ import annotations
