@@ -134,7 +134,7 @@ class PhaseFrames:
     _tsv_block: FeatureBlock | None = None
     _segmented: tuple | None = None  # (segmenter, {recording id: its intervals})
     _crossfit: dict = field(default_factory=dict)  # training recording ids -> their cross-fitted intervals
-    _crossfit_blocks: dict = field(default_factory=dict)  # (segmentation, recording ids) -> phase features
+    _crossfit_blocks: dict = field(default_factory=dict)  # recording ids -> (segmentation, phase features)
 
     def block(self, recording_ids, intervals: dict[str, np.ndarray] | None = None) -> FeatureBlock:
         """Phase features of these recordings (those with frames), from `intervals` (default the
@@ -213,14 +213,20 @@ class PhaseFrames:
         intervals of one segmentation, in training as at test."""
         segmentation = self if segmentation is None else segmentation
         ids = [r for r in recording_ids if r in self.frames]
-        # keyed by the segmentation object: sources live as long as the recipe run that made them
-        key = (id(segmentation), tuple(ids))
-        if key not in self._crossfit_blocks:
-            self._crossfit_blocks[key] = self.block(ids, segmentation.crossfit_intervals(recording_ids, patient_of))
-        return self._crossfit_blocks[key]
+        cached = self._crossfit_blocks.get(tuple(ids))
+        if cached is None or cached[0] is not segmentation:
+            cached = (segmentation, self.block(ids, segmentation.crossfit_intervals(recording_ids, patient_of)))
+            self._crossfit_blocks[tuple(ids)] = cached
+        return cached[1]
 
 
 Source = FeatureBlock | PhaseFrames
+
+
+def segmentation_source(recipe: Recipe, sources: dict[str, Source]) -> PhaseFrames | None:
+    """The phases source whose frames the recipe segments (its first phases member's), in training
+    and at test; every phases member pools those intervals. None without phases members."""
+    return next((sources[m.name] for m in recipe.members if isinstance(sources[m.name], PhaseFrames)), None)
 
 
 def window_block(embeddings: dict, stats: tuple[str, ...], slices: dict[int, slice]) -> FeatureBlock:
@@ -251,11 +257,12 @@ class FittedRecipe:
         """Feature blocks of recordings being predicted (phases from the segmenter when the recipe
         says so)."""
         out, segmented = {}, None
+        segmentation = segmentation_source(self.recipe, sources)
+        if self.segmenter is not None and segmentation is not None:
+            segmented = segmentation.segmented(self.segmenter, recording_ids)
         for m in self.recipe.members:
             src = sources[m.name]
             if isinstance(src, PhaseFrames):
-                if self.segmenter is not None and segmented is None:
-                    segmented = src.segmented(self.segmenter, recording_ids)
                 out[m.name] = src.block(recording_ids, segmented)
             else:
                 out[m.name] = src
@@ -332,9 +339,7 @@ def _fit_recipe(task, recipe, sources, group_ids, seed, segmenter) -> FittedReci
     recs = [r for g in group_ids for r in task.recordings_of.get(g, [])]
     patient_of = {r: g for g in group_ids for r in task.recordings_of.get(g, [])}
     stage1, columns, oof = {}, {}, []
-    phases = [sources[m.name] for m in recipe.members if isinstance(sources[m.name], PhaseFrames)]
-    # the first phases source's frames are the ones segmented, in training and at test (`blocks_for`)
-    segmentation = phases[0] if phases else None
+    segmentation = segmentation_source(recipe, sources)
     for m in recipe.members:
         block = _training_block(sources[m.name], recs, patient_of, recipe.train_intervals, segmentation)
         have, X = block.rows(recs)
@@ -359,9 +364,9 @@ def _fit_recipe(task, recipe, sources, group_ids, seed, segmenter) -> FittedReci
     rule.fit(table, y_groups, task.scoring.selection_key)
     cv_pred = rule.predict(table)
     cv_metrics = {f"cv_{k}": task.scoring.metric(k, y_groups, cv_pred) for k in task.scoring.label_metrics}
-    if recipe.test_intervals == "segmenter" and phases and segmenter is None:
+    if recipe.test_intervals == "segmenter" and segmentation is not None and segmenter is None:
         segmenter = segmentation.fit_segmenter(recs, seed=0)
-    if recipe.test_intervals != "segmenter" or not phases:
+    if recipe.test_intervals != "segmenter" or segmentation is None:
         segmenter = None
     return FittedRecipe(recipe, stage1, columns, stage2, rule, segmenter, cv_metrics)
 
