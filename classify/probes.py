@@ -17,7 +17,17 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.class_weight import compute_sample_weight
 
 
-class LinearProbe(ClassifierMixin, BaseEstimator):
+class _ModelProbe(ClassifierMixin, BaseEstimator):
+    """A probe whose fitted `model_` gives the probabilities, columns in `classes_` order."""
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        return self.model_.predict_proba(X)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self.classes_[self.predict_proba(X).argmax(axis=1)]
+
+
+class LinearProbe(_ModelProbe):
     """Standardised multinomial logistic regression: the linear evaluation."""
 
     def __init__(self, C: float = 0.1, max_iter: int = 2000, class_weight: str | None = "balanced") -> None:
@@ -31,12 +41,6 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         self.model_.fit(X, y, logisticregression__sample_weight=sample_weight)
         self.classes_ = self.model_.classes_
         return self
-
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        return self.model_.predict_proba(X)
-
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        return self.classes_[self.predict_proba(X).argmax(axis=1)]
 
     def state(self) -> dict[str, np.ndarray]:
         scaler, logistic = self.model_[0], self.model_[-1]
@@ -62,7 +66,7 @@ def scaler_from_state(state: dict[str, np.ndarray]) -> StandardScaler:
     return scaler
 
 
-class XGBoostProbe(ClassifierMixin, BaseEstimator):
+class XGBoostProbe(_ModelProbe):
     """Gradient-boosted trees (hist), class-balanced sample weights."""
 
     def __init__(self, n_estimators: int = 300, max_depth: int = 4, learning_rate: float = 0.05,
@@ -87,12 +91,6 @@ class XGBoostProbe(ClassifierMixin, BaseEstimator):
             n_jobs=self.n_jobs, random_state=self.random_state, verbosity=0)
         self.model_.fit(X, y_idx, sample_weight=weight)
         return self
-
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        return self.model_.predict_proba(X)
-
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        return self.classes_[self.predict_proba(X).argmax(axis=1)]
 
     def state(self) -> dict[str, np.ndarray]:
         """The booster as XGBoost's own JSON model (bytes), and the class labels."""

@@ -14,6 +14,10 @@ intervals of segmenters cross-fitted over the training patients, so stage 1 lear
 with the kind of mistakes it meets at test. Segmenters read the first phases member's frames only;
 every phases member pools those intervals. Fitted segmenters and their decodes are kept in a
 `SegmenterStore` when the source has one (`recipe_job` puts it beside the frame cache).
+
+With `bags` > 1 the probes (stage 1 and the patient model) are fit `bags` times with consecutive
+seeds, which draw other inner folds and other trees, and the patient probabilities are averaged;
+the segmentation and the decision rule are shared.
 """
 from __future__ import annotations
 
@@ -86,8 +90,11 @@ class Recipe:
     test_intervals: Intervals = "segmenter"
     train_intervals: Intervals = "tsv"
     folds: int = 5
+    bags: int = 1  # fits of the probes averaged, each with its own seed
 
     def __post_init__(self) -> None:
+        if not isinstance(self.bags, int) or self.bags < 1:
+            raise ValueError(f"recipe {self.name}: bags must be a whole number >= 1, got {self.bags!r}")
         for name in ("test_intervals", "train_intervals"):
             if getattr(self, name) not in get_args(Intervals):
                 raise ValueError(f"recipe {self.name}: {name} must be one of {', '.join(get_args(Intervals))}, "
@@ -244,11 +251,33 @@ def window_block(embeddings: dict, stats: tuple[str, ...], slices: dict[int, sli
 
 
 @dataclass
-class FittedRecipe:
-    recipe: Recipe
+class RecipePart:
+    """The probes of one fit with one seed: a recipe averages `bags` of them."""
     stage1: dict[str, RecordingStage]
     columns: dict[str, np.ndarray | None]  # member -> the feature columns it uses (None: all)
     stage2: PatientModel | None
+
+    def member_scores(self, recipe: Recipe, blocks: dict[str, FeatureBlock], recording_ids) -> list[MemberScores]:
+        out = []
+        for m in recipe.members:
+            have, X = blocks[m.name].rows(recording_ids)
+            cols = self.columns[m.name]
+            X = X if cols is None else X[:, cols]
+            proba = self.stage1[m.name].predict_proba(X) if len(X) else np.zeros((0, self.stage1[m.name].n_classes))
+            out.append(MemberScores(m.name, np.asarray(recording_ids)[have], proba))
+        return out
+
+    def patient_proba(self, task: Task, members: list[MemberScores], group_ids: list[str]) -> np.ndarray:
+        if self.stage2 is None:
+            return mean_member_proba(members, group_ids, task)
+        X = patient_features(members, group_ids, task.recordings_of, task.recording_location, task.locations)
+        return self.stage2.predict_proba(X)
+
+
+@dataclass
+class FittedRecipe:
+    recipe: Recipe
+    parts: list[RecipePart]  # one per bag
     rule: object
     segmenter: PhaseSegmenter | None = None
     cv_metrics: dict = field(default_factory=dict)  # inner CV (fit groups only) of the whole recipe
@@ -268,26 +297,18 @@ class FittedRecipe:
                 out[m.name] = src
         return out
 
-    def member_scores(self, blocks: dict[str, FeatureBlock], recording_ids) -> list[MemberScores]:
-        out = []
-        for m in self.recipe.members:
-            have, X = blocks[m.name].rows(recording_ids)
-            cols = self.columns[m.name]
-            X = X if cols is None else X[:, cols]
-            proba = self.stage1[m.name].predict_proba(X) if len(X) else np.zeros((0, self.stage1[m.name].n_classes))
-            out.append(MemberScores(m.name, np.asarray(recording_ids)[have], proba))
-        return out
-
     def predict_proba(self, task: Task, sources: dict[str, Source], group_ids: list[str]
                       ) -> tuple[np.ndarray, list[MemberScores]]:
-        """Patient probabilities, and each member's recording probabilities."""
+        """Patient probabilities, and each member's recording probabilities (means over the bags)."""
         recs = [r for g in group_ids for r in task.recordings_of.get(g, [])]
         with threadpool_limits(limits=1, user_api="blas"):
-            members = self.member_scores(self.blocks_for(sources, recs), recs)
-            if self.stage2 is None:
-                return mean_member_proba(members, group_ids, task), members
-            X = patient_features(members, group_ids, task.recordings_of, task.recording_location, task.locations)
-            return self.stage2.predict_proba(X), members
+            blocks = self.blocks_for(sources, recs)
+            per_part = [part.member_scores(self.recipe, blocks, recs) for part in self.parts]
+            proba = np.mean([part.patient_proba(task, members, group_ids)
+                             for part, members in zip(self.parts, per_part)], axis=0)
+        members = [MemberScores(m.name, m.recording_ids, np.mean([p[i].proba for p in per_part], axis=0))
+                   for i, m in enumerate(per_part[0])]
+        return proba, members
 
     def predict(self, task: Task, sources: dict[str, Source], group_ids: list[str]
                 ) -> tuple[np.ndarray, np.ndarray, list[MemberScores]]:
@@ -335,11 +356,38 @@ def fit_recipe(task: Task, recipe: Recipe, sources: dict[str, Source], group_ids
         return _fit_recipe(task, recipe, sources, group_ids, seed, segmenter)
 
 
+def bag_seeds(seed: int, bags: int) -> range:
+    """The seeds of a recipe's bags for run `seed`: runs with different seeds share none."""
+    return range(seed * bags, (seed + 1) * bags)
+
+
 def _fit_recipe(task, recipe, sources, group_ids, seed, segmenter) -> FittedRecipe:
     recs = [r for g in group_ids for r in task.recordings_of.get(g, [])]
     patient_of = {r: g for g in group_ids for r in task.recordings_of.get(g, [])}
-    stage1, columns, oof = {}, {}, []
     segmentation = segmentation_source(recipe, sources)
+    parts, cv_probas = [], []
+    for bag_seed in bag_seeds(seed, recipe.bags):
+        part, cv_proba = _fit_part(task, recipe, sources, group_ids, recs, patient_of, segmentation, bag_seed)
+        parts.append(part)
+        cv_probas.append(cv_proba)
+    cv_proba = np.mean(cv_probas, axis=0)  # each bag's out-of-fold probabilities, so still out of fold
+    y_groups = task.labels_of(group_ids)
+    rule = make_rule(recipe.decision, task.scoring.class_weights)
+    table = GroupTable(np.asarray(group_ids), cv_proba, cv_proba, cv_proba.argmax(axis=1))
+    rule.fit(table, y_groups, task.scoring.selection_key)
+    cv_pred = rule.predict(table)
+    cv_metrics = {f"cv_{k}": task.scoring.metric(k, y_groups, cv_pred) for k in task.scoring.label_metrics}
+    if recipe.test_intervals == "segmenter" and segmentation is not None and segmenter is None:
+        segmenter = segmentation.fit_segmenter(recs, seed=0)
+    if recipe.test_intervals != "segmenter" or segmentation is None:
+        segmenter = None
+    return FittedRecipe(recipe, parts, rule, segmenter, cv_metrics)
+
+
+def _fit_part(task, recipe, sources, group_ids, recs, patient_of, segmentation, seed
+              ) -> tuple[RecipePart, np.ndarray]:
+    """Stage 1 and the patient model with one seed, and their out-of-fold patient probabilities."""
+    stage1, columns, oof = {}, {}, []
     for m in recipe.members:
         block = _training_block(sources[m.name], recs, patient_of, recipe.train_intervals, segmentation)
         have, X = block.rows(recs)
@@ -352,23 +400,11 @@ def _fit_recipe(task, recipe, sources, group_ids, seed, segmenter) -> FittedReci
         probe, cols = _fit_member(m, block, X, y, groups, strata, recipe.folds, seed, task.n_classes)
         stage1[m.name], columns[m.name] = probe, cols
         oof.append(MemberScores(m.name, ids, probe.oof_proba_))
-    y_groups = task.labels_of(group_ids)
-    rule = make_rule(recipe.decision, task.scoring.class_weights)
-    if recipe.patient_model:
-        X2 = patient_features(oof, group_ids, task.recordings_of, task.recording_location, task.locations)
-        stage2 = PatientModel(folds=recipe.folds, seed=seed, n_classes=task.n_classes).fit(X2, y_groups)
-        cv_proba = stage2.oof_proba_
-    else:
-        stage2, cv_proba = None, mean_member_proba(oof, group_ids, task)
-    table = GroupTable(np.asarray(group_ids), cv_proba, cv_proba, cv_proba.argmax(axis=1))
-    rule.fit(table, y_groups, task.scoring.selection_key)
-    cv_pred = rule.predict(table)
-    cv_metrics = {f"cv_{k}": task.scoring.metric(k, y_groups, cv_pred) for k in task.scoring.label_metrics}
-    if recipe.test_intervals == "segmenter" and segmentation is not None and segmenter is None:
-        segmenter = segmentation.fit_segmenter(recs, seed=0)
-    if recipe.test_intervals != "segmenter" or segmentation is None:
-        segmenter = None
-    return FittedRecipe(recipe, stage1, columns, stage2, rule, segmenter, cv_metrics)
+    if not recipe.patient_model:
+        return RecipePart(stage1, columns, None), mean_member_proba(oof, group_ids, task)
+    X2 = patient_features(oof, group_ids, task.recordings_of, task.recording_location, task.locations)
+    stage2 = PatientModel(folds=recipe.folds, seed=seed, n_classes=task.n_classes).fit(X2, task.labels_of(group_ids))
+    return RecipePart(stage1, columns, stage2), stage2.oof_proba_
 
 
 def _training_block(source: Source, recording_ids: list[str], patient_of: dict[str, str],
@@ -401,10 +437,13 @@ def evaluate_recipe(task: Task, recipe: Recipe, sources: dict[str, Source],
         frame.insert(2, "prediction", pred)
         frame["label"] = labels
         metrics = {**task.scoring.all(labels, pred, proba), **fitted.cv_metrics}
-        params = {m: p.describe() + ("" if fitted.columns[m] is None else f",cols={len(fitted.columns[m])}")
-                  for m, p in fitted.stage1.items()}
-        if fitted.stage2 is not None:
-            params["patient_C"] = f"{fitted.stage2.C_:g}"
+        first = fitted.parts[0]  # the first bag's choices (the others are in a saved model)
+        params = {m: p.describe() + ("" if first.columns[m] is None else f",cols={len(first.columns[m])}")
+                  for m, p in first.stage1.items()}
+        if first.stage2 is not None:
+            params["patient_C"] = f"{first.stage2.C_:g}"
+        if recipe.bags > 1:
+            params["bags"] = str(recipe.bags)
         results.append(SplitResult(recipe.name, "recipe", f"{name}@seed{seed}", metrics, frame, params,
                                    fitted.cv_metrics.get(f"cv_{task.scoring.primary}", float("nan")),
                                    task.scoring.primary, fitted, fitted.rule))

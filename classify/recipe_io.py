@@ -22,7 +22,7 @@ from .aggregate import rule_from_dict
 from .model_io import (HEADER, MANIFEST, MODEL_FORMAT, ModelIntegrityError, _atomic_write, _canonical_sha256,
                        _checked_path)
 from .patient_model import RECORDING_PROBES, PatientModel
-from .recipe import ExtractSpec, FittedRecipe, Member, Recipe
+from .recipe import ExtractSpec, FittedRecipe, Member, Recipe, RecipePart
 from .segmenter import PhaseSegmenter
 
 RECIPE_FILE = "recipe.npz"
@@ -46,14 +46,16 @@ def save_recipe(fitted: FittedRecipe, model_dir: str | Path, classes: tuple[str,
     out.mkdir(parents=True, exist_ok=True)
     arrays: dict[str, np.ndarray] = {}
     params = {}
-    for name, probe in fitted.stage1.items():
-        arrays.update({f"stage1:{name}:{k}": np.asarray(v) for k, v in probe.state().items()})
-        params[f"stage1:{name}"] = probe.get_params()
-        if fitted.columns[name] is not None:
-            arrays[f"columns:{name}"] = np.asarray(fitted.columns[name])
-    if fitted.stage2 is not None:
-        arrays.update({f"stage2:{k}": np.asarray(v) for k, v in fitted.stage2.state().items()})
-        params["stage2"] = fitted.stage2.get_params()
+    for i, part in enumerate(fitted.parts):
+        bag = _bag_prefix(i)
+        for name, probe in part.stage1.items():
+            arrays.update({f"{bag}stage1:{name}:{k}": np.asarray(v) for k, v in probe.state().items()})
+            params[f"{bag}stage1:{name}"] = probe.get_params()
+            if part.columns[name] is not None:
+                arrays[f"{bag}columns:{name}"] = np.asarray(part.columns[name])
+        if part.stage2 is not None:
+            arrays.update({f"{bag}stage2:{k}": np.asarray(v) for k, v in part.stage2.state().items()})
+            params[f"{bag}stage2"] = part.stage2.get_params()
     if fitted.segmenter is not None:
         arrays.update({f"segmenter:{k}": np.asarray(v) for k, v in fitted.segmenter.state().items()})
         params["segmenter"] = {k: list(v) if isinstance(v, tuple) else v
@@ -76,6 +78,11 @@ def save_recipe(fitted: FittedRecipe, model_dir: str | Path, classes: tuple[str,
     return out / MANIFEST
 
 
+def _bag_prefix(index: int) -> str:
+    """Keys of the recipe's bag `index`: the first bag's carry none, as files from before bags did."""
+    return f"bag{index}/" if index else ""
+
+
 def load_recipe(model_dir: str | Path, manifest: dict) -> tuple[FittedRecipe, dict]:
     """(fitted recipe, header) from a folder `save_recipe` wrote; sha256-checked, arrays only."""
     entry = manifest["models"][0]
@@ -95,13 +102,18 @@ def load_recipe(model_dir: str | Path, manifest: dict) -> tuple[FittedRecipe, di
     try:
         recipe = recipe_from_dict(header["recipe"])
         params = header["params"]
-        stage1 = {m.name: RECORDING_PROBES[m.probe].from_state(params[f"stage1:{m.name}"], part(f"stage1:{m.name}:"))
-                  for m in recipe.members}
-        columns = {m.name: arrays.get(f"columns:{m.name}") for m in recipe.members}
-        stage2 = PatientModel.from_state(params["stage2"], part("stage2:")) if "stage2" in params else None
+        parts = []
+        for bag in map(_bag_prefix, range(recipe.bags)):
+            stage1 = {m.name: RECORDING_PROBES[m.probe].from_state(params[f"{bag}stage1:{m.name}"],
+                                                                    part(f"{bag}stage1:{m.name}:"))
+                      for m in recipe.members}
+            columns = {m.name: arrays.get(f"{bag}columns:{m.name}") for m in recipe.members}
+            stage2 = (PatientModel.from_state(params[f"{bag}stage2"], part(f"{bag}stage2:"))
+                      if f"{bag}stage2" in params else None)
+            parts.append(RecipePart(stage1, columns, stage2))
         segmenter = (PhaseSegmenter.from_state(params["segmenter"], part("segmenter:"))
                      if "segmenter" in params else None)
         rule = rule_from_dict(header["rule"])
     except (KeyError, TypeError, ValueError) as err:
         raise ModelIntegrityError(f"{path}: cannot rebuild the recipe ({err})") from err
-    return FittedRecipe(recipe, stage1, columns, stage2, rule, segmenter, header.get("cv_metrics", {})), header
+    return FittedRecipe(recipe, parts, rule, segmenter, header.get("cv_metrics", {})), header

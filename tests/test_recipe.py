@@ -74,7 +74,7 @@ def test_patient_features_average_per_location_and_flag_missing_ones():
 
 
 def stage1_state(fitted, member: str) -> np.ndarray:
-    state = fitted.stage1[member].state()
+    state = fitted.parts[0].stage1[member].state()
     return state["coef"] if "coef" in state else state["booster_json"]
 
 
@@ -93,7 +93,7 @@ def test_fit_never_uses_the_groups_it_is_not_given(probe):
                         recording_location=task.recording_location)
     b = fit_recipe(spoiled_task, recipe, {"toy": FeatureBlock(blocks["toy"].recording_ids, spoiled)}, fit_ids, seed=0)
     np.testing.assert_array_equal(stage1_state(a, "toy"), stage1_state(b, "toy"))
-    np.testing.assert_array_equal(a.stage2.model_.state()["coef"], b.stage2.model_.state()["coef"])
+    np.testing.assert_array_equal(a.parts[0].stage2.model_.state()["coef"], b.parts[0].stage2.model_.state()["coef"])
     assert a.cv_metrics == b.cv_metrics
 
 
@@ -138,7 +138,7 @@ def test_boosted_stage1_catches_an_interaction_the_linear_one_cannot_and_round_t
     both = Recipe("toy", "", (), (Member("lin", 0), Member("xgb", 0, probe="xgboost")), targets="patient", folds=3)
     sources = {"lin": block, "xgb": block}
     fitted = fit_recipe(task, both, sources, task.ids_in(split, "train"), seed=0)
-    assert fitted.stage1["xgb"].describe().startswith("xgboost")
+    assert fitted.parts[0].stage1["xgb"].describe().startswith("xgboost")
     with pytest.raises(ValueError, match="unknown stage-1 probe 'svm'"):
         Member("x", 0, probe="svm")
     save_recipe(fitted, tmp_path / "model", task.classes, "toy", [], trained_on="toy")
@@ -146,6 +146,38 @@ def test_boosted_stage1_catches_an_interaction_the_linear_one_cannot_and_round_t
     test_ids = task.ids_in(split, "test")
     np.testing.assert_allclose(loaded.predict_proba(task, sources, test_ids)[0],
                                fitted.predict_proba(task, sources, test_ids)[0], rtol=1e-6)
+
+
+def test_bags_average_fits_with_their_own_seeds_and_round_trip(tmp_path):
+    task, blocks = toy_task(240, seed=5)
+    split = {g: ("test" if i % 4 == 0 else "train") for i, g in enumerate(task.group_ids)}
+    fit_ids, test_ids = task.ids_in(split, "train"), task.ids_in(split, "test")
+    recipe = Recipe("toy", "", (), (Member("toy", 0), Member("toy_xgb", 0, probe="xgboost")),
+                    targets="patient", folds=3)
+    sources = {"toy": blocks["toy"], "toy_xgb": blocks["toy"]}
+    bagged = fit_recipe(task, recipe.with_fields(bags=3), sources, fit_ids, seed=1)
+    # run 1's bags are the single fits with seeds 3, 4, 5: runs never share a bag
+    singles = [fit_recipe(task, recipe, sources, fit_ids, seed=s) for s in (3, 4, 5)]
+    assert len(bagged.parts) == 3
+    for part, single in zip(bagged.parts, singles):
+        np.testing.assert_array_equal(part.stage2.oof_proba_, single.parts[0].stage2.oof_proba_)
+    # the patient probabilities are the mean of the bags', and so are each member's recording ones
+    proba, members = bagged.predict_proba(task, sources, test_ids)
+    each = [s.predict_proba(task, sources, test_ids) for s in singles]
+    np.testing.assert_allclose(proba, np.mean([p for p, _ in each], axis=0))
+    np.testing.assert_allclose(members[1].proba, np.mean([m[1].proba for _, m in each], axis=0))
+    assert not np.allclose(each[0][0], each[1][0])  # the seeds did draw different fits
+    # the inner CV scores the mean of the bags' out-of-fold probabilities with the shared rule
+    cv_proba = np.mean([s.parts[0].stage2.oof_proba_ for s in singles], axis=0)
+    calls = bagged.rule.predict(GroupTable(np.asarray(fit_ids), cv_proba, cv_proba, cv_proba.argmax(1)))
+    assert bagged.cv_metrics["cv_weighted_accuracy"] == task.scoring.metric(
+        "weighted_accuracy", task.labels_of(fit_ids), calls)
+    save_recipe(bagged, tmp_path / "model", task.classes, "toy", [], trained_on="toy")
+    loaded, _ = load_recipe(tmp_path / "model", json.loads((tmp_path / "model" / "manifest.json").read_text()))
+    assert len(loaded.parts) == 3
+    np.testing.assert_allclose(loaded.predict_proba(task, sources, test_ids)[0], proba, rtol=1e-6)
+    with pytest.raises(ValueError, match="bags must be a whole number >= 1, got 0"):
+        recipe.with_fields(bags=0)
 
 
 def test_members_that_differ_only_in_probe_share_one_source(synthetic_data, tmp_path):
