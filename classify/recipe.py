@@ -365,9 +365,12 @@ def _fit_recipe(task, recipe, sources, group_ids, seed, segmenter) -> FittedReci
     recs = [r for g in group_ids for r in task.recordings_of.get(g, [])]
     patient_of = {r: g for g in group_ids for r in task.recordings_of.get(g, [])}
     segmentation = segmentation_source(recipe, sources)
+    training = [_TrainingRows.of(m, task, recs, patient_of,
+                                 _training_block(sources[m.name], recs, patient_of, recipe.train_intervals, segmentation))
+                for m in recipe.members]  # the same rows for every bag
     parts, cv_probas = [], []
     for bag_seed in bag_seeds(seed, recipe.bags):
-        part, cv_proba = _fit_part(task, recipe, sources, group_ids, recs, patient_of, segmentation, bag_seed)
+        part, cv_proba = _fit_part(task, recipe, training, group_ids, bag_seed)
         parts.append(part)
         cv_probas.append(cv_proba)
     cv_proba = np.mean(cv_probas, axis=0)  # each bag's out-of-fold probabilities, so still out of fold
@@ -384,22 +387,36 @@ def _fit_recipe(task, recipe, sources, group_ids, seed, segmenter) -> FittedReci
     return FittedRecipe(recipe, parts, rule, segmenter, cv_metrics)
 
 
-def _fit_part(task, recipe, sources, group_ids, recs, patient_of, segmentation, seed
-              ) -> tuple[RecipePart, np.ndarray]:
-    """Stage 1 and the patient model with one seed, and their out-of-fold patient probabilities."""
-    stage1, columns, oof = {}, {}, []
-    for m in recipe.members:
-        block = _training_block(sources[m.name], recs, patient_of, recipe.train_intervals, segmentation)
+@dataclass
+class _TrainingRows:
+    """One member's training recordings: its block, their features, targets, patients and strata."""
+    member: Member
+    block: FeatureBlock
+    X: np.ndarray
+    ids: np.ndarray
+    y: np.ndarray
+    groups: np.ndarray
+    strata: np.ndarray
+
+    @classmethod
+    def of(cls, member: Member, task: Task, recs: list[str], patient_of: dict[str, str],
+           block: FeatureBlock) -> "_TrainingRows":
         have, X = block.rows(recs)
         ids = np.asarray(recs)[have]
         if not len(ids):
-            raise ValueError(f"member {m.name}: none of the {len(recs)} training recordings has features")
-        y = np.array([task.targets[r] for r in ids])
+            raise ValueError(f"member {member.name}: none of the {len(recs)} training recordings has features")
         groups = np.array([patient_of[r] for r in ids])
-        strata = np.array([task.group_labels[g] for g in groups])
-        probe, cols = _fit_member(m, block, X, y, groups, strata, recipe.folds, seed, task.n_classes)
-        stage1[m.name], columns[m.name] = probe, cols
-        oof.append(MemberScores(m.name, ids, probe.oof_proba_))
+        return cls(member, block, X, ids, np.array([task.targets[r] for r in ids]), groups,
+                   np.array([task.group_labels[g] for g in groups]))
+
+
+def _fit_part(task, recipe, training: list[_TrainingRows], group_ids, seed) -> tuple[RecipePart, np.ndarray]:
+    """Stage 1 and the patient model with one seed, and their out-of-fold patient probabilities."""
+    stage1, columns, oof = {}, {}, []
+    for t in training:
+        probe, cols = _fit_member(t.member, t.block, t.X, t.y, t.groups, t.strata, recipe.folds, seed, task.n_classes)
+        stage1[t.member.name], columns[t.member.name] = probe, cols
+        oof.append(MemberScores(t.member.name, t.ids, probe.oof_proba_))
     if not recipe.patient_model:
         return RecipePart(stage1, columns, None), mean_member_proba(oof, group_ids, task)
     X2 = patient_features(oof, group_ids, task.recordings_of, task.recording_location, task.locations)
