@@ -397,7 +397,15 @@ def cmd_report(args) -> int:
     for run in args.runs:
         if note := unfinished_note(run):
             print(f"warning: {note}", file=sys.stderr)
-    report = write_report([Path(r) for r in args.runs], Path(args.out or args.runs[0]), not args.no_paper)
+    attributes = None
+    if args.by:
+        if not args.data:
+            raise ValueError("--by needs --data: the dataset the runs were made on, to read the patients' attributes")
+        from classify.subgroups import select_attributes
+        from embed.datasets import load_dataset
+        dataset = load_dataset(args.dataset, args.data)
+        attributes = select_attributes(dataset.group_attributes(), args.by, dataset.name)
+    report = write_report([Path(r) for r in args.runs], Path(args.out or args.runs[0]), not args.no_paper, attributes)
     print(report.table)
     print(f"\nwrote {report.path} and its PNGs")
     return 0
@@ -657,6 +665,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--runs", required=True, nargs="+", help="folder(s) with scores.csv and predictions.csv")
     p.add_argument("--out", default=None, help="default: the first run folder")
     p.add_argument("--no-paper", action="store_true", help="leave out the paper's fine-tuned reference rows")
+    p.add_argument("--by", type=lambda v: [n.strip() for n in v.split(",") if n.strip()], default=None,
+                   metavar="A[,B...]", help="also break the best row's recalls down by these patient attributes "
+                   "(circor: age, sex, pregnancy, campaign, murmur_grade, murmur_timing, murmur_shape, murmur_pitch, "
+                   "most_audible, recordings; physionet2016: source); needs --data")
+    p.add_argument("--dataset", default="circor", help="with --by: the dataset the runs were made on")
+    p.add_argument("--data", default=None, help="with --by: its folder")
     p.set_defaults(func=cmd_report)
     return parser
 

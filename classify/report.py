@@ -3,7 +3,9 @@
 Each run folder holds `scores.csv` (one row per encoder × probe × split) and `predictions.csv`
 (one row per test patient). The report gives mean ± std over splits per encoder × probe, a
 percentile bootstrap CI over the test patients pooled across splits, the seed paper's fine-tuned
-numbers for reference, and three plots (scores, confusion matrices, per-class recalls).
+numbers for reference, and three plots (scores, confusion matrices, per-class recalls). Given the
+dataset's attributes, it also breaks the best row's recalls down by subgroup (age group, murmur
+grade, ...), with a fourth plot.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 
 from .evaluate import metric_columns, summary_table
 from .metrics import LABEL_METRICS, bootstrap_ci, confusion
+from .subgroups import Attributes, subgroup_markdown, subgroup_table
 
 KEY = ["encoder", "probe", "split"]
 SHORT = {"weighted_accuracy": "W.acc", "uar": "UAR", "macc": "MAcc", "auroc": "AUROC"}
@@ -151,9 +154,11 @@ class Report:
     table: str  # its main markdown table
 
 
-def write_report(run_dirs: list[Path], out: Path, paper_reference: bool = True) -> Report:
+def write_report(run_dirs: list[Path], out: Path, paper_reference: bool = True,
+                 attributes: Attributes | None = None) -> Report:
     """Read the runs, write `report.md`, `summary.csv` and the PNGs into `out`; returns report.md's
-    path and its main table."""
+    path and its main table. With `attributes` (see `classify.subgroups`), also `subgroups.csv`
+    (every encoder × probe), `subgroups.png` and a section per attribute (the best row)."""
     run_dirs = [Path(r) for r in run_dirs]
     scores, predictions = load_runs(run_dirs)
     if scores.empty:
@@ -191,11 +196,32 @@ def write_report(run_dirs: list[Path], out: Path, paper_reference: bool = True) 
               "[summary.csv](summary.csv)", "", "## Confusion matrices", ""]
     for k in best:
         parts += [confusion_markdown(matrices[k], f"{k[0]} × {k[1]}", classes), ""]
+    if attributes:
+        parts += subgroup_section(predictions, attributes, summary, classes, out)
     parts += ["---", f"Produced by `classify.report.write_report` (`python pipeline.py report`) from {runs} "
               f"on {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}.", ""]
     path = out / "report.md"
     path.write_text("\n".join(parts), encoding="utf-8")
     return Report(path, table)
+
+
+def subgroup_section(predictions: pd.DataFrame, attributes: Attributes, summary: pd.DataFrame,
+                     classes: list[str], out: Path) -> list[str]:
+    """Writes `subgroups.csv` and `subgroups.png`; returns the report's lines about the best row."""
+    metrics = label_metrics(summary)
+    table = subgroup_table(predictions, attributes, classes, metrics)
+    table.to_csv(out / "subgroups.csv", index=False, float_format="%.4f")
+    encoder, probe = summary["encoder"].iloc[0], summary["probe"].iloc[0]
+    mine = table[(table["encoder"] == encoder) & (table["probe"] == probe)]
+    plot_subgroups(mine, list(attributes), classes, out / "subgroups.png", f"{encoder} · {probe}")
+    parts = ["## Subgroups", "",
+             f"Recall per true class of the best row, **{_md(encoder)} × {_md(probe)}**, within each subgroup of "
+             f"the test patients, over its predictions pooled across splits (a patient tested in several runs "
+             f"counts once per run; n: predictions of that true class). Every row: [subgroups.csv](subgroups.csv).",
+             "", "![Recall per subgroup](subgroups.png)", ""]
+    for name in attributes:
+        parts += [f"**{_md(name)}**", "", subgroup_markdown(mine, name, classes, metrics, SHORT), ""]
+    return parts
 
 
 # ---- plots ---------------------------------------------------------------------------------------
@@ -266,6 +292,42 @@ def plot_recalls(summary: pd.DataFrame, path: Path, classes: list[str]) -> Path:
     ax.set_xlabel("recall (mean over splits; error bar = std over splits)")
     ax.set_title("Per-class patient recall per encoder × probe")
     fig.legend(loc="outside lower center", ncols=len(classes), fontsize=8, frameon=False, title="true class", title_fontsize=8)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_subgroups(table: pd.DataFrame, attributes: list[str], classes: list[str], path: Path,
+                   title: str = "") -> Path:
+    """One panel per attribute: per value, a bar per true class (its recall), the number of
+    predictions of that class above the bar; classes a subgroup does not hold get no bar."""
+    plt = _pyplot()
+    colors = ["tab:red", "tab:gray", "tab:green", "tab:purple", "tab:olive"]
+    widths = [max(1, (table["attribute"] == a).sum()) for a in attributes]
+    fig, axes = plt.subplots(len(attributes), 1, figsize=(min(16, max(6, 1.3 * max(widths) + 2)), 2.9 * len(attributes)),
+                             layout="constrained", squeeze=False)
+    width = 0.8 / max(len(classes), 1)
+    for ax, name in zip(axes[:, 0], attributes):
+        rows = table[table["attribute"] == name]
+        x = np.arange(len(rows))
+        for j, c in enumerate(classes):
+            n = rows[f"n_{c.lower()}"].to_numpy(int)
+            rec = rows[f"recall_{c.lower()}"].to_numpy(float)
+            at = x + (j - (len(classes) - 1) / 2) * width
+            ax.bar(at[n > 0], rec[n > 0], width, color=colors[j % len(colors)], label=c if ax is axes[0, 0] else None)
+            for xi, ni, ri in zip(at, n, rec):
+                if ni:
+                    ax.text(xi, min(ri, 1.0) + 0.02, str(ni), ha="center", va="bottom", fontsize=6)
+        ax.set_xticks(x, [f"{v}\n{p} patients" for v, p in zip(rows["value"], rows["patients"])], fontsize=8)
+        ax.set_ylim(0, 1.15)
+        ax.set_ylabel("recall")
+        ax.set_title(name, fontsize=10, loc="left")
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_axisbelow(True)
+    fig.suptitle(_wrap(f"Recall per true class by subgroup{': ' + title if title else ''} "
+                       "(number above a bar: predictions of that class)", fig.get_figwidth(), 11), fontsize=11)
+    fig.legend(loc="outside lower center", ncols=len(classes), fontsize=8, frameon=False, title="true class",
+               title_fontsize=8)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path

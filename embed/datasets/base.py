@@ -18,6 +18,10 @@ import numpy as np
 from ..problems import Problem
 
 Splits = dict[str, dict[str, str]]  # split name -> group id -> "train" | "val" | "test"
+# attribute name -> (group id -> value, the values in reading order): descriptions of the groups
+# for subgroup reports (age, murmur grade, source), never model inputs
+GroupAttributes = dict[str, tuple[dict[str, str], tuple[str, ...]]]
+NOT_GIVEN = "n/a"  # an attribute value the dataset does not give for a group
 
 
 class Recording(Protocol):
@@ -75,6 +79,10 @@ class Dataset(ABC):
     def covariates(self, group_ids) -> np.ndarray:
         """One row of numbers per group (e.g. demographics); datasets without any refuse."""
         raise ValueError(f"{self.name} has no covariates")
+
+    def group_attributes(self) -> GroupAttributes:
+        """Attributes that describe the groups, for reports broken down by subgroup; none by default."""
+        return {}
 
     def errors(self) -> list[Problem]:
         return [p for p in self.problems if p.severity == "error"]

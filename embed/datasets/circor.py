@@ -17,7 +17,7 @@ import numpy as np
 
 from ..audio import CIRCOR_SAMPLE_RATE
 from ..problems import Problem, shorten
-from .base import Dataset, Splits, register_dataset
+from .base import NOT_GIVEN, Dataset, GroupAttributes, Splits, register_dataset
 
 MURMUR_CLASSES = ("Present", "Unknown", "Absent")  # official PhysioNet 2022 order
 OUTCOME_CLASSES = ("Abnormal", "Normal")
@@ -35,6 +35,18 @@ TXT_FIELDS = (
     "Diastolic murmur timing", "Diastolic murmur shape", "Diastolic murmur grading",
     "Diastolic murmur pitch", "Diastolic murmur quality", "Outcome", "Campaign", "Additional ID",
 )
+# report attribute -> (header field, its values in reading order; others follow, sorted)
+ATTRIBUTE_FIELDS = {
+    "age": ("Age", AGE_GROUPS),
+    "sex": ("Sex", ("Female", "Male")),
+    "pregnancy": ("Pregnancy status", ("True", "False")),
+    "campaign": ("Campaign", ("CC2014", "CC2015")),
+    "murmur_grade": ("Systolic murmur grading", ("I/VI", "II/VI", "III/VI")),
+    "murmur_timing": ("Systolic murmur timing", ("Early-systolic", "Mid-systolic", "Late-systolic", "Holosystolic")),
+    "murmur_shape": ("Systolic murmur shape", ("Crescendo", "Decrescendo", "Diamond", "Plateau")),
+    "murmur_pitch": ("Systolic murmur pitch", ("Low", "Medium", "High")),
+    "most_audible": ("Most audible location", LOCATIONS),
+}
 KNOWN_VALUES = {
     "Age": set(AGE_GROUPS),
     "Sex": {"Male", "Female"},
@@ -147,6 +159,20 @@ class CirCor(Dataset):
                 p.sex == "Female", p.pregnant, height / 100.0, weight / 20.0,
                 not np.isfinite(p.height), not np.isfinite(p.weight)])
         return np.asarray(rows, dtype=np.float64)
+
+    def group_attributes(self) -> GroupAttributes:
+        """The patients' header fields that describe them (age group, sex, pregnancy, campaign, the
+        systolic murmur's grade, timing, shape and pitch, the most audible location; `n/a` where the
+        file gives none, e.g. the murmur fields of a patient without one) and how many recordings
+        each has."""
+        out: GroupAttributes = {}
+        for name, (key, order) in ATTRIBUTE_FIELDS.items():
+            values = {pid: p.fields.get(key, "nan") for pid, p in self.patients.items()}
+            out[name] = ({pid: NOT_GIVEN if v in ("nan", "") else v for pid, v in values.items()}, order)
+        counts = {pid: len(p.recordings) for pid, p in self.patients.items()}
+        out["recordings"] = ({pid: str(n) for pid, n in counts.items()},
+                             tuple(str(n) for n in sorted(set(counts.values()))))
+        return out
 
     def splits(self, scheme: str = "paper", seed: int = 0, folds: int = 5) -> Splits:
         from . import splits

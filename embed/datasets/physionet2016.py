@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from ..problems import Problem
-from .base import Dataset, Splits, register_dataset
+from .base import Dataset, GroupAttributes, Splits, register_dataset
 
 CLASSES = ("abnormal", "normal")  # REFERENCE.csv: 1 abnormal, -1 normal
 REFERENCE_LABELS = {"1": 0, "-1": 1}
@@ -53,6 +53,11 @@ class PhysioNet2016(Dataset):
 
     def group_labels(self) -> dict[str, int]:
         return {rid: r.label for rid, r in self.by_id.items()}
+
+    def group_attributes(self) -> GroupAttributes:
+        """The set each recording came from (the sets were recorded by different groups and devices)."""
+        sources = {rid: r.source for rid, r in self.by_id.items()}
+        return {"source": (sources, tuple(sorted(set(sources.values()))))}
 
     def splits(self, scheme: str = "kfold", seed: int = 0, folds: int = 5) -> Splits:
         """"kfold": stratified by label (and set) over recordings; "source": leave one set out."""
