@@ -669,7 +669,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                    metavar="A[,B...]", help="also break the best row's recalls down by these patient attributes "
                    "(circor: age, sex, pregnancy, campaign, murmur_grade, murmur_timing, murmur_shape, murmur_pitch, "
                    "most_audible, recordings; physionet2016: source); needs --data")
-    p.add_argument("--dataset", default="circor", help="with --by: the dataset the runs were made on")
+    from embed.datasets import available_datasets
+    p.add_argument("--dataset", default="circor", choices=available_datasets(),
+                   help="with --by: the dataset the runs were made on")
     p.add_argument("--data", default=None, help="with --by: its folder")
     p.set_defaults(func=cmd_report)
     return parser
