@@ -197,7 +197,7 @@ def write_report(run_dirs: list[Path], out: Path, paper_reference: bool = True,
     for k in best:
         parts += [confusion_markdown(matrices[k], f"{k[0]} × {k[1]}", classes), ""]
     if attributes:
-        parts += subgroup_section(predictions, attributes, summary, classes, out)
+        parts += subgroup_section(predictions, attributes, summary, classes, out, best[0] if best else None)
     parts += ["---", f"Produced by `classify.report.write_report` (`python pipeline.py report`) from {runs} "
               f"on {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}.", ""]
     path = out / "report.md"
@@ -206,12 +206,13 @@ def write_report(run_dirs: list[Path], out: Path, paper_reference: bool = True,
 
 
 def subgroup_section(predictions: pd.DataFrame, attributes: Attributes, summary: pd.DataFrame,
-                     classes: list[str], out: Path) -> list[str]:
-    """Writes `subgroups.csv` and `subgroups.png`; returns the report's lines about the best row."""
+                     classes: list[str], out: Path, best: tuple[str, str] | None) -> list[str]:
+    """Writes `subgroups.csv` and `subgroups.png`; returns the report's lines about `best`, the best
+    encoder × probe row that has predictions."""
     metrics = label_metrics(summary)
-    table = subgroup_table(predictions, attributes, classes, metrics)
+    table = subgroup_table(predictions, attributes, classes, metrics)  # refuses runs without predictions
     table.to_csv(out / "subgroups.csv", index=False, float_format="%.4f")
-    encoder, probe = summary["encoder"].iloc[0], summary["probe"].iloc[0]
+    encoder, probe = best
     mine = table[(table["encoder"] == encoder) & (table["probe"] == probe)]
     plot_subgroups(mine, list(attributes), classes, out / "subgroups.png", f"{encoder} · {probe}")
     parts = ["## Subgroups", "",
@@ -314,11 +315,12 @@ def plot_subgroups(table: pd.DataFrame, attributes: list[str], classes: list[str
             n = rows[f"n_{c.lower()}"].to_numpy(int)
             rec = rows[f"recall_{c.lower()}"].to_numpy(float)
             at = x + (j - (len(classes) - 1) / 2) * width
-            ax.bar(at[n > 0], rec[n > 0], width, color=colors[j % len(colors)], label=c if ax is axes[0, 0] else None)
+            ax.bar(at[n > 0], rec[n > 0], width, color=colors[j % len(colors)])
             for xi, ni, ri in zip(at, n, rec):
                 if ni:
                     ax.text(xi, min(ri, 1.0) + 0.02, str(ni), ha="center", va="bottom", fontsize=6)
         ax.set_xticks(x, [f"{v}\n{p} patients" for v, p in zip(rows["value"], rows["patients"])], fontsize=8)
+        ax.set_xlim(-0.5, len(rows) - 0.5)
         ax.set_ylim(0, 1.15)
         ax.set_ylabel("recall")
         ax.set_title(name, fontsize=10, loc="left")
@@ -326,7 +328,9 @@ def plot_subgroups(table: pd.DataFrame, attributes: list[str], classes: list[str
         ax.set_axisbelow(True)
     fig.suptitle(_wrap(f"Recall per true class by subgroup{': ' + title if title else ''} "
                        "(number above a bar: predictions of that class)", fig.get_figwidth(), 11), fontsize=11)
-    fig.legend(loc="outside lower center", ncols=len(classes), fontsize=8, frameon=False, title="true class",
+    from matplotlib.patches import Patch  # one swatch per class, whether or not a panel has its bar
+    fig.legend(handles=[Patch(color=colors[j % len(colors)], label=c) for j, c in enumerate(classes)],
+               loc="outside lower center", ncols=len(classes), fontsize=8, frameon=False, title="true class",
                title_fontsize=8)
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -11,6 +11,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from embed.datasets.base import NOT_GIVEN
+
 from .metrics import LABEL_METRICS, recalls
 
 NOT_IN_DATA = "not in data"  # a predicted patient the dataset given to the report does not hold
@@ -31,10 +33,10 @@ def select_attributes(available: Attributes, names: Sequence[str], dataset: str 
 
 def value_order(values: Sequence[str], order: Sequence[str]) -> list[str]:
     """The values met, in the attribute's reading order; any others after them, sorted; values the
-    dataset does not give for a patient (`n/a`, `not in data`) last."""
+    dataset does not give for a patient (`not given`, `not in data`) last."""
     met = set(values)
     first = [v for v in order if v in met]
-    last = [v for v in ("n/a", NOT_IN_DATA) if v in met and v not in first]
+    last = [v for v in (NOT_GIVEN, NOT_IN_DATA) if v in met and v not in first]
     rest = sorted(met - set(first) - set(last))
     return first + rest + last
 
@@ -45,6 +47,9 @@ def subgroup_table(predictions: pd.DataFrame, attributes: Attributes, classes: S
     and seeds: `patients` (distinct), `predictions` (patient × run rows), per class the number of
     predictions with that true class (`n_<class>`) and their recall (`recall_<class>`, NaN when the
     subgroup has none), and each label metric in `metrics` over the subgroup's predictions."""
+    if predictions.empty:
+        raise ValueError("the runs hold no test predictions to break down by subgroup")
+    predictions = predictions.reset_index(drop=True)  # rows are matched to their values by index
     ids = predictions["patient_id"].astype(str)
     known = set().union(*[set(values) for values, _ in attributes.values()]) if attributes else set()
     if attributes and not ids.isin(known).any():

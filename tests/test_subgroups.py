@@ -10,9 +10,10 @@ from classify.metrics import uar, weighted_accuracy
 from classify.report import write_report
 from classify.subgroups import NOT_IN_DATA, select_attributes, subgroup_table, value_order
 from embed.datasets import load_dataset
-from embed.datasets.circor import load_circor
+from embed.datasets.base import NOT_GIVEN
+from embed.datasets.circor import ATTRIBUTE_FIELDS, load_circor
 from pipeline import main
-from tests.test_report import make_run
+from tests.test_report import ENCODERS, make_run
 
 CLASSES = ["Present", "Unknown", "Absent"]
 
@@ -20,32 +21,33 @@ CLASSES = ["Present", "Unknown", "Absent"]
 def test_circor_attributes_come_from_each_patients_file(circor_mini):
     circor = load_circor(circor_mini)
     attributes = circor.group_attributes()
-    assert {"age", "sex", "campaign", "murmur_grade", "murmur_timing", "recordings"} <= set(attributes)
+    assert set(attributes) == set(ATTRIBUTE_FIELDS) | {"recordings"}
     for name, (values, order) in attributes.items():
         assert set(values) == set(circor.patients), name  # every patient has a value
-    age, _ = attributes["age"]
-    grade, grade_order = attributes["murmur_grade"]
+        assert set(values.values()) - {NOT_GIVEN}, name  # and the mini set has real ones
     for pid, patient in circor.patients.items():
         txt = (circor_mini / "training_data" / f"{pid}.txt").read_text()
         fields = dict(line[1:].split(": ", 1) for line in txt.splitlines() if line.startswith("#"))
-        assert age[pid] == (fields["Age"] if fields["Age"] != "nan" else "n/a")
-        # a grade only for a systolic murmur; the others read n/a
-        assert grade[pid] == (fields["Systolic murmur grading"] if patient.murmur == "Present" else "n/a")
+        for name, (key, _) in ATTRIBUTE_FIELDS.items():
+            assert attributes[name][0][pid] == (fields[key] if fields[key] != "nan" else NOT_GIVEN), (pid, name)
         assert attributes["recordings"][0][pid] == str(len(patient.recordings))
-    assert set(grade.values()) - {"n/a"} <= set(grade_order)
+        if patient.murmur != "Present":  # the murmur fields describe murmurs only
+            assert attributes["murmur_grade"][0][pid] == NOT_GIVEN
+    grade, grade_order = attributes["murmur_grade"]
+    assert set(grade.values()) - {NOT_GIVEN} <= set(grade_order)
     assert attributes["pregnancy"][0]["50782"] == "True" and attributes["campaign"][0]["50782"] == "CC2014"
 
 
 def test_physionet2016_attribute_is_the_source_set(physionet2016_mini):
     data = load_dataset("physionet2016", physionet2016_mini)
     values, order = data.group_attributes()["source"]
-    assert values == {r.recording_id: r.source for r in data.recordings()}
+    assert len(values) == 60 and all(value == f"training-{rid[0]}" for rid, value in values.items())
     assert list(order) == [f"training-{x}" for x in "abcdef"]
 
 
 def test_value_order_follows_the_dataset_then_sorts_then_puts_missing_last():
-    assert value_order(["b", "n/a", "Child", "z", "Infant", NOT_IN_DATA, "a"], ("Infant", "Child", "Teen")) == [
-        "Infant", "Child", "a", "b", "z", "n/a", NOT_IN_DATA]
+    assert value_order(["b", NOT_GIVEN, "Child", "z", "Infant", NOT_IN_DATA, "a"], ("Infant", "Child", "Teen")) == [
+        "Infant", "Child", "a", "b", "z", NOT_GIVEN, NOT_IN_DATA]
 
 
 def test_subgroup_rows_count_and_score_their_own_predictions():
@@ -76,22 +78,27 @@ def test_subgroup_rows_count_and_score_their_own_predictions():
 def test_a_class_missing_from_a_subgroup_has_no_recall():
     frame = pd.DataFrame({"encoder": "e", "probe": "p", "patient_id": ["1", "2", "3"], "split": "s",
                           "label": [0, 0, 2], "prediction": [0, 2, 2]})
-    table = subgroup_table(frame, {"grade": ({"1": "I/VI", "2": "I/VI", "3": "n/a"}, ("I/VI",))}, CLASSES, ["uar"])
+    table = subgroup_table(frame, {"grade": ({"1": "I/VI", "2": "I/VI", "3": NOT_GIVEN}, ("I/VI",))}, CLASSES, ["uar"])
     graded = table[table.value == "I/VI"].iloc[0]
     assert graded.recall_present == 0.5 and graded.n_unknown == 0 and np.isnan(graded.recall_unknown)
     assert graded.uar == 0.5  # over the classes the subgroup holds
 
 
-def test_unknown_attribute_and_foreign_patients_are_refused():
+def test_unknown_attribute_foreign_patients_and_empty_runs_are_refused():
     with pytest.raises(ValueError, match=r"circor has no attribute 'colour'.*age"):
         select_attributes({"age": ({}, ())}, ["colour"], "circor")
     frame = pd.DataFrame({"encoder": "e", "probe": "p", "patient_id": ["a"], "split": "s", "label": [0], "prediction": [0]})
     with pytest.raises(ValueError, match="none of the runs' patients"):
         subgroup_table(frame, {"age": ({"b": "Child"}, ())}, CLASSES, [])
+    with pytest.raises(ValueError, match="no test predictions"):
+        subgroup_table(frame.iloc[:0], {"age": ({"a": "Child"}, ())}, CLASSES, [])
 
 
 def test_report_writes_the_best_rows_subgroups(tmp_path):
-    run = make_run(tmp_path / "run")
+    run = make_run(tmp_path / "run", rows=ENCODERS[::-1])  # the best row last in the files
+    scores = pd.read_csv(run / "scores.csv")
+    ghost = scores.iloc[:1].assign(encoder="ghost", weighted_accuracy=0.99)  # scores but no predictions
+    pd.concat([scores, ghost]).to_csv(run / "scores.csv", index=False)
     half = {str(10000 + i): ("even" if i % 2 == 0 else "odd") for i in range(40)}
     report = write_report([run], tmp_path / "out", attributes={"parity": (half, ("odd", "even"))})
     text = report.path.read_text()
@@ -99,7 +106,10 @@ def test_report_writes_the_best_rows_subgroups(tmp_path):
     assert (tmp_path / "out" / "subgroups.png").read_bytes()[:4] == b"\x89PNG"
     table = pd.read_csv(tmp_path / "out" / "subgroups.csv")
     assert len(table) == 3 * 2  # every encoder × probe, both values
-    best = pd.read_csv(tmp_path / "out" / "summary.csv").iloc[0]
+    summary = pd.read_csv(tmp_path / "out" / "summary.csv")
+    assert summary.encoder.iloc[0] == "ghost"  # best on the scores, but nothing to break down
+    best = summary.iloc[1]
+    assert f"**{best.encoder} × {best.probe}**" in text
     section = text.split("**parity**")[1]
     first = [c.strip() for c in section.split("\n| odd |")[1].split("\n")[0].split("|")]
     row = table[(table.encoder == best.encoder) & (table.probe == best.probe) & (table.value == "odd")].iloc[0]

@@ -21,7 +21,7 @@ Splits = dict[str, dict[str, str]]  # split name -> group id -> "train" | "val" 
 # attribute name -> (group id -> value, the values in reading order): descriptions of the groups
 # for subgroup reports (age, murmur grade, source), never model inputs
 GroupAttributes = dict[str, tuple[dict[str, str], tuple[str, ...]]]
-NOT_GIVEN = "n/a"  # an attribute value the dataset does not give for a group
+NOT_GIVEN = "not given"  # an attribute value the dataset does not give for a group (not "n/a": pandas reads that as NaN)
 
 
 class Recording(Protocol):

@@ -162,9 +162,9 @@ class CirCor(Dataset):
 
     def group_attributes(self) -> GroupAttributes:
         """The patients' header fields that describe them (age group, sex, pregnancy, campaign, the
-        systolic murmur's grade, timing, shape and pitch, the most audible location; `n/a` where the
-        file gives none, e.g. the murmur fields of a patient without one) and how many recordings
-        each has."""
+        systolic murmur's grade, timing, shape and pitch, the most audible location; `not given`
+        where the file gives none, e.g. the systolic fields of a patient without a systolic murmur)
+        and how many recordings each has."""
         out: GroupAttributes = {}
         for name, (key, order) in ATTRIBUTE_FIELDS.items():
             values = {pid: p.fields.get(key, "nan") for pid, p in self.patients.items()}
