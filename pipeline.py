@@ -51,11 +51,12 @@ def create_encoder(args, name: str, precision: str | None):
                   trust_checkpoint=args.trust_checkpoint, layers=args.layers, **parse_options(args.encoder_opt))
 
 
-def add_dataset_options(p: argparse.ArgumentParser) -> None:
+def add_dataset_options(p: argparse.ArgumentParser, required: bool = True, when: str = "") -> None:
+    """--data and --dataset; `when` says when an optional --data is needed."""
     from embed.datasets import available_datasets
-    p.add_argument("--data", required=True, help="the dataset's folder")
+    p.add_argument("--data", required=required, default=None, help=f"{when}the dataset's folder")
     p.add_argument("--dataset", default="circor", choices=available_datasets(),
-                   help="which dataset layout --data holds")
+                   help=f"{when}which dataset layout --data holds")
 
 
 def add_encoder_options(p: argparse.ArgumentParser) -> None:
@@ -669,10 +670,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                    metavar="A[,B...]", help="also break the best row's recalls down by these patient attributes "
                    "(circor: age, sex, pregnancy, campaign, murmur_grade, murmur_timing, murmur_shape, murmur_pitch, "
                    "most_audible, recordings; physionet2016: source); needs --data")
-    from embed.datasets import available_datasets
-    p.add_argument("--dataset", default="circor", choices=available_datasets(),
-                   help="with --by: the dataset the runs were made on")
-    p.add_argument("--data", default=None, help="with --by: its folder")
+    add_dataset_options(p, required=False, when="with --by: ")
     p.set_defaults(func=cmd_report)
     return parser
 

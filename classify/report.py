@@ -32,6 +32,7 @@ PAPER_FINETUNED = {"M2D": (0.832, 0.713), "AST": (0.654, 0.672), "CNN14": (0.582
                    "BYOL-A": (0.556, 0.556)}
 N_BOOT, BOOT_SEED = 1000, 0
 N_CONFUSION = 4  # how many of the best encoder × probe rows get a confusion matrix
+CLASS_COLORS = ["tab:red", "tab:gray", "tab:green", "tab:purple", "tab:olive"]  # one per class, in class order
 
 
 def load_runs(run_dirs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -288,8 +289,7 @@ def plot_scores(summary: pd.DataFrame, path: Path, paper_reference: bool = True)
 def plot_recalls(summary: pd.DataFrame, path: Path, classes: list[str]) -> Path:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(9, _figure_height(len(summary), 0.65)), layout="constrained")
-    _hbars(ax, summary, [f"recall_{c.lower()}" for c in classes], list(classes),
-           ["tab:red", "tab:gray", "tab:green", "tab:purple", "tab:olive"][:len(classes)])
+    _hbars(ax, summary, [f"recall_{c.lower()}" for c in classes], list(classes), CLASS_COLORS[:len(classes)])
     ax.set_xlabel("recall (mean over splits; error bar = std over splits)")
     ax.set_title("Per-class patient recall per encoder × probe")
     fig.legend(loc="outside lower center", ncols=len(classes), fontsize=8, frameon=False, title="true class", title_fontsize=8)
@@ -303,7 +303,6 @@ def plot_subgroups(table: pd.DataFrame, attributes: list[str], classes: list[str
     """One panel per attribute: per value, a bar per true class (its recall), the number of
     predictions of that class above the bar; classes a subgroup does not hold get no bar."""
     plt = _pyplot()
-    colors = ["tab:red", "tab:gray", "tab:green", "tab:purple", "tab:olive"]
     widths = [max(1, (table["attribute"] == a).sum()) for a in attributes]
     fig, axes = plt.subplots(len(attributes), 1, figsize=(min(16, max(6, 1.3 * max(widths) + 2)), 2.9 * len(attributes)),
                              layout="constrained", squeeze=False)
@@ -315,7 +314,7 @@ def plot_subgroups(table: pd.DataFrame, attributes: list[str], classes: list[str
             n = rows[f"n_{c.lower()}"].to_numpy(int)
             rec = rows[f"recall_{c.lower()}"].to_numpy(float)
             at = x + (j - (len(classes) - 1) / 2) * width
-            ax.bar(at[n > 0], rec[n > 0], width, color=colors[j % len(colors)])
+            ax.bar(at[n > 0], rec[n > 0], width, color=CLASS_COLORS[j % len(CLASS_COLORS)])
             for xi, ni, ri in zip(at, n, rec):
                 if ni:
                     ax.text(xi, min(ri, 1.0) + 0.02, str(ni), ha="center", va="bottom", fontsize=6)
@@ -329,7 +328,7 @@ def plot_subgroups(table: pd.DataFrame, attributes: list[str], classes: list[str
     fig.suptitle(_wrap(f"Recall per true class by subgroup{': ' + title if title else ''} "
                        "(number above a bar: predictions of that class)", fig.get_figwidth(), 11), fontsize=11)
     from matplotlib.patches import Patch  # one swatch per class, whether or not a panel has its bar
-    fig.legend(handles=[Patch(color=colors[j % len(colors)], label=c) for j, c in enumerate(classes)],
+    fig.legend(handles=[Patch(color=CLASS_COLORS[j % len(CLASS_COLORS)], label=c) for j, c in enumerate(classes)],
                loc="outside lower center", ncols=len(classes), fontsize=8, frameon=False, title="true class",
                title_fontsize=8)
     fig.savefig(path, dpi=120)
