@@ -368,13 +368,13 @@ def _fit_recipe(task, recipe, sources, group_ids, seed, segmenter) -> FittedReci
     training = [_TrainingRows.of(m, task, recs, patient_of,
                                  _training_block(sources[m.name], recs, patient_of, recipe.train_intervals, segmentation))
                 for m in recipe.members]  # the same rows for every bag
+    y_groups = task.labels_of(group_ids)
     parts, cv_probas = [], []
     for bag_seed in bag_seeds(seed, recipe.bags):
-        part, cv_proba = _fit_part(task, recipe, training, group_ids, bag_seed)
+        part, cv_proba = _fit_part(task, recipe, training, group_ids, y_groups, bag_seed)
         parts.append(part)
         cv_probas.append(cv_proba)
     cv_proba = np.mean(cv_probas, axis=0)  # each bag's out-of-fold probabilities, so still out of fold
-    y_groups = task.labels_of(group_ids)
     rule = make_rule(recipe.decision, task.scoring.class_weights)
     table = GroupTable(np.asarray(group_ids), cv_proba, cv_proba, cv_proba.argmax(axis=1))
     rule.fit(table, y_groups, task.scoring.selection_key)
@@ -410,7 +410,8 @@ class _TrainingRows:
                    np.array([task.group_labels[g] for g in groups]))
 
 
-def _fit_part(task, recipe, training: list[_TrainingRows], group_ids, seed) -> tuple[RecipePart, np.ndarray]:
+def _fit_part(task, recipe, training: list[_TrainingRows], group_ids, y_groups: np.ndarray,
+              seed) -> tuple[RecipePart, np.ndarray]:
     """Stage 1 and the patient model with one seed, and their out-of-fold patient probabilities."""
     stage1, columns, oof = {}, {}, []
     for t in training:
@@ -420,7 +421,7 @@ def _fit_part(task, recipe, training: list[_TrainingRows], group_ids, seed) -> t
     if not recipe.patient_model:
         return RecipePart(stage1, columns, None), mean_member_proba(oof, group_ids, task)
     X2 = patient_features(oof, group_ids, task.recordings_of, task.recording_location, task.locations)
-    stage2 = PatientModel(folds=recipe.folds, seed=seed, n_classes=task.n_classes).fit(X2, task.labels_of(group_ids))
+    stage2 = PatientModel(folds=recipe.folds, seed=seed, n_classes=task.n_classes).fit(X2, y_groups)
     return RecipePart(stage1, columns, stage2), stage2.oof_proba_
 
 
