@@ -97,6 +97,7 @@ class MLPProbe(ClassifierMixin, BaseEstimator):
                     break
         net.load_state_dict(best_state)
         self.net_ = net.eval()
+        self.n_features_in_ = X.shape[1]
         return self
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
@@ -116,11 +117,15 @@ class MLPProbe(ClassifierMixin, BaseEstimator):
     @classmethod
     def from_state(cls, params: dict, state: dict[str, np.ndarray]) -> "MLPProbe":
         from .probes import scaler_from_state
+        from .state_checks import class_indices, field
 
         probe = cls(**params)
-        weights = {k[4:]: torch.from_numpy(np.array(v)) for k, v in state.items() if k.startswith("net:")}
+        class_indices(state, None)
+        # finite weights; their shapes are checked by load_state_dict against the network
+        weights = {k[4:]: torch.from_numpy(np.array(field(state, k))) for k in state if k.startswith("net:")}
         probe.classes_, probe.scaler_ = state["classes"], scaler_from_state(state)
         probe.net_ = probe._net(len(state["mean"]), len(state["classes"]))
         probe.net_.load_state_dict(weights)  # tensors only: nothing but numbers is read
         probe.net_.eval()
+        probe.n_features_in_ = len(state["mean"])
         return probe

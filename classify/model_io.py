@@ -160,7 +160,12 @@ def load_model(model_dir: str | Path, entry: dict, classes: list[str] | None = N
         raise ModelIntegrityError(f"{path}: unknown probe {probe!r}")
     cls = PROBES[probe][0]
     try:
-        return cls.from_state(header["params"], state), rule_from_dict(header["rule"]), header
+        estimator = cls.from_state(header["params"], state)
+        n_classes = len(header["classes"])
+        if max(estimator.classes_) >= n_classes:
+            raise ValueError(f"field 'classes' = {list(estimator.classes_)} names more than the {n_classes} "
+                             "classes of the model")
+        return estimator, rule_from_dict(header["rule"]), header
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise ModelIntegrityError(f"{path}: cannot rebuild the {probe} probe ({err})") from err
 

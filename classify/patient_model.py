@@ -24,8 +24,9 @@ from sklearn.metrics import log_loss
 from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.utils.class_weight import compute_sample_weight
 
-from .probes import LinearProbe, XGBoostProbe
+from .probes import LinearProbe, XGBoostProbe, check_width
 from .selection import select_best
+from .state_checks import class_indices, positive
 
 EPS = 1e-4
 
@@ -88,9 +89,11 @@ class _CrossValidatedLogistic(ClassifierMixin, BaseEstimator):
         self.C_, _, self.oof_proba_ = select_best(self.Cs, cv_loss)
         self.model_ = _logistic(self.C_, self.balanced).fit(X, y)
         self.classes_ = np.arange(self.n_classes)
+        self.n_features_in_ = X.shape[1]
         return self
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        check_width(self, X)
         return _proba(self.model_, X, self.n_classes)
 
     def describe(self) -> str:
@@ -104,10 +107,12 @@ class _CrossValidatedLogistic(ClassifierMixin, BaseEstimator):
     def from_state(cls, params: dict, state: dict[str, np.ndarray]) -> "_CrossValidatedLogistic":
         """A fitted stage from its saved arrays (plain numbers: nothing executes on load)."""
         estimator = cls(**params)
-        estimator.C_ = float(state["C"])
+        estimator.C_ = positive("field 'C'", state.get("C"))
+        class_indices(state, int(positive("parameter n_classes", estimator.n_classes, integer=True)))
         estimator.model_ = LinearProbe.from_state(
             {"C": estimator.C_, "max_iter": 3000, "class_weight": "balanced" if cls.balanced else None}, state)
         estimator.classes_ = np.arange(estimator.n_classes)
+        estimator.n_features_in_ = estimator.model_.n_features_in_
         return estimator
 
 
@@ -146,9 +151,11 @@ class RecordingBoost(ClassifierMixin, BaseEstimator):
         self.oof_proba_ = cross_val_proba(self._model, X, y, folds, self.n_classes)
         self.model_ = self._model().fit(X, y)
         self.classes_ = np.arange(self.n_classes)
+        self.n_features_in_ = X.shape[1]
         return self
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        check_width(self, X)
         return _proba(self.model_, X, self.n_classes)
 
     def describe(self) -> str:
@@ -161,8 +168,10 @@ class RecordingBoost(ClassifierMixin, BaseEstimator):
     def from_state(cls, params: dict, state: dict[str, np.ndarray]) -> "RecordingBoost":
         """A fitted stage from its saved arrays (XGBoost's own JSON model: nothing executes on load)."""
         estimator = cls(**params)
+        class_indices(state, int(positive("parameter n_classes", estimator.n_classes, integer=True)))
         estimator.model_ = XGBoostProbe.from_state({"n_jobs": estimator.n_jobs}, state)
         estimator.classes_ = np.arange(estimator.n_classes)
+        estimator.n_features_in_ = estimator.model_.n_features_in_
         return estimator
 
 

@@ -28,7 +28,7 @@ from embed.segments import SegmentConfig
 
 from .aggregate import GroupTable
 from .model_io import load_manifest, load_model, select_model
-from .probes import full_proba
+from .probes import FeatureWidthError, full_proba
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".aiff", ".aif"}
 
@@ -197,7 +197,11 @@ def predict(model_dir: str | Path, inputs: list[str | Path], out_dir: str | Path
             cached = cached_of[id(rec)]
             if cached is None:
                 continue
-            p = full_proba(estimator, cached.eval(), len(classes)).mean(axis=0)
+            try:
+                p = full_proba(estimator, cached.eval(), len(classes)).mean(axis=0)
+            except FeatureWidthError as err:
+                raise ValueError(f"{Path(model_dir) / entry['file']}: {err}; the encoder's embeddings do not "
+                                 "fit this model") from None
             proba.append(p)
             done.append({
                 "recording_id": rec.recording_id, "file": str(rec.path), "location": rec.location,

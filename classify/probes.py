@@ -16,6 +16,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.class_weight import compute_sample_weight
 
+from .state_checks import class_indices, linear_width, scaler_width
+
 
 class _ModelProbe(ClassifierMixin, BaseEstimator):
     """A probe whose fitted `model_` gives the probabilities, columns in `classes_` order."""
@@ -40,6 +42,7 @@ class LinearProbe(_ModelProbe):
             C=self.C, max_iter=self.max_iter, class_weight=self.class_weight))
         self.model_.fit(X, y, logisticregression__sample_weight=sample_weight)
         self.classes_ = self.model_.classes_
+        self.n_features_in_ = X.shape[1]
         return self
 
     def state(self) -> dict[str, np.ndarray]:
@@ -49,17 +52,21 @@ class LinearProbe(_ModelProbe):
 
     @classmethod
     def from_state(cls, params: dict, state: dict[str, np.ndarray]) -> "LinearProbe":
+        """Rebuilt from `state`, every array checked first (`state_checks.linear_width`)."""
+        width = linear_width(state)
         probe = cls(**params)
         scaler = scaler_from_state(state)
         logistic = LogisticRegression(C=probe.C, max_iter=probe.max_iter, class_weight=probe.class_weight)
         logistic.coef_, logistic.intercept_ = state["coef"], state["intercept"]
         logistic.classes_, logistic.n_features_in_ = state["classes"], state["coef"].shape[1]
         probe.model_, probe.classes_ = make_pipeline(scaler, logistic), state["classes"]
+        probe.n_features_in_ = width
         return probe
 
 
 def scaler_from_state(state: dict[str, np.ndarray]) -> StandardScaler:
-    """A fitted StandardScaler from its saved statistics."""
+    """A fitted StandardScaler from its saved statistics (checked: finite, one width)."""
+    scaler_width(state)
     scaler = StandardScaler()
     scaler.mean_, scaler.scale_, scaler.var_ = state["mean"], state["scale"], state["var"]
     scaler.n_features_in_ = len(state["mean"])
@@ -90,6 +97,7 @@ class XGBoostProbe(_ModelProbe):
             subsample=self.subsample, colsample_bytree=self.colsample_bytree, tree_method="hist",
             n_jobs=self.n_jobs, random_state=self.random_state, verbosity=0)
         self.model_.fit(X, y_idx, sample_weight=weight)
+        self.n_features_in_ = X.shape[1]
         return self
 
     def state(self) -> dict[str, np.ndarray]:
@@ -101,11 +109,32 @@ class XGBoostProbe(_ModelProbe):
     def from_state(cls, params: dict, state: dict[str, np.ndarray]) -> "XGBoostProbe":
         from xgboost import XGBClassifier
 
+        classes = class_indices(state, None)
+        raw = state["booster_json"].tobytes()
+        learner = booster_params(raw)
+        n_outputs = int(learner.get("num_class", 0)) or 2
+        if n_outputs != max(len(classes), 2):
+            raise ValueError(f"field 'booster_json' models {n_outputs} classes, field 'classes' lists {len(classes)}")
         probe = cls(**params)
         probe.model_ = XGBClassifier(n_jobs=probe.n_jobs)
-        probe.model_.load_model(bytearray(state["booster_json"].tobytes()))
-        probe.classes_ = state["classes"]
+        probe.model_.load_model(bytearray(raw))
+        probe.classes_ = classes
+        probe.n_features_in_ = int(learner["num_feature"])
         return probe
+
+
+def booster_params(raw: bytes) -> dict:
+    """The learner parameters of XGBoost's JSON model, refusing NaN or infinite numbers anywhere
+    in it (JSON has none; Python's reader would take them)."""
+    import json
+
+    def refuse(token: str):
+        raise ValueError(f"field 'booster_json' holds a non-finite number ({token})")
+    try:
+        model = json.loads(raw.decode(), parse_constant=refuse)
+        return model["learner"]["learner_model_param"]
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"field 'booster_json' is not an XGBoost JSON model ({err})") from None
 
 
 from .mlp import MLPProbe  # noqa: E402  (after the base probes, which it does not need)
@@ -141,8 +170,21 @@ def fit_probe(model: BaseEstimator, X: np.ndarray, y: np.ndarray, groups: np.nda
     return model.fit(X, y)
 
 
+class FeatureWidthError(ValueError):
+    """Features of another width than the model was fitted on (another encoder, layer or version)."""
+
+
+def check_width(model: BaseEstimator, X: np.ndarray, what: str = "the model") -> None:
+    """Refuse features whose width is not the one `model` was fitted on, by name, before
+    scikit-learn or torch fail on them deep inside."""
+    expected = getattr(model, "n_features_in_", None)
+    if expected is not None and X.ndim == 2 and X.shape[1] != expected:
+        raise FeatureWidthError(f"{what} was fitted on {expected} features per row and is given {X.shape[1]}")
+
+
 def full_proba(model: BaseEstimator, X: np.ndarray, n_classes: int) -> np.ndarray:
     """predict_proba with a column for every class, even ones absent from training."""
+    check_width(model, X)
     proba = model.predict_proba(X)
     out = np.zeros((len(X), n_classes), dtype=np.float64)
     out[:, np.asarray(model.classes_, int)] = proba

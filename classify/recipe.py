@@ -36,6 +36,7 @@ from .layers import layer_columns
 from .patient_model import (RECORDING_PROBES, MemberScores, PatientModel, RecordingProbeName, RecordingStage,
                             balanced_log_loss, group_folds, patient_features)
 from .phases import phase_features
+from .probes import FeatureWidthError, check_width
 from .segmenter import PhaseSegmenter
 from .segmenter_store import SegmenterStore, segmenter_key
 from .selection import select_best
@@ -57,6 +58,14 @@ class ExtractSpec:
     layers: str = "last"
     precision: str | None = None  # None: the encoder's default on the device
     frames: bool = False  # a frame cache (`extract --frames`, fp16, the encoder's own hop)
+
+    def __post_init__(self) -> None:
+        # a published file name, looked up inside --weights: never a path that could lead out of it
+        name = self.checkpoint
+        if name is not None and (not isinstance(name, str) or not name or name in (".", "..")
+                                 or name.startswith(".") or "/" in name or "\\" in name or "\0" in name):
+            raise ValueError(f"the {self.encoder} weight file must be a plain file name inside --weights, "
+                             f"got {name!r}")
 
 
 @dataclass(frozen=True)
@@ -262,7 +271,11 @@ class RecipePart:
         for m in recipe.members:
             have, X = blocks[m.name].rows(recording_ids)
             cols = self.columns[m.name]
+            if cols is not None and len(X) and len(cols) and cols.max() >= X.shape[1]:
+                raise FeatureWidthError(f"member {m.name} selects column {int(cols.max())} of features "
+                                        f"{X.shape[1]} wide")
             X = X if cols is None else X[:, cols]
+            check_width(self.stage1[m.name], X, f"member {m.name}'s probe")
             proba = self.stage1[m.name].predict_proba(X) if len(X) else np.zeros((0, self.stage1[m.name].n_classes))
             out.append(MemberScores(m.name, np.asarray(recording_ids)[have], proba))
         return out

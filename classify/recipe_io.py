@@ -40,8 +40,9 @@ def recipe_from_dict(saved: dict) -> Recipe:
 
 
 def save_recipe(fitted: FittedRecipe, model_dir: str | Path, classes: tuple[str, ...], dataset: str,
-                cache_configs: list[dict], trained_on: str, locations: tuple[str, ...] = ()) -> Path:
-    """Write `recipe.npz` and the manifest (last, so a folder with a manifest is complete)."""
+                cache_configs: list[dict], trained_on: str, locations: tuple[str, ...]) -> Path:
+    """Write `recipe.npz` and the manifest (last, so a folder with a manifest is complete).
+    `locations`: the task's, which shape the patient model's features."""
     out = Path(model_dir)
     out.mkdir(parents=True, exist_ok=True)
     arrays: dict[str, np.ndarray] = {}
@@ -78,6 +79,40 @@ def save_recipe(fitted: FittedRecipe, model_dir: str | Path, classes: tuple[str,
     return out / MANIFEST
 
 
+def _check_identity(path: Path, manifest: dict, entry: dict, header: dict) -> None:
+    """The manifest and the hashed file name the same recipe, classes (in order) and decision."""
+    name = header.get("recipe", {}).get("name") if isinstance(header.get("recipe"), dict) else None
+    checks = (("recipe", entry.get("encoder"), f"recipe:{name}"),
+              ("classes", manifest.get("classes"), header.get("classes")),
+              ("decision", manifest.get("decision"), (header.get("rule") or {}).get("rule")))
+    for what, in_manifest, in_file in checks:
+        if in_manifest != in_file:
+            raise ModelIntegrityError(f"{path}: field {what!r}: the manifest says {in_manifest!r}, the recipe file "
+                                      f"{in_file!r}; refusing to use it")
+
+
+def _check_part(recipe: Recipe, stage1: dict, columns: dict, stage2, n_classes: int, n_locations: int,
+                bag: str) -> None:
+    """Shapes of one bag against each other: a member's feature columns and its probe's width; the
+    patient model's width and the patient features its members make."""
+    for m in recipe.members:
+        cols = columns[m.name]
+        if cols is None:
+            continue
+        if cols.ndim != 1 or cols.dtype.kind not in "iu" or len(np.unique(cols)) != len(cols) or (
+                len(cols) and cols.min() < 0):
+            raise ValueError(f"field '{bag}columns:{m.name}' must list distinct non-negative column indices")
+        if len(cols) != stage1[m.name].n_features_in_:
+            raise ValueError(f"field '{bag}columns:{m.name}' selects {len(cols)} columns, the member's probe "
+                             f"takes {stage1[m.name].n_features_in_}")
+    if stage2 is not None:
+        expected = len(recipe.members) * n_classes * (n_locations + 2) + n_locations
+        if stage2.n_features_in_ != expected:
+            raise ValueError(f"field '{bag}stage2' takes {stage2.n_features_in_} patient features; "
+                             f"{len(recipe.members)} members, {n_classes} classes and {n_locations} locations "
+                             f"make {expected}")
+
+
 def _bag_prefix(index: int) -> str:
     """Keys of the recipe's bag `index`: the first bag's carry none, as files from before bags did."""
     return f"bag{index}/" if index else ""
@@ -95,6 +130,7 @@ def load_recipe(model_dir: str | Path, manifest: dict) -> tuple[FittedRecipe, di
         raise ModelIntegrityError(f"{path}: not a recipe file of this format ({err})") from err
     if header.get("rule") != entry.get("rule") or header.get("cache_configs") != entry.get("cache_configs"):
         raise ModelIntegrityError(f"{path}: the manifest differs from the recipe file; refusing to use it")
+    _check_identity(path, manifest, entry, header)
 
     def part(prefix: str) -> dict[str, np.ndarray]:
         return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
@@ -110,6 +146,7 @@ def load_recipe(model_dir: str | Path, manifest: dict) -> tuple[FittedRecipe, di
             columns = {m.name: arrays.get(f"{bag}columns:{m.name}") for m in recipe.members}
             stage2 = (PatientModel.from_state(params[f"{bag}stage2"], part(f"{bag}stage2:"))
                       if f"{bag}stage2" in params else None)
+            _check_part(recipe, stage1, columns, stage2, len(header["classes"]), len(header.get("locations", ())), bag)
             parts.append(RecipePart(stage1, columns, stage2))
         segmenter = (PhaseSegmenter.from_state(params["segmenter"], part("segmenter:"))
                      if "segmenter" in params else None)

@@ -24,6 +24,7 @@ from .evaluate import summary_table
 from .layers import layer_columns
 from .metrics import Scoring
 from .phases import tsv_intervals
+from .probes import FeatureWidthError
 from .recipe import ExtractSpec, FittedRecipe, PhaseFrames, Recipe, Source, evaluate_recipe, fit_recipe, window_block
 from .recipe_book import get_recipe
 from .recipe_io import load_recipe, save_recipe
@@ -169,7 +170,11 @@ def predict_recipe(model_dir: str | Path, manifest: dict, patients: dict[str, li
     usable = [g for g in group_ids if any(_has_features(sources, r) for r in task.recordings_of[g])]
     out: dict[str, dict] = {}
     if usable:
-        calls, proba, members = fitted.predict(task, sources, usable)
+        try:
+            calls, proba, members = fitted.predict(task, sources, usable)
+        except FeatureWidthError as err:  # features of another shape than the saved recipe's
+            raise ValueError(f"{Path(model_dir) / manifest['models'][0]['file']}: {err}; the recordings' "
+                             "features do not fit this model") from None
         for gi, pid in enumerate(usable):
             recs = []
             for rec in patients[pid]:

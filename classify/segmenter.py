@@ -29,7 +29,8 @@ from threadpoolctl import threadpool_limits
 from embed.frames import average_runs
 
 from .phases import PHASES, frame_labels
-from .probes import scaler_from_state
+from .probes import check_width, scaler_from_state
+from .state_checks import field, linear_width, positive
 
 N_PHASES = len(PHASES)
 RATIO_BIN = 0.01  # resolution of phase durations relative to the cycle period
@@ -58,11 +59,21 @@ class PhaseSegmenter(BaseEstimator):
         return frames[rows].reshape(len(frames), -1)
 
     # -- fitting ----------------------------------------------------------------------------
+    def _check_params(self) -> None:
+        positive("hop_s", self.hop_s)
+        positive("C", self.C)
+        positive("max_frames", self.max_frames, integer=True)
+        if not 0.0 <= self.heart_rate <= 1.0:
+            raise ValueError(f"heart_rate is a mixture weight in [0, 1], got {self.heart_rate}")
+        if not 0.0 < self.max_quantile <= 1.0:
+            raise ValueError(f"max_quantile is a quantile in (0, 1], got {self.max_quantile}")
+        if not len(self.context_s) or not np.all(np.isfinite(np.asarray(self.context_s, dtype=np.float64))):
+            raise ValueError(f"context_s must be finite offsets in seconds, got {self.context_s}")
+
     def fit(self, frames: list[np.ndarray], times: list[np.ndarray], intervals: list[np.ndarray]) -> "PhaseSegmenter":
         if not frames:
             raise ValueError("the segmenter needs at least one recording with intervals to train on")
-        if not 0.0 <= self.heart_rate <= 1.0:
-            raise ValueError(f"heart_rate is a mixture weight in [0, 1], got {self.heart_rate}")
+        self._check_params()
         # the cache's frame hop; frames coarser than hop_s are used as they are
         frame_hop = float(np.median(np.concatenate([np.diff(t) for t in times[:50]])))
         self.factor_ = max(1, int(round(self.hop_s / frame_hop)))
@@ -95,6 +106,7 @@ class PhaseSegmenter(BaseEstimator):
         self.log_prior_ = np.log(np.bincount(y, minlength=N_PHASES) / len(y))
         self.log_duration_ = self._durations(intervals)
         self._fit_relative_durations(intervals)
+        self.n_features_in_ = frames[0].shape[1]
         return self
 
     def _fit_relative_durations(self, intervals: list[np.ndarray]) -> None:
@@ -178,8 +190,29 @@ class PhaseSegmenter(BaseEstimator):
 
     @classmethod
     def from_state(cls, params: dict, state: dict[str, np.ndarray]) -> "PhaseSegmenter":
+        """Rebuilt from saved arrays, each checked first: finite, shapes that agree, a positive hop."""
         seg = cls(**params)
-        seg.factor_, seg.grid_hop_ = int(state["factor"]), float(state["grid_hop"])
+        seg._check_params()
+        width = linear_width(state, N_PHASES)
+        if len(state["classes"]) != N_PHASES:
+            raise ValueError(f"field 'classes' lists {len(state['classes'])} phases, expected {N_PHASES}")
+        if width % len(seg.context_s):
+            raise ValueError(f"field 'coef' has {width} columns, not a multiple of the {len(seg.context_s)} "
+                             "context offsets")
+        if len(field(state, "log_prior", ndim=1)) != N_PHASES:
+            raise ValueError(f"field 'log_prior' has {len(state['log_prior'])} entries, expected {N_PHASES}")
+        for k in range(N_PHASES):
+            if not len(field(state, f"log_duration_{k}", ndim=1)):
+                raise ValueError(f"field 'log_duration_{k}' is empty")
+            if "period_range" in state and not len(field(state, f"log_ratio_{k}", ndim=1)):
+                raise ValueError(f"field 'log_ratio_{k}' is empty")
+        if "period_range" in state:
+            low, high = (positive(f"field 'period_range'[{i}]", v) for i, v in enumerate(field(state, "period_range")))
+            if low > high:
+                raise ValueError(f"field 'period_range' = {[low, high]} is not ascending")
+        seg.factor_ = int(positive("field 'factor'", state.get("factor"), integer=True))
+        seg.grid_hop_ = positive("field 'grid_hop'", state.get("grid_hop"))
+        seg.n_features_in_ = width // len(seg.context_s)
         seg.scaler_ = scaler_from_state(state)
         seg.probe_ = LogisticRegression(C=seg.C)
         seg.probe_.coef_, seg.probe_.intercept_ = state["coef"], state["intercept"]
@@ -196,6 +229,7 @@ class PhaseSegmenter(BaseEstimator):
     # -- prediction -------------------------------------------------------------------------
     def log_posteriors(self, frames: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per frame on the segmenter's grid: log P(phase | frames), and the grid's times."""
+        check_width(self, np.asarray(frames), "the segmenter")
         f, t = self._grid(frames, times)
         with threadpool_limits(1):
             return self.probe_.predict_log_proba(self.scaler_.transform(self._features(f))), t

@@ -141,7 +141,7 @@ def test_boosted_stage1_catches_an_interaction_the_linear_one_cannot_and_round_t
     assert fitted.parts[0].stage1["xgb"].describe().startswith("xgboost")
     with pytest.raises(ValueError, match="unknown stage-1 probe 'svm'"):
         Member("x", 0, probe="svm")
-    save_recipe(fitted, tmp_path / "model", task.classes, "toy", [], trained_on="toy")
+    save_recipe(fitted, tmp_path / "model", task.classes, "toy", [], trained_on="toy", locations=task.locations)
     loaded, _ = load_recipe(tmp_path / "model", json.loads((tmp_path / "model" / "manifest.json").read_text()))
     test_ids = task.ids_in(split, "test")
     np.testing.assert_allclose(loaded.predict_proba(task, sources, test_ids)[0],
@@ -172,7 +172,7 @@ def test_bags_average_fits_with_their_own_seeds_and_round_trip(tmp_path):
     calls = bagged.rule.predict(GroupTable(np.asarray(fit_ids), cv_proba, cv_proba, cv_proba.argmax(1)))
     assert bagged.cv_metrics["cv_weighted_accuracy"] == task.scoring.metric(
         "weighted_accuracy", task.labels_of(fit_ids), calls)
-    save_recipe(bagged, tmp_path / "model", task.classes, "toy", [], trained_on="toy")
+    save_recipe(bagged, tmp_path / "model", task.classes, "toy", [], trained_on="toy", locations=task.locations)
     loaded, _ = load_recipe(tmp_path / "model", json.loads((tmp_path / "model" / "manifest.json").read_text()))
     assert len(loaded.parts) == 3
     np.testing.assert_allclose(loaded.predict_proba(task, sources, test_ids)[0], proba, rtol=1e-6)
