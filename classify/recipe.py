@@ -22,6 +22,7 @@ the segmentation and the decision rule are shared.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass, field, replace
 from typing import Callable, Literal, get_args
 
@@ -38,7 +39,7 @@ from .patient_model import (RECORDING_PROBES, MemberScores, PatientModel, Record
 from .phases import phase_features
 from .probes import FeatureWidthError, check_width
 from .segmenter import PhaseSegmenter
-from .segmenter_store import SegmenterStore, segmenter_key
+from .segmenter_store import Entry, SegmenterStore, frames_fingerprint, inputs_key, key_inputs
 from .selection import select_best
 from .task import Task
 
@@ -151,6 +152,7 @@ class PhaseFrames:
     _segmented: tuple | None = None  # (segmenter, {recording id: its intervals})
     _crossfit: dict = field(default_factory=dict)  # training recording ids -> their cross-fitted intervals
     _crossfit_blocks: dict = field(default_factory=dict)  # recording ids -> (segmentation, phase features)
+    _fingerprints: dict = field(default_factory=dict)  # recording id -> frames_fingerprint
 
     def block(self, recording_ids, intervals: dict[str, np.ndarray] | None = None) -> FeatureBlock:
         """Phase features of these recordings (those with frames), from `intervals` (default the
@@ -165,6 +167,26 @@ class PhaseFrames:
                                intervals.get(r, np.zeros((0, 3)))) for r in ids]
         return FeatureBlock(ids, np.stack(rows) if rows else np.zeros((0, 0)))
 
+    def fingerprint(self, recording_id: str) -> str:
+        """The digest of a recording's frames that its decoded intervals in the store are tied to."""
+        if recording_id not in self._fingerprints:
+            rec = self.frames[recording_id]
+            self._fingerprints[recording_id] = frames_fingerprint(rec.embeddings, rec.times)
+        return self._fingerprints[recording_id]
+
+    def _decodes(self, entry: Entry | None) -> dict[str, np.ndarray]:
+        """An entry's decoded intervals of recordings whose frames are still the ones they were
+        decoded from (the others are decoded again)."""
+        if entry is None:
+            return {}
+        fresh = {r: iv for r, iv in entry.decoded.items()
+                 if r in self.frames and entry.fingerprints.get(r) == self.fingerprint(r)}
+        stale = [r for r in entry.decoded if r in self.frames and r not in fresh]
+        if stale:
+            warnings.warn(f"segmenter store: {len(stale)} decoded recordings (e.g. {stale[0]}) were decoded from "
+                          "other frames than the cache holds now; decoding them again")
+        return fresh
+
     def fit_segmenter(self, recording_ids, seed: int = 0) -> PhaseSegmenter:
         """A segmenter fit on these recordings' frames and `.tsv` intervals, read from the store
         when this fit was made before."""
@@ -172,20 +194,28 @@ class PhaseFrames:
         # without the heart-rate adaptation of the durations: the recipe's reported runs were made so,
         # and adapting lowered the inner CV of the cross-fitted recipe (README, Recipes)
         segmenter = PhaseSegmenter(heart_rate=0.0, seed=seed)
-        key = entry = None
+        key = inputs = entry = None
         if self.store is not None:
-            key = segmenter_key(self.frames_key, segmenter.get_params(), ids, [self.intervals[r] for r in ids])
-            entry = self.store.load(key)
+            inputs = key_inputs(self.frames_key, segmenter.get_params(), ids, [self.intervals[r] for r in ids])
+            key = inputs_key(inputs)
+            entry = self.store.load(key, inputs)
         if entry is not None:
-            segmenter = PhaseSegmenter.from_state(segmenter.get_params(), entry[0])
-        else:
+            try:
+                segmenter = PhaseSegmenter.from_state(segmenter.get_params(), entry.state)
+                if ids and segmenter.n_features_in_ != self.frames[ids[0]].embeddings.shape[1]:
+                    raise ValueError(f"it takes frames {segmenter.n_features_in_} wide, the cache's are "
+                                     f"{self.frames[ids[0]].embeddings.shape[1]}")
+            except (KeyError, TypeError, ValueError) as err:
+                self.store.drop(self.store.path(key), f"the stored segmenter cannot be used ({err})")
+                segmenter, entry = PhaseSegmenter(heart_rate=0.0, seed=seed), None
+        if entry is None:
             segmenter.fit([self.frames[r].embeddings for r in ids], [self.frames[r].times for r in ids],
                           [self.intervals[r] for r in ids])
             if key is not None:
-                self.store.save(key, segmenter.state(), {})
-        segmenter.store_key_ = key
+                self.store.save(key, inputs, segmenter.state(), {}, {})
+        segmenter.store_key_, segmenter.store_inputs_ = key, inputs
         # its decodes so far (the entry just read, or none): `segmented` need not read the entry again
-        self._segmented = (segmenter, dict(entry[1]) if entry is not None else {})
+        self._segmented = (segmenter, self._decodes(entry))
         return segmenter
 
     def segmented(self, segmenter: PhaseSegmenter, recording_ids) -> dict[str, np.ndarray]:
@@ -193,16 +223,17 @@ class PhaseFrames:
         evaluation reuses a split's segmenter across seeds; the cross-fit decodes each fold here)
         and kept in the store with it."""
         key = getattr(segmenter, "store_key_", None) if self.store is not None else None
+        inputs = getattr(segmenter, "store_inputs_", None)
         if self._segmented is None or self._segmented[0] is not segmenter:
-            entry = self.store.load(key) if key is not None else None
-            self._segmented = (segmenter, dict(entry[1]) if entry is not None else {})
+            entry = self.store.load(key, inputs) if key is not None else None
+            self._segmented = (segmenter, self._decodes(entry))
         done = self._segmented[1]
         new = [r for r in dict.fromkeys(recording_ids) if r in self.frames and r not in done]
         for r in tqdm(new, desc="segmenter: decoding recordings", leave=False,
                       disable=not self.progress or len(new) < 100):
             done[r] = segmenter.predict(self.frames[r].embeddings, self.frames[r].times)
         if new and key is not None:
-            self.store.save(key, segmenter.state(), done)
+            self.store.save(key, inputs, segmenter.state(), done, {r: self.fingerprint(r) for r in done})
         return {r: done[r] for r in recording_ids if r in done}
 
     def crossfit_intervals(self, recording_ids, patient_of: dict[str, str], folds: int = CROSSFIT_FOLDS
