@@ -12,7 +12,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from embed.cache import FrameCache
-from embed.datasets.circor import read_tsv
+from embed.intervals import read_intervals_file
 from embed.problems import Problem
 
 PHASES = ("S1", "systole", "S2", "diastole")  # .tsv labels 1..4
@@ -79,24 +79,36 @@ def phase_features(frames: np.ndarray, times: np.ndarray, intervals: np.ndarray)
 
 
 def read_intervals(paths: Mapping[str, Path], problems: list[Problem] | None = None) -> dict[str, np.ndarray]:
-    """Recording id -> intervals read from its `.tsv`. A file that cannot be read (CirCor v1.0.3 has
-    one: `0 0 28`) leaves its recording without intervals and is added to `problems`."""
+    """Recording id -> intervals read from its interval file (a segmenter's output). A file that
+    cannot be used leaves its recording without intervals and is added to `problems`."""
     out = {}
     for rid, path in paths.items():
         try:
-            out[rid] = read_tsv(path)
+            out[rid] = read_intervals_file(path, problems=problems)
         except (OSError, ValueError) as err:
-            if problems is not None:  # read_tsv's message starts with the path: keep its line number only
-                message = str(err).removeprefix(f"{path}:")
-                problems.append(Problem(str(path), f"line {message.strip()}; the recording has no phase intervals"
-                                        if message != str(err) else f"{err}; the recording has no phase intervals"))
+            _refused(problems, path, err)
     return out
 
 
+def _refused(problems: list[Problem] | None, path, err: Exception) -> None:
+    if problems is not None:  # the reader's message starts with the path: keep its line number only
+        message = str(err).removeprefix(f"{path}:")
+        problems.append(Problem(str(path), f"line {message.strip()}; the recording has no phase intervals"
+                                if message != str(err) else f"{err}; the recording has no phase intervals"))
+
+
 def tsv_intervals(recordings, problems: list[Problem] | None = None) -> dict[str, np.ndarray]:
-    """Recording id -> its `.tsv` intervals, for the recordings that have a readable one."""
-    return read_intervals({r.recording_id: r.tsv for r in recordings if getattr(r, "tsv", None) is not None},
-                          problems)
+    """Recording id -> its annotated intervals (the dataset's `segmentation()`, checked against
+    the recording's length), for the recordings that have a usable annotation file."""
+    out = {}
+    for r in recordings:
+        if getattr(r, "tsv", None) is None:
+            continue
+        try:
+            out[r.recording_id] = r.segmentation(problems)
+        except (OSError, ValueError) as err:
+            _refused(problems, r.tsv, err)
+    return out
 
 
 def folder_intervals(folder: str | Path, problems: list[Problem] | None = None) -> dict[str, np.ndarray]:

@@ -128,11 +128,12 @@ def run_recipe(name: str, dataset, cache_dir: str | Path, weights: str | Path | 
         recipe = dataclasses.replace(recipe, name=f"{name} {' '.join(changes)}")
     task = Task.from_dataset(dataset, recipe.targets if recipe.targets in dataset.label_schemes else "patient")
     recordings = dataset.recordings()
+    annotation_problems: list[Problem] = []
+    intervals = tsv_intervals(recordings, annotation_problems)
     sources, configs, problems = recipe_sources(recipe, recordings, cache_dir, weights,
-                                                intervals=tsv_intervals(recordings), device=device, progress=progress)
-    for p in problems:
-        if p.severity == "error":
-            print(f"  {p}")
+                                                intervals=intervals, device=device, progress=progress)
+    for p in annotation_problems + [p for p in problems if p.severity == "error"]:
+        print(f"  {p}")
     split_sets = load_splits(dataset, splits or dataset.split_schemes[0], seed)
     results = evaluate_recipe(task, recipe, sources, split_sets, seeds=seeds, first_seed=seed, progress=progress)
     scores, _ = write_results(results, out, task.classes)

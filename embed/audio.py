@@ -52,6 +52,19 @@ class Audio:
         return len(self.samples) / self.sample_rate
 
 
+def audio_duration_s(path: Path | str) -> float | None:
+    """The length of a recording in seconds from its header alone (the frames a WAV file really
+    holds, where its header claims more), or None when it cannot be opened."""
+    header = read_wav_header(path)
+    if header is not None and header.sample_rate > 0:
+        return min(header.frames_claimed, header.frames_present) / header.sample_rate
+    try:
+        info = sf.info(str(path))
+    except (RuntimeError, OSError, ValueError):  # libsndfile's errors; the recording fails elsewhere, named
+        return None
+    return info.frames / info.samplerate if info.samplerate > 0 else None
+
+
 def read_audio(path: Path | str, min_duration_s: float = MIN_DURATION_S,
                expected_rate: int = CIRCOR_SAMPLE_RATE) -> Audio:
     """Read a wav (or any libsndfile format) as float32 mono, validating as it goes."""

@@ -110,8 +110,10 @@ def s1_onsets(recording: Recording, sample_rate: int, notes: list[str]) -> np.nd
     if getattr(recording, "tsv", None) is None:
         notes.append("no .tsv segmentation: fixed windows instead of windows at S1 onsets")
         return None
+    found: list[Problem] = []
     try:
-        rows = recording.segmentation()
+        rows = recording.segmentation(found)
+        notes.extend(f"{p.path}: {p.message}" for p in found)
     except (OSError, ValueError) as err:
         notes.append(f"{err}: fixed windows instead of windows at S1 onsets")
         return None

@@ -83,6 +83,6 @@ def test_phase_table_over_real_tsv_files(circor_mini, tmp_path):
     (tmp_path / "seg" / "bad.tsv").write_text("0\t0\t28")  # as CirCor's 50782_MV_1.tsv
     problems = []
     read = folder_intervals(tmp_path / "seg", problems)
-    assert set(read) == {rec.recording_id} and "bad.tsv" in problems[0].path and "bad segment" in problems[0].message
+    assert set(read) == {rec.recording_id} and "bad.tsv" in problems[0].path and "unknown state '28'" in problems[0].message
     again = phase_feature_table(cache, read, [rec.recording_id])
     np.testing.assert_array_equal(again[rec.recording_id], table[rec.recording_id])

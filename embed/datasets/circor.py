@@ -15,7 +15,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from ..audio import CIRCOR_SAMPLE_RATE
+from ..audio import CIRCOR_SAMPLE_RATE, audio_duration_s
+from ..intervals import read_intervals_file as read_tsv  # CirCor's .tsv is the interval-file form
 from ..problems import Problem, shorten
 from .base import NOT_GIVEN, Dataset, GroupAttributes, Splits, register_dataset
 
@@ -27,7 +28,6 @@ AGE_GROUPS = ("Neonate", "Infant", "Child", "Adolescent", "Young Adult")
 RECORDING_STEM = re.compile(r"[^./\\\x00][^/\\\x00]*")
 # PID_LOC[_N]; the PID part is checked against the patient file, so loose names can use it too
 RECORDING_NAME = re.compile(rf"^(?P<pid>.+?)_(?P<loc>{'|'.join(LOCATIONS)})(?:_(?P<n>\d+))?$")
-TSV_LABELS = {0: "unannotated", 1: "S1", 2: "systole", 3: "S2", 4: "diastole"}
 TXT_FIELDS = (
     "Age", "Sex", "Height", "Weight", "Pregnancy status", "Murmur", "Murmur locations",
     "Most audible location", "Systolic murmur timing", "Systolic murmur shape",
@@ -79,11 +79,13 @@ class Recording:
     def group_id(self) -> str:
         return self.patient_id
 
-    def segmentation(self) -> np.ndarray:
-        """The .tsv as an `(n, 3)` array of (start_s, end_s, label 0-4)."""
+    def segmentation(self, problems: list[Problem] | None = None) -> np.ndarray:
+        """The .tsv as an `(n, 3)` array of (start_s, end_s, label 0-4), checked against the
+        recording's length (`embed.intervals`; what was clipped or is out of order is noted in
+        `problems`). Raises ValueError for a file that cannot be used."""
         if self.tsv is None:
             raise FileNotFoundError(f"{self.wav}: no .tsv segmentation")
-        return read_tsv(self.tsv)
+        return read_tsv(self.tsv, audio_duration_s(self.wav), problems)
 
 
 @dataclass
@@ -189,26 +191,6 @@ def _float(value: str) -> float:
         return float(value)
     except (TypeError, ValueError):
         return math.nan
-
-
-def read_tsv(path: Path) -> np.ndarray:
-    rows = []
-    with open(path) as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            parts = line.split()
-            if len(parts) != 3:
-                raise ValueError(f"{path}:{n}: expected 'start end label', got {echo(line.strip())}")
-            try:
-                start, end, label_f = float(parts[0]), float(parts[1]), float(parts[2])
-            except ValueError:
-                raise ValueError(f"{path}:{n}: not numbers: {echo(line.strip())}") from None
-            label = int(label_f) if math.isfinite(label_f) else -1
-            if label not in TSV_LABELS or not (math.isfinite(start) and math.isfinite(end)) or end < start:
-                raise ValueError(f"{path}:{n}: bad segment {echo(line.strip())}")
-            rows.append((start, end, label))
-    return np.asarray(rows, dtype=np.float64).reshape(-1, 3)
 
 
 def find_root(data_dir: str | Path) -> tuple[Path, Path]:
