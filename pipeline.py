@@ -227,7 +227,9 @@ def cmd_benchmark(args) -> int:
         print("--compare needs --data (it times decoding real recordings)", file=sys.stderr)
     if args.out:
         import pandas as pd
-        pd.DataFrame(rows).to_csv(args.out, index=False)
+        from embed.atomic import atomic_path
+        with atomic_path(args.out) as tmp:
+            pd.DataFrame(rows).to_csv(tmp, index=False)
         print(f"wrote {args.out}")
     return 0
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import re
 import time
 import zipfile
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from embed.atomic import write_bytes_atomic
 from embed.checksum import file_sha256
 
 from .aggregate import DecisionRule, rule_from_dict
@@ -48,16 +48,6 @@ def _canonical_sha256(manifest: dict) -> str:
 
 def _file_name(encoder: str, probe: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{encoder}--{probe}") + ".npz"
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def model_bytes(estimator, probe: str, header: dict) -> bytes:
@@ -84,7 +74,7 @@ def save_models(out_dir: str | Path, models: list[dict], classes: tuple[str, ...
         header = {"encoder": model["encoder"], "classes": list(classes), "rule": rule.to_dict(),
                   "cache_config": model["cache_config"]}
         name = _file_name(model["encoder"], model["probe"])
-        _atomic_write(out / name, model_bytes(model["estimator"], model["probe"], header))
+        write_bytes_atomic(out / name, model_bytes(model["estimator"], model["probe"], header))
         entries.append({"file": name, "sha256": file_sha256(out / name), "rule": rule.to_dict(),
                         "params": model["estimator"].get_params(), **info})
     manifest = {"format": MODEL_FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "dataset": dataset,
@@ -93,7 +83,7 @@ def save_models(out_dir: str | Path, models: list[dict], classes: tuple[str, ...
     manifest = json.loads(json.dumps(manifest, default=str))
     manifest["manifest_sha256"] = _canonical_sha256(manifest)
     # the manifest goes last, so a folder with a manifest has every file it names
-    _atomic_write(out / MANIFEST, json.dumps(manifest, indent=2).encode())
+    write_bytes_atomic(out / MANIFEST, json.dumps(manifest, indent=2).encode())
     return out / MANIFEST
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from embed.atomic import atomic_path
 from embed.filelock import FileLock, LockHeldError
 
 UNFINISHED = "UNFINISHED.txt"
@@ -61,11 +62,5 @@ def unfinished_note(folder: str | Path) -> str | None:
 
 
 def write_csv_atomic(frame: pd.DataFrame, path: Path, **to_csv) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         frame.to_csv(tmp, **to_csv)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

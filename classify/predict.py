@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from embed.atomic import write_text_atomic
 from embed.datasets.circor import RECORDING_NAME, Recording, parse_patient_txt
 from embed.problems import Problem
 from embed.segments import SegmentConfig
@@ -147,17 +148,19 @@ def embed_inputs(encoder, segments: SegmentConfig, recordings: list[InputRecordi
     plan = eval_only(segments)
     with tempfile.TemporaryDirectory(prefix="heartprobe-predict-") as tmp:
         report = extract(encoder, jobs, tmp, plan, batch_size, progress=progress)
+        report.raise_if_stopped()  # else the recordings it did not reach would read as unusable
         cached = EmbeddingCache(tmp, encoder.name, cache_config(encoder, plan)).read()
     return [cached.get(job.recording_id) for job in jobs], report.problems
 
 
 def output_names(patient_ids: list[str]) -> dict[str, str]:
     """A distinct, safe file name per patient id: the id itself when it is safe, else its safe form
-    plus a short hash of the id, so ids that sanitise alike (`a b`, `a_b`) never share a file."""
+    plus a short hash of the id, so ids that sanitise alike (`a b`, `a_b`) never share a file. A
+    name never starts with `-` (read as an option by shell tools) or `.` (hidden)."""
     names: dict[str, str] = {}
     taken: set[str] = set()
     for pid in patient_ids:
-        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", pid).strip(".") or "patient"
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", pid).lstrip("-.").rstrip(".") or "patient"
         name = safe
         if safe != pid or name.lower() in taken:
             name = f"{safe}-{hashlib.sha256(pid.encode()).hexdigest()[:10]}"
@@ -228,7 +231,7 @@ def _write_result(out_dir: str | Path | None, name: str, result: dict) -> None:
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / name).write_text(json.dumps(result, indent=2))
+        write_text_atomic(out / name, json.dumps(result, indent=2))
 
 
 def _predict_with_recipe(model_dir, manifest, inputs, out_dir, weights, patient_id, device, batch_size

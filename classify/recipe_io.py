@@ -16,10 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
+from embed.atomic import write_bytes_atomic
 from embed.checksum import file_sha256
 
 from .aggregate import rule_from_dict
-from .model_io import (HEADER, MANIFEST, MODEL_FORMAT, ModelIntegrityError, _atomic_write, _canonical_sha256,
+from .model_io import (HEADER, MANIFEST, MODEL_FORMAT, ModelIntegrityError, _canonical_sha256,
                        _checked_path)
 from .patient_model import RECORDING_PROBES, PatientModel
 from .recipe import ExtractSpec, FittedRecipe, Member, Recipe, RecipePart
@@ -68,14 +69,14 @@ def save_recipe(fitted: FittedRecipe, model_dir: str | Path, classes: tuple[str,
     arrays[HEADER] = np.frombuffer(json.dumps(header, sort_keys=True).encode(), dtype=np.uint8)
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
-    _atomic_write(out / RECIPE_FILE, buffer.getvalue())
+    write_bytes_atomic(out / RECIPE_FILE, buffer.getvalue())
     entry = {"file": RECIPE_FILE, "sha256": file_sha256(out / RECIPE_FILE), "encoder": f"recipe:{fitted.recipe.name}",
              "probe": "recipe", "rule": header["rule"], "cache_configs": cache_configs, "trained_on": trained_on}
     manifest = {"format": MODEL_FORMAT, "kind": "recipe", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "dataset": dataset, "classes": list(classes), "decision": fitted.rule.name, "models": [entry]}
     manifest = json.loads(json.dumps(manifest, default=str))
     manifest["manifest_sha256"] = _canonical_sha256(manifest)
-    _atomic_write(out / MANIFEST, json.dumps(manifest, indent=2).encode())
+    write_bytes_atomic(out / MANIFEST, json.dumps(manifest, indent=2).encode())
     return out / MANIFEST
 
 

@@ -68,6 +68,7 @@ def recipe_sources(recipe: Recipe, recordings: list, cache_dir: str | Path, weig
         if any(r.recording_id not in cached for r in recordings):  # a complete cache is only read
             report = extract(encoder, recordings, cache_dir, segments, batch_size, progress=progress,
                              frames=frames, lock_timeout_s=3600)
+            report.raise_if_stopped()  # a recipe fit or predicted on what a full disk let through would be wrong
             # a file every encoder fails to read is one problem, not one per cache
             problems += [p for p in report.problems if p not in problems]
         caches.append(cache)

@@ -26,6 +26,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
+from embed.atomic import write_text_atomic
 from embed.frames import average_runs
 
 from .phases import PHASES, frame_labels
@@ -35,6 +36,9 @@ from .state_checks import field, linear_width, positive
 N_PHASES = len(PHASES)
 RATIO_BIN = 0.01  # resolution of phase durations relative to the cycle period
 PREVIOUS = np.array([3, 0, 1, 2])  # phase index before each one in the cycle
+# grid frames whose features are built at once when decoding (about 17 minutes at the 20 ms hop;
+# CirCor's longest recording is far shorter, so its decodes take the one-block path)
+DECODE_BLOCK = 50_000
 
 
 class PhaseSegmenter(BaseEstimator):
@@ -53,10 +57,18 @@ class PhaseSegmenter(BaseEstimator):
                 average_runs(np.asarray(times, np.float64), self.factor_))
 
     def _features(self, frames: np.ndarray) -> np.ndarray:
-        frames = (frames - frames.mean(0)) / (frames.std(0) + 1e-3)
+        return self._context(self._standardised(frames), np.arange(len(frames)))
+
+    @staticmethod
+    def _standardised(frames: np.ndarray) -> np.ndarray:
+        return (frames - frames.mean(0)) / (frames.std(0) + 1e-3)
+
+    def _context(self, standardised: np.ndarray, index: np.ndarray) -> np.ndarray:
+        """Rows `index` of the standardised frames, each stacked with its neighbours at the context
+        offsets (clipped at the recording's edges)."""
         shifts = [int(round(c / self.grid_hop_)) for c in self.context_s]
-        rows = np.clip(np.arange(len(frames))[:, None] + np.array(shifts)[None], 0, len(frames) - 1)
-        return frames[rows].reshape(len(frames), -1)
+        rows = np.clip(index[:, None] + np.array(shifts)[None], 0, len(standardised) - 1)
+        return standardised[rows].reshape(len(index), -1)
 
     # -- fitting ----------------------------------------------------------------------------
     def _check_params(self) -> None:
@@ -232,7 +244,15 @@ class PhaseSegmenter(BaseEstimator):
         check_width(self, np.asarray(frames), "the segmenter")
         f, t = self._grid(frames, times)
         with threadpool_limits(1):
-            return self.probe_.predict_log_proba(self.scaler_.transform(self._features(f))), t
+            if len(f) <= DECODE_BLOCK:
+                return self.probe_.predict_log_proba(self.scaler_.transform(self._features(f))), t
+            # a long recording: its context features (7 x the frame width, float64) in blocks of rows
+            standardised = self._standardised(f)
+            out = np.empty((len(f), N_PHASES))
+            for start in range(0, len(f), DECODE_BLOCK):
+                index = np.arange(start, min(start + DECODE_BLOCK, len(f)))
+                out[index] = self.probe_.predict_log_proba(self.scaler_.transform(self._context(standardised, index)))
+            return out, t
 
     def predict_grid(self, frames: np.ndarray, times: np.ndarray, duration_model: bool = True
                      ) -> tuple[np.ndarray, np.ndarray]:
@@ -314,6 +334,5 @@ def labels_to_intervals(labels: np.ndarray, times: np.ndarray, hop_s: float) -> 
 
 
 def write_intervals(intervals: np.ndarray, path) -> None:
-    """The `.tsv` format CirCor uses: start, end, label per line."""
-    with open(path, "w") as fh:
-        fh.writelines(f"{a:.3f}\t{b:.3f}\t{int(c)}\n" for a, b, c in intervals)
+    """The `.tsv` format CirCor uses: start, end, label per line (written whole or not at all)."""
+    write_text_atomic(path, "".join(f"{a:.3f}\t{b:.3f}\t{int(c)}\n" for a, b, c in intervals))

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from embed.atomic import atomic_path
+
 _STATE = "state/"
 _TMP = re.compile(r"^\..+\.npz\.(\d+)\.tmp$")  # `.KEY.npz.PID.tmp`, one writer per process
 
@@ -151,17 +153,12 @@ class SegmenterStore:
                       inputs=np.asarray(json.dumps(inputs, sort_keys=True)))
         arrays["check"] = np.asarray(_digest(arrays))
         path = self.path(key)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as fh:
+            with atomic_path(path) as tmp, open(tmp, "wb") as fh:
                 np.savez(fh, **arrays)
-            os.replace(tmp, path)
         except OSError as err:
             warnings.warn(f"{path}: could not keep the segmenter entry ({err}); the run goes on without it")
-        finally:
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
 
 
 def _alive(pid: int) -> bool:

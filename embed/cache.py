@@ -361,10 +361,10 @@ def check_recording_id(recording_id: str) -> None:
 class DiskFullError(OSError):
     """Not enough room for a cache file; what was written before stays."""
 
-    def __init__(self, folder: Path, needed: int) -> None:
+    def __init__(self, folder: Path, needed: int, detail: str | None = None) -> None:
         free = shutil.disk_usage(folder).free if folder.exists() else 0
-        super().__init__(errno.ENOSPC, f"{folder}: no space left on the device for the cache (about "
-                                       f"{needed / 1e6:.1f} MB needed, {free / 1e6:.1f} MB free)")
+        super().__init__(errno.ENOSPC, detail or f"{folder}: no space left on the device for the cache (about "
+                                                 f"{needed / 1e6:.1f} MB needed, {free / 1e6:.1f} MB free)")
 
 
 def estimate_bytes(records: list) -> int:

@@ -103,6 +103,12 @@ class ExtractReport:
                 f"{sum(p.severity == 'warning' for p in self.problems)} warnings -> {self.cache_path}")
         return line + (f"\nstopped: {self.stopped}" if self.stopped else "")
 
+    def raise_if_stopped(self) -> None:
+        """For callers that need every recording: a run that could not go on (its cache's disk
+        is full) raises, named as such, instead of passing on the part it finished."""
+        if self.stopped:
+            raise DiskFullError(self.cache_path.parent, 0, detail=self.stopped)
+
 
 def s1_onsets(recording: Recording, sample_rate: int, notes: list[str]) -> np.ndarray | None:
     """S1 onsets (samples) from the recording's segmentation, for windows aligned to heart cycles;

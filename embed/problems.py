@@ -7,6 +7,8 @@ from pathlib import Path
 from dataclasses import dataclass
 from typing import Iterable
 
+from .atomic import atomic_path
+
 COLUMNS = ("stage", "severity", "file", "problem")
 
 
@@ -56,7 +58,7 @@ def format_table(rows: list[dict[str, str]], limit: int = 50, width: int = 60) -
 def write_problems_csv(rows: list[dict[str, str]], path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)

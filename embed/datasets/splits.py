@@ -10,6 +10,7 @@ from pathlib import Path
 
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
+from ..atomic import atomic_path
 from .base import Dataset, Splits, group_sort_key
 from .circor import CirCor
 
@@ -125,7 +126,7 @@ def write_splits(splits: Splits, path: str | Path) -> None:
     names = list(splits)
     pids = sorted(next(iter(splits.values())), key=group_sort_key)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["patient_id", *names])
         for pid in pids:
