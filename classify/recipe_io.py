@@ -136,21 +136,24 @@ def load_recipe(model_dir: str | Path, manifest: dict) -> tuple[FittedRecipe, di
     def part(prefix: str) -> dict[str, np.ndarray]:
         return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
 
+    def rebuilt(cls, name: str):
+        """One stage from its saved arrays; a refusal names the stage (`name`) as well as the field."""
+        try:
+            return cls.from_state(params[name], part(f"{name}:"))
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{name}: {err}") from None
+
     try:
         recipe = recipe_from_dict(header["recipe"])
         params = header["params"]
         parts = []
         for bag in map(_bag_prefix, range(recipe.bags)):
-            stage1 = {m.name: RECORDING_PROBES[m.probe].from_state(params[f"{bag}stage1:{m.name}"],
-                                                                    part(f"{bag}stage1:{m.name}:"))
-                      for m in recipe.members}
+            stage1 = {m.name: rebuilt(RECORDING_PROBES[m.probe], f"{bag}stage1:{m.name}") for m in recipe.members}
             columns = {m.name: arrays.get(f"{bag}columns:{m.name}") for m in recipe.members}
-            stage2 = (PatientModel.from_state(params[f"{bag}stage2"], part(f"{bag}stage2:"))
-                      if f"{bag}stage2" in params else None)
+            stage2 = rebuilt(PatientModel, f"{bag}stage2") if f"{bag}stage2" in params else None
             _check_part(recipe, stage1, columns, stage2, len(header["classes"]), len(header.get("locations", ())), bag)
             parts.append(RecipePart(stage1, columns, stage2))
-        segmenter = (PhaseSegmenter.from_state(params["segmenter"], part("segmenter:"))
-                     if "segmenter" in params else None)
+        segmenter = rebuilt(PhaseSegmenter, "segmenter") if "segmenter" in params else None
         rule = rule_from_dict(header["rule"])
     except (KeyError, TypeError, ValueError) as err:
         raise ModelIntegrityError(f"{path}: cannot rebuild the recipe ({err})") from err

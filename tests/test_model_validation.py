@@ -84,13 +84,13 @@ def test_an_untouched_recipe_folder_loads_and_predicts(recipe_folder):
 
 
 @pytest.mark.parametrize("key, value, message", [
-    ("stage2:coef", lambda a: np.full_like(a, np.nan), r"field 'coef': \d+ of \d+ values are not finite"),
+    ("stage2:coef", lambda a: np.full_like(a, np.nan), r"stage2: field 'coef': \d+ of \d+ values are not finite"),
     ("stage1:toy:mean", lambda a: np.r_[a, 0.0], "field 'scale' has 8 entries, expected 9"),
-    ("stage1:toy:coef", lambda a: a[:, :-1], "field 'coef' has 7 columns but the scaler has 8 features"),
+    ("stage1:toy:coef", lambda a: a[:, :-1], "stage1:toy: field 'coef' has 7 columns but the scaler has 8 features"),
     ("stage1:toy:classes", lambda a: a[::-1].copy(), "expected distinct ascending class indices"),
     ("stage1:toy:classes", lambda a: a + 5, "expected distinct ascending class indices below 3"),
     ("stage2:mean", lambda a: a[:-3], "field 'scale' has"),
-    ("segmenter:grid_hop", lambda a: np.asarray(0.0), "field 'grid_hop' must be a finite number > 0"),
+    ("segmenter:grid_hop", lambda a: np.asarray(0.0), "segmenter: field 'grid_hop' must be a finite number > 0"),
     ("segmenter:factor", lambda a: np.asarray(0), "field 'factor' must be a finite whole number > 0"),
     ("segmenter:coef", lambda a: np.where(np.arange(a.size).reshape(a.shape) == 0, -np.inf, a),
      "field 'coef': 1 of"),
