@@ -5,7 +5,8 @@ features `(batch, frames, dim)`; the base class handles devices, precision, batc
 pooling, so a new encoder only writes `__init__` (build + load weights) and `frames`.
 
 `embed` is the one way from audio to a clip embedding (extract, predict, benchmark and the HEAR
-API all call it): frames -> pooling -> `head`. A model that adds layers after pooling (CNN14's
+API all call it; extract through `embed_async`, the same with the copy back to the host not yet
+awaited): frames -> pooling -> `head`. A model that adds layers after pooling (CNN14's
 fc1 + ReLU) overrides `head`, never `embed`.
 
 Layers: an encoder with blocks names them in `layer_modules` (qualified submodule names of
