@@ -235,36 +235,14 @@ def cmd_benchmark(args) -> int:
 
 
 def cmd_gpu_check(args) -> int:
-    """Benchmark and full extract for M2D and BEATs (random weights in the official layouts) and
-    mn04, at fp16 and fp32 on CUDA; prints the wall time of every full extract."""
-    import torch
-    from embed.random_checkpoints import write_random_checkpoint
-    if not torch.cuda.is_available():
-        raise RuntimeError("gpu-check needs a CUDA device; torch sees none")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    checkpoints = {"m2d": write_random_checkpoint("m2d", out / "weights"), "mn04": args.mn04,
-                   "beats": write_random_checkpoint("beats", out / "weights")}
-    cache = Path(tempfile.mkdtemp(prefix="cache-", dir=out))  # fresh: every window is computed
-    walls = []
-    for name, checkpoint in checkpoints.items():
-        if checkpoint is None:
-            print(f"{name}: skipped (no --mn04 checkpoint given)")
-            continue
-        common = ["--encoder", name, "--checkpoint", str(checkpoint), "--device", "cuda", "--data", args.data]
-        if main(["benchmark", *common, "--precision", "fp16,fp32", "--batch-size", "auto", "--windows", "2048",
-                 "--recordings", "64", "--compare", "--out", str(out / f"benchmark-{name}.csv")]):
-            walls.append(f"{name}: benchmark FAILED (see above)")
-        for precision in ("fp16", "fp32"):
-            start = time.perf_counter()
-            failed = main(["extract", *common, "--precision", precision, "--cache", str(cache),
-                           "--workers", str(args.workers)])
-            walls.append(f"{name} {precision}: full extract {time.perf_counter() - start:.1f} s wall, decode included"
-                         + (" (FAILED, see above)" if failed else ""))
-            print(walls[-1], flush=True)
-    (out / "gpu-check.txt").write_text("\n".join(walls) + "\n")
-    print(f"\n" + "\n".join(walls) + f"\nwrote {out / 'gpu-check.txt'} and {out}/benchmark-*.csv")
-    return 0
+    from embed.gpu_check import run_gpu_check
+    report = run_gpu_check(args.data, args.out, main, device=args.device, encoders=args.encoders.split(","),
+                           mn04=args.mn04, precisions=args.precision.split(",") if args.precision else None,
+                           windows=args.windows, recordings=args.recordings,
+                           extract_recordings=args.extract_recordings, batch_size=args.batch_size,
+                           workers=args.workers, dataset=args.dataset)
+    print("\n" + "\n".join(report.lines) + f"\nwrote {Path(args.out) / 'gpu-check.txt'} and {args.out}/benchmark-*.csv")
+    return 1 if report.failed else 0
 
 
 def cmd_benchmark_ray(args) -> int:
@@ -558,9 +536,16 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_benchmark)
 
     p = sub.add_parser("gpu-check", help="the whole GPU check: benchmark + full extract, M2D/mn04/BEATs, fp16 and fp32")
-    p.add_argument("--data", required=True)
+    add_dataset_options(p)
     p.add_argument("--mn04", default=None, help="mn04_as_mAP_432.pt (M2D and BEATs get random official-layout weights)")
     p.add_argument("--out", default="gpu-check")
+    p.add_argument("--device", default="cuda", help="cuda[:N] | cpu (the same code on a CPU, e.g. in CI)")
+    p.add_argument("--encoders", default="m2d,beats,mn04", help="comma-separated, of m2d, beats, mn04")
+    p.add_argument("--precision", default=None, help="comma-separated (default: fp16,fp32 on CUDA; bf16,fp32 on a CPU)")
+    p.add_argument("--windows", type=int, default=2048, help="windows the benchmark times per precision")
+    p.add_argument("--recordings", type=int, default=64, help="recordings the benchmark samples")
+    p.add_argument("--extract-recordings", type=int, default=None, help="full extract of the first N (default: all)")
+    p.add_argument("--batch-size", default="auto", help="auto (extract's choice for the device) or N")
     p.add_argument("--workers", type=int, default=8, help="decode/resample threads")
     p.set_defaults(func=cmd_gpu_check)
 

@@ -1,7 +1,7 @@
 """Where the time goes: encoder throughput against the machine's matmul roofline.
 
 Figures, not assertions: `python pipeline.py benchmark --encoder NAME ...` prints, per precision
-and batch size, windows/s, x real time, GFLOP per window (torch's flop counter), the achieved
+and batch size, windows/s, x real time, GFLOP per window (torch's flop counter, in fp32), the achieved
 GFLOP/s as a share of a matmul roofline measured in the same process at the same precision, the
 wall-time split between decode + resample, front end and network, and peak memory. With
 `--data`, the windows are real recordings and the split includes their decoding; `--compare`
@@ -10,7 +10,6 @@ authors' reference code does) against `extract` on the same recordings.
 """
 from __future__ import annotations
 
-import math
 import tempfile
 import threading
 import time
@@ -62,38 +61,21 @@ def matmul_roofline(precision: str, device: torch.device, n: int = 2048, repeats
     return Roofline(flop / float(np.median(walls)), flop / max(float(np.median(cpus)), 1e-9))
 
 
-def _fused_linear_flops(x_shape, *args, **_kwargs) -> int:
-    # mkldnn::_linear_pointwise(X, W, B, attr, ...) or its .binary(X, other, W, B, attr)
-    weight_shape = args[0] if isinstance(args[2], str) else args[1]
-    return 2 * math.prod(x_shape[:-1]) * weight_shape[0] * weight_shape[1]
-
-
-def _cpu_attention_flops(q_shape, k_shape, v_shape, *_args, **_kwargs) -> int:
-    # q k^T and (softmax) v: (batch, heads, n_q, d) x (batch, heads, n_k, d)
-    return 2 * math.prod(q_shape[:-1]) * k_shape[-2] * (q_shape[-1] + v_shape[-1])
-
-
-def _cpu_flop_formulas() -> dict:
-    """Kernels torch's flop counter does not know, keyed by op as it looks them up: the CPU flash
-    attention that `scaled_dot_product_attention` dispatches to, and oneDNN's fused linear
-    kernels (the CPU bf16 path of the ViT blocks), counted like the linear layers they replace."""
-    formulas = {}
-    for name, formula in ((("aten", "_scaled_dot_product_flash_attention_for_cpu"), _cpu_attention_flops),
-                          (("mkldnn", "_linear_pointwise"), _fused_linear_flops)):
-        try:
-            formulas[getattr(getattr(torch.ops, name[0]), name[1])] = formula
-        except (AttributeError, RuntimeError):
-            continue
-    return formulas
-
-
 def gflop_per_window(encoder: Encoder, windows: np.ndarray) -> float:
     """Floating-point operations of one window (matrix products, convolutions, attention), by
-    torch's flop counter over a batch of `windows`."""
+    torch's flop counter over a batch of `windows`, counted once in fp32 with the math attention
+    kernel whatever the encoder's precision: the same work on every path. The counter knows no
+    formula for some fused kernels the faster paths take (oneDNN's bf16 linear layers, CPU flash
+    attention): counted there, M2D bf16 came to ~1 GFLOP per window instead of 28.4."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
-    counter = FlopCounterMode(display=False, custom_mapping=_cpu_flop_formulas())
-    with counter:
-        encoder.frame_embeddings(windows)
+    precision, counter = encoder.precision, FlopCounterMode(display=False)
+    encoder.precision = "fp32"  # the next call at `precision` casts the weights again
+    try:
+        with counter, sdpa_kernel(SDPBackend.MATH):
+            encoder.frame_embeddings(windows)
+    finally:
+        encoder.precision = precision
     return counter.get_total_flops() / len(windows) / 1e9
 
 

@@ -22,6 +22,7 @@ from .cache import CachedFrames, CachedRecording, DiskFullError, EmbeddingCache,
 from .datasets.base import Recording
 from .encoders import Encoder
 from .encoders.base import CPU_BATCH_CANDIDATES
+from .encoders.transfer import Ready
 from .checksum import file_sha256
 from .frames import FrameConfig, FrameSource, frames_record
 from .problems import Problem
@@ -144,6 +145,11 @@ def prepare(recording: Recording, sample_rate: int, segments: SegmentConfig) -> 
         return Prepared(recording, None, error=f"{type(err).__name__}: {err}")
 
 
+# batches launched on the device before the oldest one's embeddings are read back: on CUDA the host
+# stacks (and pins) the next batch while the device computes; on a CPU each is done when launched
+BATCHES_IN_FLIGHT = 2
+
+
 class WindowBatcher:
     """Feeds the windows of prepared recordings to the encoder, several recordings to a batch,
     and hands each recording back once all its windows are embedded (or it failed).
@@ -151,16 +157,19 @@ class WindowBatcher:
     Every batch has exactly `batch_size` rows (the last one is zero-padded): some encoders'
     kernels round differently at other batch sizes, and with one batch shape a window's
     embedding depends on the window alone, so resumed runs and the Ray backend's per-actor
-    batches equal one uninterrupted local run bit for bit.
+    batches equal one uninterrupted local run bit for bit. Up to `BATCHES_IN_FLIGHT` batches are
+    launched before the first one's result is read (`Encoder.embed_async`); the order of results
+    and of finished recordings is the same as one batch at a time.
     """
 
     def __init__(self, encoder: Encoder, batch_size: int, frames: FrameSource | None = None) -> None:
         self.encoder, self.batch_size = encoder, max(1, int(batch_size))
-        # what each window becomes: its clip embedding, or its frames
-        self.run = frames if frames is not None else encoder.embed
+        # what each window becomes: its clip embedding, or its frames (read back at once)
+        self.launch = (lambda batch: Ready(frames(batch))) if frames is not None else encoder.embed_async
         self.windows = 0  # windows embedded
         self._queue: list[tuple[Prepared, int]] = []  # (prepared, row) windows not yet embedded
         self._pending: deque[tuple[Prepared, int]] = deque()  # (prepared, windows queued up to its last)
+        self._in_flight: deque[tuple[list[tuple[Prepared, int]], object]] = deque()  # (items, its HostCopy)
         self._queued = 0
         self._consumed = 0  # windows taken off the queue (embedded or failed), in queue order
         self._outputs: dict[str, np.ndarray] = {}
@@ -180,8 +189,9 @@ class WindowBatcher:
     def _drain(self, force: bool) -> list[Prepared]:
         while len(self._queue) >= self.batch_size or (force and self._queue):
             items, self._queue = self._queue[:self.batch_size], self._queue[self.batch_size:]
-            self._run_batch(items)
-            self._consumed += len(items)
+            self._submit(items)
+        while force and self._in_flight:
+            self._collect(*self._in_flight.popleft())
         done = []
         # a recording is complete once every window queued up to its last one is consumed
         while self._pending and self._pending[0][1] <= self._consumed:
@@ -192,22 +202,50 @@ class WindowBatcher:
             done.append(prep)
         return done
 
-    def _run_batch(self, items: list[tuple[Prepared, int]]) -> None:
-        try:  # streamed windows are read here, so a read failure is handled like an encoder one
-            batch = np.stack([prep.windows[row] for prep, row in items])
-            if len(batch) < self.batch_size:
-                batch = np.concatenate([batch, np.zeros((self.batch_size - len(batch), batch.shape[1]),
-                                                        batch.dtype)])
-            embs = self.run(batch)[:len(items)]
-        except Exception as err:
-            # a batch failure should blame only its recordings: retry them one by one
-            if len(items) == 1:
-                prep = items[0][0]
-                prep.error = f"encoder failed: {type(err).__name__}: {err}"
-                return
-            for item in items:
-                self._run_batch([item])
+    def _launch(self, items: list[tuple[Prepared, int]]):
+        # streamed windows are read here, so a read failure is handled like an encoder one
+        batch = np.stack([prep.windows[row] for prep, row in items])
+        if len(batch) < self.batch_size:
+            batch = np.concatenate([batch, np.zeros((self.batch_size - len(batch), batch.shape[1]), batch.dtype)])
+        return self.launch(batch)
+
+    def _submit(self, items: list[tuple[Prepared, int]]) -> None:
+        """Launch a batch; with `BATCHES_IN_FLIGHT` launched, read back the oldest."""
+        try:
+            pending = self._launch(items)
+        except Exception as err:  # noqa: BLE001
+            while self._in_flight:  # results are consumed in queue order
+                self._collect(*self._in_flight.popleft())
+            self._retry(items, err)
             return
+        self._in_flight.append((items, pending))
+        if len(self._in_flight) >= BATCHES_IN_FLIGHT:
+            self._collect(*self._in_flight.popleft())
+
+    def _collect(self, items: list[tuple[Prepared, int]], pending) -> None:
+        try:
+            embs = pending.result()[:len(items)]
+        except Exception as err:  # noqa: BLE001 - e.g. a device error surfacing at the copy back
+            self._retry(items, err)
+            return
+        self._store(items, embs)
+
+    def _retry(self, items: list[tuple[Prepared, int]], err: Exception) -> None:
+        """A batch failure should blame only its recordings: rerun them one by one, at once."""
+        if len(items) == 1:
+            prep = items[0][0]
+            prep.error = f"encoder failed: {type(err).__name__}: {err}"
+            self._consumed += 1
+            return
+        for item in items:
+            try:
+                embs = self._launch([item]).result()[:1]
+            except Exception as one:  # noqa: BLE001
+                self._retry([item], one)
+                continue
+            self._store([item], embs)
+
+    def _store(self, items: list[tuple[Prepared, int]], embs: np.ndarray) -> None:
         for (prep, row), emb in zip(items, embs):
             rid = prep.recording.recording_id
             if not np.isfinite(emb).all():  # e.g. NaN weights: never cache what would train on noise
@@ -218,6 +256,7 @@ class WindowBatcher:
                 self._outputs[rid] = np.zeros((len(prep.windows), *emb.shape), np.float32)
             self._outputs[rid][row] = emb
         self.windows += len(items)
+        self._consumed += len(items)
 
 
 def outcome(prep: Prepared, frames: tuple[FrameSource, FrameConfig] | None = None

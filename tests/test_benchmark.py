@@ -146,3 +146,27 @@ def test_timed_cpu_batch_size_stops_at_its_time_budget(monkeypatch) -> None:
 
     monkeypatch.setattr(enc, "embed", embed)
     assert enc.fastest_cpu_batch_size(budget_s=0.0) == 2 and set(calls) == {2}  # the first is always timed
+
+
+def test_vit_work_is_counted_once_in_fp32_whatever_the_precision(tmp_path) -> None:
+    """ATST-Frame (the shared ViT block) on generated checkpoints of one and two blocks: the count
+    is the same at fp32 and bf16, and the second block adds exactly its linear layers and its
+    attention (q k^T and its product with v), which the CPU flash kernel would hide."""
+    from test_encoder_atst import lightning_checkpoint
+    dim = 384
+    paths = {}
+    for depth in (1, 2):
+        paths[depth] = tmp_path / f"atst{depth}.ckpt"
+        torch.save(lightning_checkpoint(seed=0, dim=dim, depth=depth), paths[depth])
+    fp32 = create("atst_frame", paths[2], n_blocks=1, precision="fp32")
+    bf16 = create("atst_frame", paths[2], n_blocks=1, precision="bf16")
+    windows = bench.noise_windows(fp32, 2)
+    tokens = []
+    hook = fp32.model.encoder.blocks[0].register_forward_pre_hook(lambda _m, args: tokens.append(args[0].shape))
+    two_blocks = bench.gflop_per_window(fp32, windows)
+    hook.remove()
+    assert bench.gflop_per_window(bf16, windows) == pytest.approx(two_blocks, rel=1e-9)
+    assert bf16.precision == "bf16"  # restored after counting
+    one_block = bench.gflop_per_window(create("atst_frame", paths[1], n_blocks=1, precision="bf16"), windows)
+    per_block = sum(2 * b * n * 12 * d * d + 4 * b * n * n * d for b, n, d in tokens) / len(windows) / 1e9
+    assert two_blocks - one_block == pytest.approx(per_block, rel=1e-6)

@@ -5,7 +5,8 @@ features `(batch, frames, dim)`; the base class handles devices, precision, batc
 pooling, so a new encoder only writes `__init__` (build + load weights) and `frames`.
 
 `embed` is the one way from audio to a clip embedding (extract, predict, benchmark and the HEAR
-API all call it): frames -> pooling -> `head`. A model that adds layers after pooling (CNN14's
+API all call it; extract through `embed_async`, the same with the copy back to the host not yet
+awaited): frames -> pooling -> `head`. A model that adds layers after pooling (CNN14's
 fc1 + ReLU) overrides `head`, never `embed`.
 
 Layers: an encoder with blocks names them in `layer_modules` (qualified submodule names of
@@ -28,6 +29,7 @@ from typing import ClassVar, Literal, Sequence, Union
 import numpy as np
 import torch
 
+from .transfer import HostCopy, to_device
 from .vit import FUSED_CPU_BF16, Block, fused_cpu_bf16_available
 
 POOLINGS = ("mean", "max", "meanmax", "meanstd")
@@ -323,13 +325,11 @@ class Encoder:
 
     def to_device_batch(self, audio: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Float32 `(batch, samples)` on the device; on CUDA through pinned memory, copied without
-        blocking so the host can go on preparing the next batch."""
+        blocking so the host can go on preparing the next batch (`transfer.to_device`)."""
         x = torch.as_tensor(audio, dtype=torch.float32)
         if x.ndim == 1:
             x = x[None]
-        if self.device.type == "cuda":
-            return x.pin_memory().to(self.device, non_blocking=True)
-        return x.to(self.device)
+        return to_device(x, self.device)
 
     @torch.inference_mode()
     def frame_embeddings(self, audio: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -415,15 +415,20 @@ class Encoder:
             caught[i] = self.join_block_frames(i, parts[i], batch).float()
         return [final if i == last else caught[i] for i in layers]
 
-    @torch.inference_mode()
     def embed(self, audio: np.ndarray | torch.Tensor) -> np.ndarray:
         """`(batch, samples)` -> `(batch, embedding_size)` float32 numpy: frames, pooled, then `head`;
         with `layers`, each layer pooled (the last one also through `head`), concatenated."""
+        return self.embed_async(audio).result()
+
+    @torch.inference_mode()
+    def embed_async(self, audio: np.ndarray | torch.Tensor) -> HostCopy:
+        """`embed` with the copy back to the host started, not awaited (`.result()` awaits it): on
+        CUDA the host can stack the next batch while the device works on this one."""
         if self.last_only:
             pooled = pool(self.frame_embeddings(audio), self.pooling)
             with self._autocast():
                 out = self.head(pooled)
-            return out.float().cpu().numpy()
+            return HostCopy(out.float())
         layers, last = self.layers, self.n_layers - 1
         pooled = []
         for index, frames in zip(layers, self.layer_frames(audio, layers)):
@@ -432,7 +437,7 @@ class Encoder:
                 with self._autocast():
                     vector = self.head(vector).float()
             pooled.append(vector)
-        return torch.cat(pooled, dim=-1).float().cpu().numpy()
+        return HostCopy(torch.cat(pooled, dim=-1).float())
 
     def runs_fused_cpu_bf16(self) -> bool:
         """Whether its transformer blocks take the fused CPU bf16 path (`vit.py`), whose numerics
