@@ -40,7 +40,8 @@ class FrameConfig:
         return SegmentConfig(self.window_s, self.window_s, None, cover_tail=True)
 
     def as_dict(self) -> dict:
-        return {"dtype": self.dtype, "hop_s": self.hop_s}
+        # times 2: frame centres from each encoder's `frame_offset_s` (frame caches made before keep apart)
+        return {"dtype": self.dtype, "hop_s": self.hop_s, "times": 2}
 
 
 class FrameSource:

@@ -165,6 +165,9 @@ class Encoder:
     frame_hop_s: ClassVar[float] = 0.01  # seconds between frame centres, for timestamps
     # centre of the first frame in seconds; None: half a hop (frames tiling the clip from its start)
     frame_offset_s: ClassVar[float | None] = None
+    # each frame stands for a whole chunk of `frame_hop_s` (AST's 10.24 s, quality's window): its
+    # time is the centre of the chunk's audio, so a last chunk cut by the clip's end is centred on its part
+    chunk_frames: ClassVar[bool] = False
     default_pooling: ClassVar[str] = "mean"
     needs_checkpoint: ClassVar[bool] = True
     takes_checkpoint: ClassVar[bool] = True  # False: no weights at all, so --checkpoint is refused
@@ -348,7 +351,11 @@ class Encoder:
         """Centre times in seconds, from the clip's start, of the `n_frames` frames that
         `frame_embeddings` returns for a clip of `n_samples`: the first at `frame_offset_s` (half a
         hop unless an encoder says otherwise), then one every `frame_hop_s`, the same grid whatever
-        the clip's length (HEAR's timestamps)."""
+        the clip's length (HEAR's timestamps). Frames of padding may be centred past the clip's end;
+        the frame caches and the HEAR timestamps drop them."""
+        if self.chunk_frames:
+            starts = np.arange(n_frames) * self.frame_hop_s
+            return starts + np.clip(n_samples / self.sample_rate - starts, 0.0, self.frame_hop_s) / 2
         offset = self.frame_hop_s / 2 if self.frame_offset_s is None else self.frame_offset_s
         return offset + np.arange(n_frames) * self.frame_hop_s
 

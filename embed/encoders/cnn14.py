@@ -172,6 +172,7 @@ class Cnn14Encoder(Encoder):
     sample_rate = 32000  # set from the checkpoint: 8000, 16000 or 32000
     feature_dim = 2048
     frame_hop_s = 0.32  # 32 STFT hops at every rate
+    frame_offset_s = 15.5 * 0.01  # frame j pools centred STFT frames 32 j .. 32 j + 31
     default_pooling = "meanmax"
     needs_checkpoint = True
     front_end = ("model.spectrogram_extractor", "model.logmel_extractor")
@@ -192,6 +193,7 @@ class Cnn14Encoder(Encoder):
         fe = VARIANTS[self.variant]
         self.sample_rate = fe.sample_rate
         self.frame_hop_s = 32 * fe.hop / fe.sample_rate
+        self.frame_offset_s = 15.5 * fe.hop / fe.sample_rate
         self.model = Cnn14(self.variant)
         load_strict(self.model, state, self.checkpoint)
         self.to_device()
