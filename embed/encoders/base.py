@@ -359,6 +359,13 @@ class Encoder:
         offset = self.frame_hop_s / 2 if self.frame_offset_s is None else self.frame_offset_s
         return offset + np.arange(n_frames) * self.frame_hop_s
 
+    def layer_times(self, layer: int, n_frames: int, n_samples: int) -> np.ndarray:
+        """Centre times of layer `layer`'s frames: the embedding's are `frame_times`; a block runs at
+        its own, finer frame rate, so its frames are spread evenly over the clip."""
+        if layer == self.n_layers - 1:
+            return self.frame_times(n_frames, n_samples)
+        return (np.arange(n_frames) + 0.5) * (n_samples / self.sample_rate / max(n_frames, 1))
+
     def auto_batch_size(self, window_s: float = 5.0, probe: int = 8, timed: bool = False) -> int:
         """Batch size for this device: on a CPU, the fastest of `CPU_BATCH_CANDIDATES` when `timed`
         (worth it on long jobs), 32 otherwise; on CUDA, from the memory one window takes (measured
