@@ -21,13 +21,15 @@ import soundfile as sf
 import torch
 
 from embed import hear
-from embed.audio import open_resampled
+from embed.audio import open_resampled, resample
 from embed.datasets.circor import Recording
 from embed.encoders import available, base, get_class, pool
 from embed.extract import extract, open_cache
 from embed.segments import SegmentConfig
 
 # checkpoint makers of the encoder tests, in the official layouts
+from official import load_spec
+from test_encoder_aisfx import released_layout as aisfx_released_layout
 from test_encoder_ast import official_state as ast_state
 from test_encoder_atst import lightning_checkpoint
 from test_encoder_beats import SMALL_CFG, official_state as beats_state, save as beats_save
@@ -106,13 +108,26 @@ def _yamnet(tmp: Path, name: str) -> Made:
     return TFLITE, {}
 
 
+def _aisfx(tmp: Path, name: str) -> Made:
+    path = tmp / "checkpoint.pth"
+    torch.save(aisfx_released_layout(load_spec("aisfx")), path)
+    return path, {}
+
+
+def _hf(tmp: Path, name: str) -> Made:
+    if importlib.util.find_spec("transformers") is None:
+        pytest.skip('hf: transformers is not installed (pip install -e ".[hf]")')
+    from test_encoder_hf import save_tiny
+    return save_tiny("wav2vec2", tmp / "wav2vec2"), {}
+
+
 def _no_weights(tmp: Path, name: str) -> Made:
     return None, {}
 
 
 MAKERS: dict[str, Callable[[Path, str], Made]] = {
-    "ast": _ast, "atst_frame": _atst, "beats": _beats, "byola": _byola, "byola2": _byola, "cnn14": _cnn14,
-    "crepe": _crepe, "logmel": _no_weights, "m2d": _m2d, "quality": _no_weights, "yamnet": _yamnet,
+    "aisfx": _aisfx, "ast": _ast, "atst_frame": _atst, "beats": _beats, "byola": _byola, "byola2": _byola, "cnn14": _cnn14,
+    "crepe": _crepe, "hf": _hf, "logmel": _no_weights, "m2d": _m2d, "quality": _no_weights, "yamnet": _yamnet,
     **{n: _efficientat for n in ("mn04", "mn05", "mn10", "mn20", "mn30", "mn40", "dymn04", "dymn10", "dymn20")},
 }
 
@@ -134,7 +149,7 @@ def make_encoder(tmp_path_factory) -> Callable:
             made[name, real] = ((REAL_WEIGHTS[name], {}) if real
                                 else MAKERS[name](tmp_path_factory.mktemp(name), name))
         checkpoint, options = made[name, real]
-        return hear.load_model(str(checkpoint) if checkpoint else "", encoder=name, **options, **kwargs)
+        return hear.load_model(str(checkpoint) if checkpoint else "", encoder=name, **options, **kwargs).encoder
     return make
 
 
@@ -158,20 +173,62 @@ def test_every_encoder_has_a_maker() -> None:
 def test_hear_scene_embedding_is_the_cached_embedding(name: str, make_encoder, recording: Recording,
                                                      tmp_path: Path) -> None:
     model = make_encoder(name)
+    hear_model = hear.HearModel(model)
+    rate = hear_model.sample_rate
+    if rate != model.sample_rate:
+        # a 4 kHz encoder takes 16 kHz audio at the HEAR API and resamples it inside, as extract
+        # resamples a 16 kHz recording: the same recording at 16 kHz goes both ways
+        wave = sf.read(recording.wav, dtype="float32")[0]
+        wav = tmp_path / "1_AV.wav"
+        sf.write(wav, resample(wave, 4000, rate), rate, subtype="FLOAT")
+        recording = Recording("1_AV", "1", "AV", wav)
     report = extract(model, [recording], tmp_path / "cache", SEGMENTS, batch_size=4, workers=1, progress=False)
     assert report.done == 1 and not [p for p in report.problems if p.severity != "warning"]
     cached = open_cache(model, SEGMENTS, tmp_path / "cache").read()["1_AV"]
-    assert cached.embeddings.shape == (2, model.scene_embedding_size)
+    assert cached.embeddings.shape == (2, model.embedding_size)
 
-    audio = open_resampled(recording.wav, model.sample_rate)
-    windows = np.asarray(audio.windows(cached.starts, int(round(SEGMENTS.window_s * model.sample_rate))))
-    scene = hear.get_scene_embeddings(torch.from_numpy(windows), model)
+    audio = open_resampled(recording.wav, rate)
+    starts = cached.starts * rate // model.sample_rate
+    windows = np.asarray(audio.windows(starts, int(round(SEGMENTS.window_s * rate))))
+    scene = hear.get_scene_embeddings(torch.from_numpy(windows), hear_model)
     assert isinstance(scene, torch.Tensor) and scene.dtype == torch.float32
     assert np.isfinite(cached.embeddings).all() and not np.allclose(cached.embeddings[0], cached.embeddings[1])
     # extract pads every batch to its full size, so kernels may sum in another order: compare the
-    # whole vectors (a skipped head layer, as CNN14's fc1 once was, is off by ~1e-2)
+    # whole vectors (a skipped head layer, as CNN14's fc1 once was, is off by ~1e-2); a 4 kHz
+    # encoder's windows are resampled one by one at the API, the recording whole in extract, so
+    # the filter's edges differ
     error = np.linalg.norm(scene.numpy() - cached.embeddings) / np.linalg.norm(cached.embeddings)
-    assert error < 1e-5, f"HEAR scene embedding differs from the cached one by {error:.2e}"
+    tolerance = 1e-5 if rate == model.sample_rate else 1e-2
+    print(f"\n{name:10s} HEAR scene vs cached: relative error {error:.2e} (HEAR rate {rate} Hz)", end="")
+    assert error < tolerance, f"HEAR scene embedding differs from the cached one by {error:.2e}"
+
+
+# the clip lengths hear-validator passes to get_timestamp_embeddings
+VALIDATOR_CLIPS_S = (1.07, 1.98, 4.0)
+
+
+@pytest.mark.parametrize("name", available())
+def test_hear_timestamps_have_one_hop_centred_on_frames_covering_the_clip(name: str, make_encoder) -> None:
+    """What hear-validator checks (regular hop within 1 ms, none past the end) and what it warns
+    about (a first timestamp later than one hop, a last one earlier than one hop before the end: here
+a hop and a half, as strided networks drop a remainder),
+    on its clip lengths and a 5 s window; and one hop for every length."""
+    model = hear.HearModel(make_encoder(name))
+    hop_ms = 1000 * model.encoder.frame_hop_s
+    gen = torch.Generator().manual_seed(0)
+    for seconds in (*VALIDATOR_CLIPS_S, 5.0):
+        audio = torch.rand((2, int(seconds * model.sample_rate)), generator=gen) * 2 - 1
+        frames, ms = hear.get_timestamp_embeddings(audio, model)
+        assert frames.dtype == torch.float32 and frames.shape[2] == model.timestamp_embedding_size
+        assert ms.shape == frames.shape[:2] and torch.equal(ms[0], ms[1])
+        ms = ms[0].numpy().astype(np.float64)
+        # an encoder of whole chunks (AST, quality) centres its last, cut chunk on the audio in it
+        regular = np.diff(ms)[:-1] if model.encoder.chunk_frames else np.diff(ms)
+        np.testing.assert_allclose(regular, hop_ms, atol=1e-3, err_msg=f"{seconds} s")
+        assert 0 <= ms[0] <= max(hop_ms, 1000 * seconds / 2), (seconds, ms[:3])
+        assert ms[-1] <= 1000 * seconds, (seconds, ms[-3:])
+        # strided networks drop a remainder shorter than a frame: up to a hop and a half uncovered
+        assert ms[-1] >= 1000 * seconds - 1.5 * hop_ms or len(ms) == 1, (seconds, ms[-3:], hop_ms)
 
 
 @pytest.fixture(scope="module")

@@ -114,6 +114,7 @@ class ASTEncoder(Encoder):
     sample_rate = 16000
     feature_dim = DIM
     frame_hop_s = 10.24
+    chunk_frames = True  # one frame per chunk
     default_pooling = "mean"
     needs_checkpoint = True
     front_end = ("model.fbank",)

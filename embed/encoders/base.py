@@ -165,6 +165,11 @@ class Encoder:
     sample_rate: ClassVar[int] = 16000
     feature_dim: ClassVar[int] = 0  # per-frame dimension before pooling
     frame_hop_s: ClassVar[float] = 0.01  # seconds between frame centres, for timestamps
+    # centre of the first frame in seconds; None: half a hop (frames tiling the clip from its start)
+    frame_offset_s: ClassVar[float | None] = None
+    # each frame stands for a whole chunk of `frame_hop_s` (AST's 10.24 s, quality's window): its
+    # time is the centre of the chunk's audio, so a last chunk cut by the clip's end is centred on its part
+    chunk_frames: ClassVar[bool] = False
     default_pooling: ClassVar[str] = "mean"
     needs_checkpoint: ClassVar[bool] = True
     takes_checkpoint: ClassVar[bool] = True  # False: no weights at all, so --checkpoint is refused
@@ -344,13 +349,22 @@ class Encoder:
 
     def frame_times(self, n_frames: int, n_samples: int) -> np.ndarray:
         """Centre times in seconds, from the clip's start, of the `n_frames` frames that
-        `frame_embeddings` returns for a clip of `n_samples`: on the `frame_hop_s` grid, or spread
-        evenly over the clip when an encoder returns a coarser grid than its hop says."""
-        duration = n_samples / self.sample_rate
-        times = (np.arange(n_frames) + 0.5) * self.frame_hop_s
-        if n_frames and times[-1] > duration:
-            times = (np.arange(n_frames) + 0.5) * (duration / n_frames)
-        return times
+        `frame_embeddings` returns for a clip of `n_samples`: the first at `frame_offset_s` (half a
+        hop unless an encoder says otherwise), then one every `frame_hop_s`, the same grid whatever
+        the clip's length (HEAR's timestamps). Frames of padding may be centred past the clip's end;
+        the frame caches and the HEAR timestamps drop them."""
+        if self.chunk_frames:
+            starts = np.arange(n_frames) * self.frame_hop_s
+            return starts + np.clip(n_samples / self.sample_rate - starts, 0.0, self.frame_hop_s) / 2
+        offset = self.frame_hop_s / 2 if self.frame_offset_s is None else self.frame_offset_s
+        return offset + np.arange(n_frames) * self.frame_hop_s
+
+    def layer_times(self, layer: int, n_frames: int, n_samples: int) -> np.ndarray:
+        """Centre times of layer `layer`'s frames: the embedding's are `frame_times`; a block runs at
+        its own, finer frame rate, so its frames are spread evenly over the clip."""
+        if layer == self.n_layers - 1:
+            return self.frame_times(n_frames, n_samples)
+        return (np.arange(n_frames) + 0.5) * (n_samples / self.sample_rate / max(n_frames, 1))
 
     def auto_batch_size(self, window_s: float = 5.0, probe: int = 8, timed: bool = False) -> int:
         """Batch size for this device: on a CPU, the fastest of `CPU_BATCH_CANDIDATES` when `timed`

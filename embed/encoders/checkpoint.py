@@ -10,6 +10,7 @@ import pickle
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..checksum import file_sha256  # noqa: F401  (encoders hash their checkpoints with it)
@@ -48,6 +49,20 @@ def load_checkpoint(
         ) from err
     except (RuntimeError, EOFError, OSError) as err:
         raise CheckpointError(f"{path}: not a readable torch checkpoint ({err})") from err
+
+def numpy_globals() -> list:
+    """The numpy types that training checkpoints pickle next to their tensors (arrays, integers: PANNs'
+    sampler state, aiSFX's dataset indices), for `allowed_globals`."""
+    core = getattr(np, "_core", None) or np.core
+    allowed: list = [np.ndarray, np.dtype, core.multiarray._reconstruct, core.multiarray.scalar,
+                     # files written with numpy < 2 name the module numpy.core
+                     (core.multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),
+                     (core.multiarray.scalar, "numpy.core.multiarray.scalar")]
+    dtypes = getattr(np, "dtypes", None)
+    if dtypes is not None:
+        allowed += [getattr(dtypes, n) for n in ("Int64DType", "Int32DType", "Float64DType", "Float32DType",
+                                                 "BoolDType", "UInt8DType") if hasattr(dtypes, n)]
+    return allowed
 
 
 def extract_state_dict(obj: object, keys: Iterable[str] = ("state_dict", "model", "module")) -> dict:

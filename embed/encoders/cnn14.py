@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Encoder
-from .checkpoint import CheckpointError, extract_state_dict, load_checkpoint, load_strict
+from .checkpoint import CheckpointError, extract_state_dict, load_checkpoint, load_strict, numpy_globals
 from .frontend import mel_filterbank
 from .registry import register
 
@@ -54,20 +54,6 @@ class FrontEnd:
 
 VARIANTS: dict[str, FrontEnd] = {"8k": FrontEnd(8000, 256, 80, 4000.0), "16k": FrontEnd(16000, 512, 160, 8000.0),
                                  "32k": FrontEnd(32000, 1024, 320, 14000.0)}
-
-
-def _numpy_globals() -> list:
-    """Types needed to unpickle the numpy arrays of the training sampler state saved next to 'model'."""
-    core = getattr(np, "_core", None) or np.core
-    allowed: list = [np.ndarray, np.dtype, core.multiarray._reconstruct, core.multiarray.scalar,
-                     # files written with numpy < 2 name the module numpy.core
-                     (core.multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),
-                     (core.multiarray.scalar, "numpy.core.multiarray.scalar")]
-    dtypes = getattr(np, "dtypes", None)
-    if dtypes is not None:
-        allowed += [getattr(dtypes, n) for n in ("Int64DType", "Int32DType", "Float64DType", "Float32DType",
-                                                 "BoolDType", "UInt8DType") if hasattr(dtypes, n)]
-    return allowed
 
 
 def dft_kernels(n_fft: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -186,6 +172,7 @@ class Cnn14Encoder(Encoder):
     sample_rate = 32000  # set from the checkpoint: 8000, 16000 or 32000
     feature_dim = 2048
     frame_hop_s = 0.32  # 32 STFT hops at every rate
+    frame_offset_s = 15.5 * 0.01  # frame j pools centred STFT frames 32 j .. 32 j + 31
     default_pooling = "meanmax"
     needs_checkpoint = True
     front_end = ("model.spectrogram_extractor", "model.logmel_extractor")
@@ -200,12 +187,13 @@ class Cnn14Encoder(Encoder):
             raise ValueError("pooling 'meanstd' gives 4096-d, which fc1 cannot take; use layer='conv'")
         self.layer = layer
         # {'model': state_dict, 'iteration': int, 'sampler': numpy arrays} as saved by pytorch/main.py
-        raw = load_checkpoint(self.checkpoint, allowed_globals=_numpy_globals(), trust_checkpoint=self.trust_checkpoint)
+        raw = load_checkpoint(self.checkpoint, allowed_globals=numpy_globals(), trust_checkpoint=self.trust_checkpoint)
         state = extract_state_dict(raw, keys=("model", "state_dict"))
         self.variant = detect_variant(state, self.checkpoint)
         fe = VARIANTS[self.variant]
         self.sample_rate = fe.sample_rate
         self.frame_hop_s = 32 * fe.hop / fe.sample_rate
+        self.frame_offset_s = 15.5 * fe.hop / fe.sample_rate
         self.model = Cnn14(self.variant)
         load_strict(self.model, state, self.checkpoint)
         self.to_device()

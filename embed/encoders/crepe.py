@@ -112,6 +112,7 @@ class CrepeEncoder(Encoder):
     sample_rate = SAMPLE_RATE
     feature_dim = 256
     frame_hop_s = 0.05
+    frame_offset_s = 0.0  # frames centred every hop over the padded signal, the first on sample 0
     default_pooling = "mean"
     needs_checkpoint = False
     # layers: conv blocks 1-4 (averaged within each 64 ms frame); block 5 is the embedding (layer 4)

@@ -317,6 +317,7 @@ class EfficientATModel(nn.Module):
 class _EfficientAT(Encoder):
     sample_rate = 32000
     frame_hop_s = 32 * 320 / 32000  # five stride-2 stages over 10 ms hops
+    frame_offset_s = 0.0  # padded stride-2 convs keep frame j on STFT frame 32 j, centred on sample 32 j * hop
     default_pooling = "mean"
     needs_checkpoint = True
     width: float = 1.0

@@ -27,6 +27,7 @@ def dct_matrix(n_in: int, n_out: int) -> torch.Tensor:
 class LogMelEncoder(Encoder):
     sample_rate = 4000
     frame_hop_s = 0.01
+    frame_offset_s = 0.0  # centred STFT frames: frame k is centred on sample k * hop
     default_pooling = "meanstd"
     needs_checkpoint = False
     takes_checkpoint = False

@@ -182,6 +182,8 @@ class M2DEncoder(Encoder):
         self.input_size, self.patch_size, self.sr = list(input_size), list(patch_size), sr
         self.sample_rate = FRONT_ENDS[sr]["sample_rate"]
         self.frame_hop_s = patch_size[1] * FRONT_ENDS[sr]["hop"] / self.sample_rate
+        # a patch covers centred STFT frames 16 j .. 16 j + 15
+        self.frame_offset_s = (patch_size[1] - 1) / 2 * FRONT_ENDS[sr]["hop"] / self.sample_rate
         self.model = M2DViT(self.input_size, self.patch_size, sr)
         self.feature_dim = self.model.grid[0] * 768
         obj = load_checkpoint(path, allowed_globals=(argparse.Namespace,),

@@ -147,6 +147,7 @@ class QualityEncoder(Encoder):
     feature_names: ClassVar[tuple[str, ...]] = FEATURE_NAMES
     feature_dim = len(FEATURE_NAMES)
     frame_hop_s = 5.0  # one vector per window (HEAR timestamps: the window's centre)
+    chunk_frames = True
     default_pooling = "mean"
     needs_checkpoint = False
     takes_checkpoint = False

@@ -272,6 +272,7 @@ class YamnetEncoder(Encoder):
     sample_rate = SAMPLE_RATE
     feature_dim = EMBED_DIM
     frame_hop_s = 0.48
+    frame_offset_s = 0.4875  # patch j spans 0.48 j .. 0.48 j + 0.975 s
     default_pooling = "mean"
     needs_checkpoint = True
     # README "bf16 safety": cosine 0.99982 to fp32 on real CirCor windows, probe scores within noise
