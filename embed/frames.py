@@ -3,7 +3,7 @@
 A recording is cut into non-overlapping windows that run to its end (the last one zero-padded),
 each window goes through `Encoder.frame_embeddings` (the path the clip embeddings take before
 pooling), and the windows' frames are joined into one time-ordered sequence. Frame times are the
-encoder's own (`Encoder.layer_times`: for the embedding layer `frame_times`, as the HEAR timestamps) plus the window's start; frames
+encoder's own within a window (`Encoder.cache_frame_times`) plus the window's start; frames
 centred past the recording's end (the padding) are dropped. With `extract --layers I` the frames
 are those of encoder layer I (`Encoder.layer_frames`). `hop_s` averages runs of consecutive
 frames (within a window) to bound the disk a cache takes; `dtype` is the stored precision.
@@ -40,8 +40,7 @@ class FrameConfig:
         return SegmentConfig(self.window_s, self.window_s, None, cover_tail=True)
 
     def as_dict(self) -> dict:
-        # times 2: frame centres from each encoder's `frame_offset_s` (frame caches made before keep apart)
-        return {"dtype": self.dtype, "hop_s": self.hop_s, "times": 2}
+        return {"dtype": self.dtype, "hop_s": self.hop_s}
 
 
 class FrameSource:
@@ -56,7 +55,7 @@ class FrameSource:
                              f"got layers {','.join(map(str, encoder.layers))}: pick one with --layers I")
         self.encoder, self.layer = encoder, encoder.layers[0]
         window = int(round(config.window_s * encoder.sample_rate))
-        times = encoder.layer_times(self.layer, self(np.zeros((1, window), np.float32)).shape[1], window)
+        times = encoder.cache_frame_times(self.layer, self(np.zeros((1, window), np.float32)).shape[1], window)
         self.hop_s = float(times[1] - times[0]) if len(times) > 1 else config.window_s
         self.factor = pool_factor(self.hop_s, config.hop_s, encoder.name)
 
@@ -92,7 +91,7 @@ def join_windows(encoder: Encoder, window_frames: np.ndarray, starts: np.ndarray
     times in seconds."""
     window = int(round(config.window_s * encoder.sample_rate))
     layer = encoder.n_layers - 1 if layer is None else layer
-    within = encoder.layer_times(layer, window_frames.shape[1], window)
+    within = encoder.cache_frame_times(layer, window_frames.shape[1], window)
     frames = np.concatenate([average_runs(w, factor) for w in window_frames])
     times = np.concatenate([average_runs(start / encoder.sample_rate + within, factor) for start in starts])
     keep = times < n_samples / encoder.sample_rate

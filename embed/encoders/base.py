@@ -359,12 +359,19 @@ class Encoder:
         offset = self.frame_hop_s / 2 if self.frame_offset_s is None else self.frame_offset_s
         return offset + np.arange(n_frames) * self.frame_hop_s
 
-    def layer_times(self, layer: int, n_frames: int, n_samples: int) -> np.ndarray:
-        """Centre times of layer `layer`'s frames: the embedding's are `frame_times`; a block runs at
-        its own, finer frame rate, so its frames are spread evenly over the clip."""
+    def cache_frame_times(self, layer: int, n_frames: int, n_samples: int) -> np.ndarray:
+        """Centre times of layer `layer`'s frames in one window of a frame cache: the embedding's on
+        the `frame_hop_s` grid from half a hop, spread evenly over the window where they do not fit
+        in it; a block's (its own, finer frame rate) spread evenly. The committed recipes' results
+        were measured on these times. They differ from the HEAR grid (`frame_times`) by up to half
+        a hop (logmel: 5 ms), and moving the caches to it changes every phase-pooled result, so it
+        waits for a rerun of those results (docs/ and the issue tracker say so)."""
+        duration = n_samples / self.sample_rate
         if layer == self.n_layers - 1:
-            return self.frame_times(n_frames, n_samples)
-        return (np.arange(n_frames) + 0.5) * (n_samples / self.sample_rate / max(n_frames, 1))
+            times = (np.arange(n_frames) + 0.5) * self.frame_hop_s
+            if not n_frames or times[-1] <= duration:
+                return times
+        return (np.arange(n_frames) + 0.5) * (duration / max(n_frames, 1))
 
     def auto_batch_size(self, window_s: float = 5.0, probe: int = 8, timed: bool = False) -> int:
         """Batch size for this device: on a CPU, the fastest of `CPU_BATCH_CANDIDATES` when `timed`
