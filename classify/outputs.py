@@ -1,9 +1,17 @@
-"""Probe result folders: checked writable before any fitting, one probe run at a time, results
-written atomically (temporary file + rename), and a run that did not finish is marked, so an
-interrupted run leaves no half-written scores.csv and no earlier one that looks new."""
+"""Result folders and the files written into them.
+
+Probe result folders are checked writable before any fitting, hold one probe run at a time, get
+their results written atomically (temporary file + rename), and are marked while a run has not
+finished, so an interrupted run leaves no half-written scores.csv and no earlier one that looks new.
+
+Text read from run folders or datasets is untrusted where it is written again: `spreadsheet_safe`
+keeps csv cells from being run as formulas, `markdown_text` keeps ids from becoming markup.
+"""
 from __future__ import annotations
 
+import html
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -69,3 +77,58 @@ def write_csv_atomic(frame: pd.DataFrame, path: Path, **to_csv) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """`path` holds `text` whole, or is left as it was."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# a cell starting with one of these is a formula (or its start) to Excel, LibreOffice and Sheets
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_cell(value: object) -> object:
+    """Text a spreadsheet would run gets a leading `'`, which makes it plain text there (OWASP's
+    advice on CSV injection); everything else is returned as it is."""
+    return f"'{value}" if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
+
+
+def spreadsheet_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """A copy of `frame` whose text cells and column names are `spreadsheet_cell`s; numeric
+    columns (negative numbers included) are left as they are."""
+    out = frame.copy()
+    for column in out.columns:
+        if not pd.api.types.is_numeric_dtype(out[column]):
+            out[column] = out[column].map(spreadsheet_cell)
+    out.columns = [spreadsheet_cell(str(c)) for c in out.columns]
+    return out
+
+
+def write_spreadsheet_csv(frame: pd.DataFrame, path: Path, **to_csv) -> None:
+    """A csv for people to open in a spreadsheet, written atomically: `spreadsheet_safe` cells, and
+    RFC 4180's CRLF line ends, with which every cell holding a CR or LF is quoted (with LF alone, a
+    bare CR in a cell would end the row for most readers)."""
+    write_csv_atomic(spreadsheet_safe(frame), path, lineterminator="\r\n", **to_csv)
+
+
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]|~])")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def markdown_text(value: object) -> str:
+    """`value` as inert markdown text, for a table cell or a line: HTML (`<script>`) as entities,
+    the characters of tables, links, code and emphasis backslash-escaped, line breaks and other
+    control characters written as visible escapes (`\\n`), so an id can neither add markup nor
+    break a table row."""
+    text = _MARKDOWN_SPECIAL.sub(r"\\\1", html.escape(str(value), quote=False))
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
