@@ -24,10 +24,14 @@ UNFINISHED = "UNFINISHED.txt"
 
 
 class OutputFolder:
-    """`with OutputFolder(out):` around the work that writes `out`'s results."""
+    """`with OutputFolder(out):` around the work that writes `out`'s results.
 
-    def __init__(self, out: str | Path) -> None:
+    `keep`: result files that must not be replaced; a run into a folder that holds any of them is
+    refused before anything is written (`probe` passes its results unless --overwrite is given)."""
+
+    def __init__(self, out: str | Path, keep: tuple[str, ...] = ()) -> None:
         self.out = Path(out)
+        self.keep = keep
         self._lock = FileLock(self.out / ".probe.lock")
 
     def __enter__(self) -> "OutputFolder":
@@ -37,6 +41,11 @@ class OutputFolder:
                                             "here; wait for it or pick another --out")
         except LockHeldError as err:
             raise RuntimeError(str(err)) from None
+        held = [name for name in self.keep if (self.out / name).exists()]
+        if held:  # checked under the lock: no other run can write them in between
+            self._lock.release()
+            raise FileExistsError(f"{self.out}: holds {' and '.join(held)} of an earlier run; pass --overwrite to "
+                                  "replace them, or pick another --out")
         (self.out / UNFINISHED).write_text(
             f"A probe run started {time.strftime('%Y-%m-%d %H:%M:%S')} (pid {os.getpid()}) has not finished.\n"
             "scores.csv and predictions.csv here, if any, are from an earlier run.\n")

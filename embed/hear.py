@@ -15,10 +15,16 @@ import types
 
 import torch
 
-from .encoders import Encoder, available, create
+from .encoders import Encoder, available, create, get_class
 
 
 def load_model(model_file_path: str = "", encoder: str = "logmel", **kwargs) -> Encoder:
+    # checked here in the API's own words (the encoder's own checks name the command line's --checkpoint)
+    encoder_class = get_class(encoder) if encoder in available() else None
+    if encoder_class and encoder_class.needs_checkpoint and not model_file_path:
+        raise ValueError(f"encoder {encoder!r} needs model_file_path (its official weight file)")
+    if encoder_class and not encoder_class.takes_checkpoint and model_file_path:
+        raise ValueError(f"encoder {encoder!r} has no weights; call load_model without model_file_path")
     model = create(encoder, model_file_path or None, **kwargs)
     # HEAR names the sizes this way
     model.scene_embedding_size = model.embedding_size
