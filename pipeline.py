@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 DEFAULT_CACHE = Path(__file__).resolve().parent / "cache"
+RESULT_FILES = ("scores.csv", "predictions.csv")  # what a probe run writes into --out
 
 
 def _print_problems(problems, limit: int = 30) -> None:
@@ -53,10 +54,17 @@ def create_encoder(args, name: str, precision: str | None):
 
 def add_dataset_options(p: argparse.ArgumentParser, required: bool = True, when: str = "") -> None:
     """--data and --dataset; `when` says when an optional --data is needed."""
-    from embed.datasets import available_datasets
     p.add_argument("--data", required=required, default=None, help=f"{when}the dataset's folder")
-    p.add_argument("--dataset", default="circor", choices=available_datasets(),
+    p.add_argument("--dataset", default="circor", choices=LazyChoices("embed.datasets", "available_datasets"),
                    help=f"{when}which dataset layout --data holds")
+
+
+def add_cache_option(p: argparse.ArgumentParser) -> None:
+    """--cache; its default is filled in by `parse_args`, so that help does not print a path of
+    this machine."""
+    p.add_argument("--cache", default=None, metavar="DIR",
+                   help="embedding cache folder (default: cache/ in the folder of pipeline.py, wherever the "
+                        "command is run from)")
 
 
 def add_encoder_options(p: argparse.ArgumentParser) -> None:
@@ -258,9 +266,8 @@ def cmd_benchmark_ray(args) -> int:
 
 
 def cmd_probe(args) -> int:
-    from classify.features import find_cache
     from classify.outputs import OutputFolder
-    from classify.run import load_splits, run_probe
+    from classify.run import check_probe_inputs, load_splits, run_probe
     from classify.task import Task
     from embed.datasets import load_dataset
     if args.save_model and args.ensemble:
@@ -269,10 +276,13 @@ def cmd_probe(args) -> int:
         raise ValueError("--save-model saves probes over the whole cached vector; use --layers all or drop "
                          "--layers (or extract only the layers you want)")
     encoders = args.encoder.split(",")
-    with OutputFolder(args.out):  # writable, not in use by another probe, marked until finished
-        dataset = load_dataset(args.dataset, args.data)
-        task = Task.from_dataset(dataset, args.targets)
-        splits = load_splits(dataset, args.splits or dataset.split_schemes[0], args.seed)
+    # the checks first: a refused argument leaves OUT untouched, with no UNFINISHED.txt in it
+    dataset = load_dataset(args.dataset, args.data)
+    task = Task.from_dataset(dataset, args.targets)
+    splits = load_splits(dataset, args.splits or dataset.split_schemes[0], args.seed)
+    check_probe_inputs(encoders, args.probe.split(","), args.cache, args.layers)
+    # writable, not in use by another probe, earlier results kept unless --overwrite, marked until finished
+    with OutputFolder(args.out, keep=() if args.overwrite else RESULT_FILES):
         table, results = run_probe(task, encoders, args.probe.split(","), splits, args.cache, args.out,
                                    decision=args.decision, seed=args.seed, ensemble=args.ensemble,
                                    demographics=args.demographics, oof_folds=args.oof_folds,
@@ -281,12 +291,19 @@ def cmd_probe(args) -> int:
     print(table.to_string(index=False))
     print(f"\nwrote {Path(args.out) / 'scores.csv'} and {Path(args.out) / 'predictions.csv'}")
     if args.save_model:
-        from classify.model_io import save_selected
-        caches = {spec: find_cache(args.cache, spec) for spec in encoders}
-        manifest = save_selected(results, args.save_model, task.classes, dataset.name,
-                                 {spec: (c.config, c.key) for spec, c in caches.items()}, args.checkpoint)
+        manifest = save_probe_model(results, args.save_model, task, dataset, args.cache, encoders, args.checkpoint)
         print(f"saved the probes and decision rules selected on the first split with {manifest}")
     return 0
+
+
+def save_probe_model(results, model_dir, task, dataset, cache_dir, encoders: list[str],
+                     checkpoint: str | None = None) -> Path:
+    """`probe --save-model` (and the demo): the first split's probes and rules, for `predict`."""
+    from classify.features import find_cache
+    from classify.model_io import save_selected
+    caches = {spec: find_cache(cache_dir, spec) for spec in encoders}
+    return save_selected(results, model_dir, task.classes, dataset.name,
+                         {spec: (c.config, c.key) for spec, c in caches.items()}, checkpoint)
 
 
 def cmd_segment(args) -> int:
@@ -319,9 +336,25 @@ def cmd_predict(args) -> int:
         print(json.dumps(result, indent=2))
     if problems:
         print("\n" + format_table(problem_rows(problems, "predict")), file=sys.stderr)
-    print(f"{len(results)} patients -> {args.out}/PID.json", file=sys.stderr)
+    print(predict_summary(results, Path(args.out)), file=sys.stderr)
     failed = any(r["class"] is None for r in results) or any(p.severity == "error" for p in problems)
     return 1 if failed or (args.strict and problems) else 0
+
+
+def predict_summary(results: list[dict], out: Path, shown: int = 10) -> str:
+    """The files `predict` wrote, by their real names (those of `output_names`), or that it wrote none."""
+    from classify.predict import output_names
+    if not results:
+        return f"no patient found in the input; nothing written to {out}"
+    names = output_names([r["patient_id"] for r in results])
+    written = [path for path in (out / names[r["patient_id"]] for r in results) if path.is_file()]
+    if not written:
+        return f"nothing written to {out}"
+    no_call = sum(r["class"] is None for r in results)
+    listing = "\n".join(f"  {path}" for path in written[:shown])
+    more = f"\n  ... {len(written) - shown} more in {out}" if len(written) > shown else ""
+    return (f"wrote {len(written)} patient file{'s' * (len(written) != 1)}"
+            f"{f' ({no_call} without a call: no usable recording)' if no_call else ''}:\n{listing}{more}")
 
 
 def cmd_recipe(args) -> int:
@@ -361,11 +394,18 @@ def cmd_demo(args) -> int:
     report = extract(encoder, circor.recordings(), work / "cache")
     print(report.summary())
     splits = load_splits(circor, "paper")
-    with OutputFolder(work / "out"):
-        table, _ = run_probe(Task.from_dataset(circor), ["logmel"], ["linear", "xgboost"], splits, work / "cache",
-                             work / "out")
+    task = Task.from_dataset(circor)
+    with OutputFolder(work / "out"):  # the demo's own folder: a rerun replaces its results
+        table, results = run_probe(task, ["logmel"], ["linear", "xgboost"], splits, work / "cache", work / "out")
     print(table.to_string(index=False))
     print(f"\nwrote {work / 'out'}/scores.csv and predictions.csv in {time.perf_counter() - start:.1f} s")
+    manifest = save_probe_model(results, work / "model", task, circor, work / "cache", ["logmel"])
+    first_split = next(iter(splits.values()))
+    unseen = next(pid for pid, part in first_split.items() if part == "test")  # the saved probes never saw it
+    print(f"saved the probes selected on the first split with {manifest}")
+    if not args.clean:
+        print(f"call a patient they did not see (test in that split) with\n  python pipeline.py predict --model "
+              f"{work / 'model'} --input {data / 'training_data'}/{unseen}_*.wav --out {work / 'predictions'}")
     if args.clean:
         shutil.rmtree(work)
         print(f"removed {work}")
@@ -410,7 +450,13 @@ class Parser(argparse.ArgumentParser):
     def add_argument(self, *args, **kwargs) -> argparse.Action:
         if not kwargs.get("help") and kwargs.get("default") is not None and kwargs.get("default") is not False:
             kwargs["help"] = "(default: %(default)s)"  # argparse prints no help line without help text
-        return super().add_argument(*args, **kwargs)
+        # argparse formats every new option's metavar once, which reads its choices: a placeholder
+        # metavar keeps lazy ones unread until help or an error shows them as {a,b,c}
+        lazy = isinstance(kwargs.get("choices"), LazyChoices) and "metavar" not in kwargs
+        action = super().add_argument(*args, **({**kwargs, "metavar": "X"} if lazy else kwargs))
+        if lazy:
+            action.metavar = None
+        return action
 
     def format_help(self) -> str:
         if callable(self.epilog):
@@ -418,19 +464,51 @@ class Parser(argparse.ArgumentParser):
         return super().format_help()
 
 
-class RuleNames:
-    """--decision's choices: the names in the decision-rule registry, read when first needed (the
-    registry imports scikit-learn, which commands other than `probe` need not wait for)."""
+class CommandParser(Parser):
+    """The top-level parser: an argument that the chosen command does not take is reported with that
+    command's usage (`pipeline.py probe: error: ...`), not with the list of commands."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.commands: dict[str, argparse.ArgumentParser] = {}  # filled by build_parser
+
+    def parse_args(self, args=None, namespace=None) -> argparse.Namespace:
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self.commands.get(getattr(parsed, "command", None), self).error(
+                f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
+
+
+class LazyChoices:
+    """Choices read from a registry when first needed: `MODULE.NAME` is a mapping or a function
+    returning the names (the registries import torch, scikit-learn or scipy, which building the
+    parser, --help and commands that do not use them need not wait for)."""
+
+    def __init__(self, module: str, name: str) -> None:
+        self.module, self.name = module, name
 
     def _names(self) -> list[str]:
-        from classify.aggregate import RULES
-        return list(RULES)
+        import importlib
+        registry = getattr(importlib.import_module(self.module), self.name)
+        return list(registry() if callable(registry) else registry)
 
     def __contains__(self, name: object) -> bool:
         return name in self._names()
 
     def __iter__(self):
         return iter(self._names())
+
+
+COMMANDS_EPILOG = ("`pipeline.py COMMAND --help` shows a command's options and the names it takes (encoders, "
+                   "probes, split schemes, decision rules, recipes).")
+
+
+def recipes_epilog() -> str:
+    from classify.recipe_book import RECIPES
+    import textwrap
+    return "recipes:" + "".join("\n" + textwrap.fill(f"{name}: {recipe.description}", 100, initial_indent="  ",
+                                                      subsequent_indent="    ") for name, recipe in RECIPES.items())
 
 
 def names_epilog() -> str:
@@ -459,9 +537,10 @@ def splits_spec(value: str) -> str:
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """`prog` defaults to how the program was started: `pipeline.py` or the `heartprobe` script."""
-    parser = Parser(prog=prog, description=__doc__, formatter_class=HelpFormatter, epilog=names_epilog)
+    parser = CommandParser(prog=prog, description=__doc__, formatter_class=HelpFormatter, epilog=COMMANDS_EPILOG)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=functools.partial(
-        Parser, formatter_class=HelpFormatter, epilog=names_epilog))
+        Parser, formatter_class=HelpFormatter))
+    parser.commands = sub.choices
 
     p = sub.add_parser("verify", help="check files against SHA256SUMS.txt and parse the dataset")
     add_dataset_options(p)
@@ -481,11 +560,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--folds", type=int, default=5)
     p.set_defaults(func=cmd_splits)
 
-    p = sub.add_parser("extract", help="embed every recording's windows into the HDF5 cache")
+    p = sub.add_parser("extract", epilog=names_epilog, help="embed every recording's windows into the HDF5 cache")
     add_dataset_options(p)
     p.add_argument("--encoder", default="logmel", help="registry name(s), comma-separated")
     add_encoder_options(p)
-    p.add_argument("--cache", default=str(DEFAULT_CACHE))
+    add_cache_option(p)
     p.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16"],
                    help="default: fp16 autocast on CUDA; on a CPU bf16 where it is native and the encoder "
                         "is bf16-safe (README, Speed and precision), fp32 otherwise")
@@ -516,7 +595,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                    help="with --frames: average consecutive frames to this hop (a multiple of the encoder's)")
     p.set_defaults(func=cmd_extract)
 
-    p = sub.add_parser("benchmark", help="where the time goes: windows/s, GFLOP, roofline share, wall split")
+    p = sub.add_parser("benchmark", epilog=names_epilog, help="where the time goes: windows/s, GFLOP, roofline share, wall split")
     p.add_argument("--encoder", default="logmel")
     add_encoder_options(p)
     p.add_argument("--precision", default="fp32",
@@ -538,7 +617,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("gpu-check", help="the whole GPU check: benchmark + full extract, M2D/mn04/BEATs, fp16 and fp32")
     add_dataset_options(p)
     p.add_argument("--mn04", default=None, help="mn04_as_mAP_432.pt (M2D and BEATs get random official-layout weights)")
-    p.add_argument("--out", default="gpu-check")
+    p.add_argument("--out", default="runs/gpu-check")
     p.add_argument("--device", default="cuda", help="cuda[:N] | cpu (the same code on a CPU, e.g. in CI)")
     p.add_argument("--encoders", default="m2d,beats,mn04", help="comma-separated, of m2d, beats, mn04")
     p.add_argument("--precision", default=None, help="comma-separated (default: fp16,fp32 on CUDA; bf16,fp32 on a CPU)")
@@ -549,7 +628,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=8, help="decode/resample threads")
     p.set_defaults(func=cmd_gpu_check)
 
-    p = sub.add_parser("benchmark-ray", help="local vs Ray extraction: fixed cost, cost per recording, crossover")
+    p = sub.add_parser("benchmark-ray", epilog=names_epilog, help="local vs Ray extraction: fixed cost, cost per recording, crossover")
     add_dataset_options(p)
     p.add_argument("--encoder", default="logmel")
     add_encoder_options(p)
@@ -560,13 +639,13 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--ray-address", default=None, metavar="auto|HOST:PORT")
     p.set_defaults(func=cmd_benchmark_ray)
 
-    p = sub.add_parser("probe", help="train probes on cached embeddings, score per patient")
+    p = sub.add_parser("probe", epilog=names_epilog, help="train probes on cached embeddings, score per patient")
     add_dataset_options(p)
     p.add_argument("--encoder", default="logmel", help="name(s) or NAME@KEY, comma-separated")
     p.add_argument("--probe", default="linear", help="linear | xgboost | mlp (comma-separated for several)")
     p.add_argument("--splits", default=None, type=splits_spec,
                    help="a split scheme of the dataset (default: its first) or a CSV written by `splits`")
-    p.add_argument("--decision", default="any", choices=RuleNames(),
+    p.add_argument("--decision", default="any", choices=LazyChoices("classify.aggregate", "RULES"),
                    help="patient (group) rule, one of the decision rules listed below")
     p.add_argument("--targets", default="patient",
                    help="training labels: patient = the patient's label on every recording (the paper); "
@@ -582,8 +661,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                         "cv = the best single layer by patient-grouped CV inside train+val of each split, "
                         "weighted = per-layer probes stacked by a logistic regression on out-of-fold scores; "
                         "default: the whole cached vector")
-    p.add_argument("--cache", default=str(DEFAULT_CACHE))
+    add_cache_option(p)
     p.add_argument("--out", default="runs/probe")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the scores.csv and predictions.csv --out holds (without it, such a folder is refused)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-model", default=None, metavar="DIR",
                    help="save the probes and decision rules selected on the first split, for predict")
@@ -591,9 +672,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     add_backend_options(p)
     p.set_defaults(func=cmd_probe)
 
-    from classify.recipe_book import RECIPES
-    p = sub.add_parser("recipe", help="a committed recipe end to end: extract what is missing, fit, score, save")
-    p.add_argument("name", choices=list(RECIPES), help="; ".join(f"{k}: {r.description}" for k, r in RECIPES.items()))
+    p = sub.add_parser("recipe", epilog=recipes_epilog,
+                       help="a committed recipe end to end: extract what is missing, fit, score, save")
+    p.add_argument("name", choices=LazyChoices("classify.recipe_book", "RECIPES"), help="the recipe (listed below)")
     add_dataset_options(p)
     p.add_argument("--weights", default=None, help="folder holding the official weight files under their published names")
     p.add_argument("--out", default="runs/recipe")
@@ -601,7 +682,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                    help="paper | kfold | campaign (CirCor), or a CSV from `pipeline.py splits`")
     p.add_argument("--seeds", type=int, default=5, help="probe seeds per split (inner CV folds differ)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cache", default=str(DEFAULT_CACHE))
+    add_cache_option(p)
     p.add_argument("--device", default="auto")
     p.add_argument("--without", default=None, metavar="MEMBER[,MEMBER]",
                    help="leave these members out (ablation)")
@@ -612,12 +693,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                    help="also fit on every labelled patient and save that, for predict")
     p.set_defaults(func=cmd_recipe)
 
-    p = sub.add_parser("segment", help="heart-cycle segmenter on frame caches: frame accuracy on test groups")
+    p = sub.add_parser("segment", epilog=names_epilog, help="heart-cycle segmenter on frame caches: frame accuracy on test groups")
     add_dataset_options(p)
     p.add_argument("--encoder", default="logmel", help="frame cache (`extract --frames`): NAME or NAME@KEY")
     p.add_argument("--splits", default=None, type=splits_spec,
                    help="a split scheme of the dataset (default: its first) or a CSV written by `splits`")
-    p.add_argument("--cache", default=str(DEFAULT_CACHE))
+    add_cache_option(p)
     p.add_argument("--out", default="runs/segment")
     p.add_argument("--every-recording", action="store_true",
                    help="write intervals for every recording of the cache, not only the test ones")
@@ -630,7 +711,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="murmur call per patient from a saved probe (any sample rate)")
     p.add_argument("--model", required=True, help="folder written by probe --save-model")
     p.add_argument("--input", required=True, nargs="+", help="patient folder(s) (PID.txt + wavs) or wav files")
-    p.add_argument("--out", default="predictions", help="one PID.json per patient goes here")
+    p.add_argument("--out", default="runs/predict", help="one PID.json per patient goes here")
     p.add_argument("--checkpoint", default=None, help="encoder weights (default: the path in the manifest)")
     p.add_argument("--trust-checkpoint", action="store_true")
     p.add_argument("--weights", default=None, help="a saved recipe: folder of its encoders' official weight files")
@@ -662,8 +743,17 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
+    """The command line as `main` runs it: --cache, where the command takes one, defaults to
+    DEFAULT_CACHE here rather than in the parser, whose help would print this machine's path."""
     args = build_parser(prog).parse_args(argv)
+    if getattr(args, "cache", "") is None:
+        args.cache = str(DEFAULT_CACHE)
+    return args
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    args = parse_args(argv, prog)
     try:
         return args.func(args)
     except (OSError, ValueError, KeyError, RuntimeError, ImportError) as err:

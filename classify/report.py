@@ -10,6 +10,7 @@ grade, ...), with a fourth plot.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import textwrap
 import warnings
 from pathlib import Path
@@ -19,8 +20,11 @@ import pandas as pd
 
 from dataclasses import dataclass
 
+from embed.atomic import atomic_path, write_text_atomic
+
 from .evaluate import metric_columns, summary_table
 from .metrics import LABEL_METRICS, bootstrap_ci, confusion
+from .outputs import markdown_text, write_spreadsheet_csv
 from .subgroups import Attributes, subgroup_markdown, subgroup_table
 
 KEY = ["encoder", "probe", "split"]
@@ -41,26 +45,46 @@ def load_runs(run_dirs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
     When the same encoder × probe × split occurs in several runs, the last run given wins (with a
     warning if its numbers differ), and only that run's predictions are kept for it, so scores and
     predictions always describe the same fits.
+
+    Run folders are read as untrusted: a file that is empty, binary or not CSV, a missing or empty
+    key cell, a score that is text, NaN, infinite or outside 0..1, a label or prediction that is
+    not a class index, a row given twice, and runs of different classes are refused, naming the
+    file, the column and the rows. An empty score cell is how `probe` writes a metric a split does
+    not define (e.g. the recall of a class its test patients lack) and stays missing.
     """
     if not run_dirs:
         raise ValueError("no run folders given")
-    text = {"encoder": str, "probe": str, "split": str, "patient_id": str, "params": str}
-    scores, preds = [], []
+    scores, preds, class_sets = [], [], {}
     for i, run in enumerate(map(Path, run_dirs)):
         if not run.is_dir():
             raise FileNotFoundError(f"run folder {run} does not exist")
         for name in ("scores.csv", "predictions.csv"):
             if not (run / name).is_file():
                 raise FileNotFoundError(f"run folder {run} has no {name} (write it with `pipeline.py probe`)")
-        s = pd.read_csv(run / "scores.csv", dtype=text, keep_default_na=False, na_values=[""])
-        p = pd.read_csv(run / "predictions.csv", dtype=text, keep_default_na=False, na_values=[""])
+        s, p = _read_run_csv(run / "scores.csv"), _read_run_csv(run / "predictions.csv")
         missing = [c for c in KEY if c not in s.columns] + (
             [] if any(m in s.columns for m in LABEL_METRICS) else [f"one of {list(LABEL_METRICS)}"])
-        missing += [c for c in KEY + ["label", "prediction"] if c not in p.columns]
+        missing += [c for c in KEY + ["patient_id", "label", "prediction"] if c not in p.columns]
         if missing:
             raise ValueError(f"{run}: missing columns {missing}")
+        classes = class_names(s)
+        if len(classes) < 2:
+            raise ValueError(f"{run / 'scores.csv'}: no recall_CLASS column per class (found {classes or 'none'}); "
+                             "the classes are read from them")
+        class_sets[run] = classes
+        _check_text(s, KEY, run / "scores.csv")
+        _check_text(p, KEY + ["patient_id"], run / "predictions.csv")
+        for column in metric_columns(s):
+            s[column] = _scores(s[column], run / "scores.csv", column)
+        for column in ("label", "prediction"):
+            p[column] = _class_indices(p[column], run / "predictions.csv", column, classes)
+        _check_unique(s, KEY, run / "scores.csv")
+        _check_unique(p, KEY + ["patient_id"], run / "predictions.csv")
         scores.append(s.assign(_run=i))
         preds.append(p.assign(_run=i))
+    if len({tuple(c) for c in class_sets.values()}) > 1:
+        listing = "; ".join(f"{run}: {', '.join(c)}" for run, c in class_sets.items())
+        raise ValueError(f"the runs hold different classes, so they are not one report ({listing})")
     scores, preds = pd.concat(scores, ignore_index=True), pd.concat(preds, ignore_index=True)
     repeated = scores[scores.duplicated(KEY, keep=False)]
     if len(repeated):
@@ -72,6 +96,79 @@ def load_runs(run_dirs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
     scores = scores.drop_duplicates(KEY, keep="last")
     preds = preds.merge(scores[KEY + ["_run"]], on=KEY + ["_run"])
     return scores.drop(columns="_run").reset_index(drop=True), preds.drop(columns="_run")
+
+
+def _read_run_csv(path: Path) -> pd.DataFrame:
+    """Every cell as the text written ('' where empty): values are checked column by column after."""
+    with open(path, "rb") as fh:
+        head = fh.read(1 << 16)
+    if not head.strip():
+        raise ValueError(f"{path}: the file is empty (a run writes a header and one row per result)")
+    if b"\0" in head:
+        raise ValueError(f"{path}: binary content, not a CSV text file")
+    try:  # utf-8-sig: a file saved again by a spreadsheet may start with a byte-order mark
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text (byte {err.start}), so not a CSV file a run wrote") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise ValueError(f"{path}: not a readable CSV file ({str(err).strip().splitlines()[-1]})") from None
+    if frame.empty:
+        raise ValueError(f"{path}: a header but no rows")
+    return frame
+
+
+def _shown(value: str, limit: int = 40) -> str:
+    return repr(value if len(value) <= limit else value[:limit] + "…")
+
+
+def _refuse(path: Path, column: str, problem: str, bad: pd.Series) -> ValueError:
+    """The file, the column, the problem and the first rows that have it (data rows, from 1)."""
+    rows = ", ".join(f"row {i + 1}: {_shown(v)}" for i, v in bad.iloc[:3].items())
+    more = f", and {len(bad) - 3} more rows" if len(bad) > 3 else ""
+    return ValueError(f"{path}: column {column!r}: {problem} ({rows}{more})")
+
+
+def _check_text(frame: pd.DataFrame, columns: list[str], path: Path) -> None:
+    for column in columns:
+        empty = frame[column].str.strip() == ""
+        if empty.any():
+            raise _refuse(path, column, "empty cells", frame.loc[empty, column])
+
+
+def _check_unique(frame: pd.DataFrame, columns: list[str], path: Path) -> None:
+    repeated = frame.duplicated(columns, keep="first")
+    if repeated.any():
+        keys = frame.loc[repeated, columns].astype(str).agg(" × ".join, axis=1)
+        raise _refuse(path, " × ".join(columns), "the same row twice (a run writes each once)", keys)
+
+
+def _scores(column: pd.Series, path: Path, name: str) -> pd.Series:
+    """A metric column as floats in 0..1; an empty cell stays missing (the metric is not defined there)."""
+    text = column.str.strip()
+    values = pd.to_numeric(text.mask(text == ""), errors="coerce")  # 'nan' text -> NaN too: caught below
+    not_number = (text != "") & ~np.isfinite(values)
+    if not_number.any():
+        raise _refuse(path, name, "not a finite number (a score is a number from 0 to 1, or empty where "
+                                  "a split does not define it)", column[not_number])
+    outside = values.notna() & ((values < 0) | (values > 1))
+    if outside.any():
+        raise _refuse(path, name, "outside 0..1 (every score here is a rate or an AUROC)", column[outside])
+    return values.astype(float)
+
+
+def _class_indices(column: pd.Series, path: Path, name: str, classes: list[str]) -> pd.Series:
+    """Labels and predictions as class indices 0..n-1; anything else is refused with its reason."""
+    text = column.str.strip()
+    values = pd.to_numeric(text, errors="coerce")
+    classes_shown = ", ".join(f"{i} {c}" for i, c in enumerate(classes))
+    for problem, bad in (("empty cells", text == ""),
+                         ("not a number", (text != "") & ~np.isfinite(values)),
+                         ("not a whole number", np.isfinite(values) & (values != np.round(values))),
+                         ("negative", values < 0),
+                         (f"past the last class ({len(classes) - 1})", values >= len(classes))):
+        if bad.any():
+            raise _refuse(path, name, f"{problem}; a {name} is a class index ({classes_shown})", column[bad])
+    return values.astype(int)
 
 
 def summarise(scores: pd.DataFrame, predictions: pd.DataFrame) -> pd.DataFrame:
@@ -122,12 +219,12 @@ def markdown_table(summary: pd.DataFrame, paper_reference: bool = True) -> str:
     others = [c[:-len("_mean")] for c in summary.columns if c.endswith("_mean") and c[:-len("_mean")] not in labels]
     head = ["encoder", "probe", "splits"]
     for m in labels:
-        head += [header(m), f"{header(m)} 95% CI"]
-    head += [header(m) for m in others]
+        head += [markdown_text(header(m)), f"{markdown_text(header(m))} 95% CI"]
+    head += [markdown_text(header(m)) for m in others]  # column names come from the run folders too
     rows = []
     for r in summary.itertuples(index=False):
         r = r._asdict()
-        cells = [_md(r["encoder"]), _md(r["probe"]), str(r["splits"])]
+        cells = [markdown_text(r["encoder"]), markdown_text(r["probe"]), str(r["splits"])]
         for m in labels:
             cells += [_cell(r[m]), _ci(r[f"{m}_ci_low"], r[f"{m}_ci_high"])]
         cells += [_cell(r[m]) for m in others]
@@ -143,9 +240,11 @@ def markdown_table(summary: pd.DataFrame, paper_reference: bool = True) -> str:
 
 
 def confusion_markdown(matrix: np.ndarray, title: str, classes: list[str]) -> str:
+    """`title` is markdown already (its ids escaped by the caller); class names are escaped here."""
+    names = [markdown_text(c) for c in classes]
     lines = [f"**{title}** (rows: true, columns: predicted; patients summed over splits)", "",
-             "| true \\ predicted | " + " | ".join(classes) + " |", "|---|" + "---:|" * len(classes)]
-    lines += [f"| {name} | " + " | ".join(str(int(v)) for v in row) + " |" for name, row in zip(classes, matrix)]
+             "| true \\ predicted | " + " | ".join(names) + " |", "|---|" + "---:|" * len(classes)]
+    lines += [f"| {name} | " + " | ".join(str(int(v)) for v in row) + " |" for name, row in zip(names, matrix)]
     return "\n".join(lines)
 
 
@@ -159,25 +258,31 @@ def write_report(run_dirs: list[Path], out: Path, paper_reference: bool = True,
                  attributes: Attributes | None = None) -> Report:
     """Read the runs, write `report.md`, `summary.csv` and the PNGs into `out`; returns report.md's
     path and its main table. With `attributes` (see `classify.subgroups`), also `subgroups.csv`
-    (every encoder × probe), `subgroups.png` and a section per attribute (the best row)."""
+    (every encoder × probe), `subgroups.png` and a section per attribute (the best row).
+
+    Everything is read and checked before the first file is written, so a refused run leaves `out`
+    as it was; each file is written whole or not at all. Text from the runs and the dataset is
+    escaped in report.md and made inert for spreadsheets in the csv files."""
     run_dirs = [Path(r) for r in run_dirs]
     scores, predictions = load_runs(run_dirs)
     if scores.empty:
         raise ValueError(f"no score rows in {', '.join(map(str, run_dirs))}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     summary = summarise(scores, predictions)
     classes = class_names(scores)
     paper_reference = paper_reference and label_metrics(scores)[:2] == ["weighted_accuracy", "uar"]
     matrices = confusions(predictions, len(classes))
     best = [k for k in zip(summary["encoder"], summary["probe"]) if k in matrices][:N_CONFUSION]
+    # refuses runs without predictions, or a dataset that holds none of their patients
+    groups = subgroup_table(predictions, attributes, classes, label_metrics(summary)) if attributes else None
 
-    summary.to_csv(out / "summary.csv", index=False, float_format="%.4f")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_spreadsheet_csv(summary, out / "summary.csv", index=False, float_format="%.4f")
     plot_scores(summary, out / "scores.png", paper_reference)
     plot_confusions([(k, matrices[k]) for k in best], summary, out / "confusion.png", classes)
     plot_recalls(summary, out / "recalls.png", classes)
 
-    runs = ", ".join(f"`{r}`" for r in run_dirs)
+    runs = ", ".join(markdown_text(r) for r in run_dirs)
     table = markdown_table(summary, paper_reference)
     parts = [
         "# heartprobe report", "",
@@ -196,33 +301,33 @@ def write_report(run_dirs: list[Path], out: Path, paper_reference: bool = True,
               "Files: [scores.png](scores.png) · [confusion.png](confusion.png) · [recalls.png](recalls.png) · "
               "[summary.csv](summary.csv)", "", "## Confusion matrices", ""]
     for k in best:
-        parts += [confusion_markdown(matrices[k], f"{k[0]} × {k[1]}", classes), ""]
-    if attributes:
-        parts += subgroup_section(predictions, attributes, summary, classes, out, best[0] if best else None)
+        parts += [confusion_markdown(matrices[k], f"{markdown_text(k[0])} × {markdown_text(k[1])}", classes), ""]
+    if groups is not None:
+        parts += subgroup_section(groups, list(attributes), summary, classes, out, best[0])
     parts += ["---", f"Produced by `classify.report.write_report` (`python pipeline.py report`) from {runs} "
               f"on {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}.", ""]
     path = out / "report.md"
-    path.write_text("\n".join(parts), encoding="utf-8")
+    write_text_atomic(path, "\n".join(parts))
     return Report(path, table)
 
 
-def subgroup_section(predictions: pd.DataFrame, attributes: Attributes, summary: pd.DataFrame,
-                     classes: list[str], out: Path, best: tuple[str, str] | None) -> list[str]:
-    """Writes `subgroups.csv` and `subgroups.png`; returns the report's lines about `best`, the best
-    encoder × probe row that has predictions."""
+def subgroup_section(table: pd.DataFrame, attributes: list[str], summary: pd.DataFrame,
+                     classes: list[str], out: Path, best: tuple[str, str]) -> list[str]:
+    """Writes `table` (`subgroup_table`) as `subgroups.csv` and `subgroups.png`; returns the
+    report's lines about `best`, the best encoder × probe row that has predictions."""
     metrics = label_metrics(summary)
-    table = subgroup_table(predictions, attributes, classes, metrics)  # refuses runs without predictions
-    table.to_csv(out / "subgroups.csv", index=False, float_format="%.4f")
+    write_spreadsheet_csv(table, out / "subgroups.csv", index=False, float_format="%.4f")
     encoder, probe = best
     mine = table[(table["encoder"] == encoder) & (table["probe"] == probe)]
-    plot_subgroups(mine, list(attributes), classes, out / "subgroups.png", f"{encoder} · {probe}")
+    plot_subgroups(mine, attributes, classes, out / "subgroups.png", f"{_short(encoder)} · {_short(probe)}")
     parts = ["## Subgroups", "",
-             f"Recall per true class of the best row, **{_md(encoder)} × {_md(probe)}**, within each subgroup of "
+             f"Recall per true class of the best row, **{markdown_text(encoder)} × {markdown_text(probe)}**, "
+             f"within each subgroup of "
              f"the test patients, over its predictions pooled across splits (a patient tested in several runs "
              f"counts once per run; n: predictions of that true class). Every row: [subgroups.csv](subgroups.csv).",
              "", "![Recall per subgroup](subgroups.png)", ""]
     for name in attributes:
-        parts += [f"**{_md(name)}**", "", subgroup_markdown(mine, name, classes, metrics, SHORT), ""]
+        parts += [f"**{markdown_text(name)}**", "", subgroup_markdown(mine, name, classes, metrics, SHORT), ""]
     return parts
 
 
@@ -235,10 +340,36 @@ def _pyplot():
     return plt
 
 
+def _plot(draw):
+    """A plot function run with matplotlib's mathtext off (ids with `$` are text, and a malformed
+    `$\\frac$` in a run folder cannot make drawing fail) that writes its PNG whole or not at all;
+    `draw` returns the figure and the path, the plot function the path."""
+    @functools.wraps(draw)
+    def plot(*args, **kwargs) -> Path:
+        import matplotlib
+        _pyplot()
+        with matplotlib.rc_context({"text.parse_math": False}):
+            fig, path = draw(*args, **kwargs)
+            path = Path(path)
+            try:
+                with atomic_path(path) as tmp:
+                    fig.savefig(tmp, dpi=120, format="png")
+            finally:
+                _pyplot().close(fig)
+        return path
+    return plot
+
+
+def _short(text: str, limit: int = 60) -> str:
+    """An id as an axis or title label: one line, at most `limit` characters."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
 def _labels(summary: pd.DataFrame, width: int = 34) -> list[str]:
     """"encoder · probe"; long ones (ensembles) break before the probe to keep the axis narrow."""
-    return [f"{e} · {p}" if len(e) + len(p) <= width else f"{e}\n· {p}"
-            for e, p in zip(summary["encoder"], summary["probe"])]
+    pairs = [(_short(e), _short(p)) for e, p in zip(summary["encoder"], summary["probe"])]
+    return [f"{e} · {p}" if len(e) + len(p) <= width else f"{e}\n· {p}" for e, p in pairs]
 
 
 def _hbars(ax, summary: pd.DataFrame, metrics: list[str], names: list[str], colors: list[str]) -> None:
@@ -268,6 +399,7 @@ def _figure_height(n: int, per_row: float) -> float:
     return max(2.6, 1.4 + per_row * n)
 
 
+@_plot
 def plot_scores(summary: pd.DataFrame, path: Path, paper_reference: bool = True) -> Path:
     plt = _pyplot()
     colors = ["tab:blue", "tab:orange"]
@@ -281,11 +413,10 @@ def plot_scores(summary: pd.DataFrame, path: Path, paper_reference: bool = True)
     ax.set_xlabel("score (mean over splits; error bar = std over splits)")
     ax.set_title(f"Patient-level {' and '.join(header(m) for m in metrics)} per encoder × probe")
     fig.legend(loc="outside lower center", ncols=2, fontsize=8, frameon=False)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return fig, path
 
 
+@_plot
 def plot_recalls(summary: pd.DataFrame, path: Path, classes: list[str]) -> Path:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(9, _figure_height(len(summary), 0.65)), layout="constrained")
@@ -293,11 +424,10 @@ def plot_recalls(summary: pd.DataFrame, path: Path, classes: list[str]) -> Path:
     ax.set_xlabel("recall (mean over splits; error bar = std over splits)")
     ax.set_title("Per-class patient recall per encoder × probe")
     fig.legend(loc="outside lower center", ncols=len(classes), fontsize=8, frameon=False, title="true class", title_fontsize=8)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return fig, path
 
 
+@_plot
 def plot_subgroups(table: pd.DataFrame, attributes: list[str], classes: list[str], path: Path,
                    title: str = "") -> Path:
     """One panel per attribute: per value, a bar per true class (its recall), the number of
@@ -318,7 +448,8 @@ def plot_subgroups(table: pd.DataFrame, attributes: list[str], classes: list[str
             for xi, ni, ri in zip(at, n, rec):
                 if ni:
                     ax.text(xi, min(ri, 1.0) + 0.02, str(ni), ha="center", va="bottom", fontsize=6)
-        ax.set_xticks(x, [f"{v}\n{p} patients" for v, p in zip(rows["value"], rows["patients"])], fontsize=8)
+        ax.set_xticks(x, [f"{_short(v, 24)}\n{p} patients" for v, p in zip(rows["value"], rows["patients"])],
+                      fontsize=8)
         ax.set_xlim(-0.5, len(rows) - 0.5)
         ax.set_ylim(0, 1.15)
         ax.set_ylabel("recall")
@@ -331,9 +462,7 @@ def plot_subgroups(table: pd.DataFrame, attributes: list[str], classes: list[str
     fig.legend(handles=[Patch(color=CLASS_COLORS[j % len(CLASS_COLORS)], label=c) for j, c in enumerate(classes)],
                loc="outside lower center", ncols=len(classes), fontsize=8, frameon=False, title="true class",
                title_fontsize=8)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return fig, path
 
 
 def _wrap(text: str, inches: float, fontsize: float) -> str:
@@ -341,6 +470,7 @@ def _wrap(text: str, inches: float, fontsize: float) -> str:
     return textwrap.fill(text, max(12, int(inches * 72 / (0.6 * fontsize))))
 
 
+@_plot
 def plot_confusions(items: list[tuple[tuple[str, str], np.ndarray]], summary: pd.DataFrame, path: Path,
                     classes: list[str]) -> Path:
     """Counts annotated; colour = fraction of the true class, so rare classes stay visible."""
@@ -360,11 +490,11 @@ def plot_confusions(items: list[tuple[tuple[str, str], np.ndarray]], summary: pd
             for j in range(matrix.shape[1]):
                 ax.text(j, i, f"{matrix[i, j]}\n{frac[i, j]:.0%}", ha="center", va="center", fontsize=9,
                         color="white" if frac[i, j] > 0.6 else "black")
-        ax.set_xticks(range(len(classes)), classes)
-        ax.set_yticks(range(len(classes)), classes)
+        ax.set_xticks(range(len(classes)), [_short(c, 16) for c in classes])
+        ax.set_yticks(range(len(classes)), [_short(c, 16) for c in classes])
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
-        ax.set_title(f"{_wrap(f'{encoder} · {probe}', 4.0, 10)}\nmean {header(primary)} "
+        ax.set_title(f"{_wrap(f'{_short(encoder)} · {_short(probe)}', 4.0, 10)}\nmean {_short(header(primary))} "
                      f"{wacc.get((encoder, probe), np.nan):.3f}, n = {int(matrix.sum())}", fontsize=10)
     for ax in list(axes.flat)[len(items):]:
         ax.axis("off")
@@ -373,18 +503,13 @@ def plot_confusions(items: list[tuple[tuple[str, str], np.ndarray]], summary: pd
     # wrapped to the figure's width: one matrix alone is narrower than the title
     fig.suptitle(_wrap(f"Patient confusion matrices, summed over splits (best mean {header(primary)})", 4.2 * cols, 12),
                  fontsize=12)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return fig, path
 
 
 def _cell(text: str) -> str:
-    return "—" if str(text).startswith("nan") else _md(text)
+    return "—" if str(text).startswith("nan") else markdown_text(text)
 
 
 def _ci(low: float, high: float) -> str:
     return "—" if not (np.isfinite(low) and np.isfinite(high)) else f"[{low:.3f}, {high:.3f}]"
 
-
-def _md(text) -> str:
-    return str(text).replace("|", "\\|")

@@ -15,6 +15,7 @@ from .evaluate import SplitResult, fit_encoder, proba_columns, summary_table, te
 from .features import find_cache
 from .layers import fit_layer_choice, layer_slices, resolve_probe_layers, take_layers
 from .outputs import write_csv_atomic
+from .probes import PROBES
 from .task import Task
 
 if TYPE_CHECKING:
@@ -34,6 +35,20 @@ def load_splits(dataset, spec: str, seed: int = 0, folds: int = 5) -> dict[str, 
         raise ValueError(f"{spec}: {len(missing)} patients of the data have no split "
                          f"(e.g. {sorted(missing)[:3]}); regenerate it with `pipeline.py splits`")
     return splits
+
+
+def check_probe_inputs(encoders: list[str], probes: list[str], cache_dir: str | Path,
+                       layers: str | None = None) -> None:
+    """What `run_probe` needs from its arguments and the cache folder, checked before a run starts,
+    so that a misspelt name or a missing cache is refused before OUT is touched: known probes, a
+    cache per encoder, and --layers that each cache holds."""
+    unknown = [p for p in probes if p not in PROBES]
+    if unknown:
+        raise ValueError(f"unknown probe {', '.join(map(repr, unknown))}; available: {', '.join(PROBES)}")
+    for spec in encoders:
+        config = find_cache(cache_dir, spec).config
+        if layers is not None:
+            resolve_probe_layers(layers, layer_slices(config), config.get("n_layers"))
 
 
 def write_results(results: list[SplitResult], out: str | Path, classes: tuple[str, ...]
@@ -68,6 +83,7 @@ def run_probe(task: Task, encoders: list[str], probes: list[str], splits: dict[s
     `backend="ray"` runs the fits as Ray tasks (`ray`: the cluster), with the same results.
     `layers` (caches made with `extract --layers`): which cached layers the probes use, or how they
     are chosen per split (`classify.layers`); None: the whole cached vector."""
+    check_probe_inputs(encoders, probes, cache_dir, layers)
     embeddings, slices, choice = {}, {}, None
     wanted = task.all_recordings()
     for spec in encoders:

@@ -14,6 +14,7 @@ import pandas as pd
 from embed.datasets.base import NOT_GIVEN
 
 from .metrics import LABEL_METRICS, recalls
+from .outputs import markdown_text
 
 NOT_IN_DATA = "not in data"  # a predicted patient the dataset given to the report does not hold
 
@@ -80,10 +81,12 @@ def subgroup_markdown(table: pd.DataFrame, attribute: str, classes: Sequence[str
                       headers: Mapping[str, str]) -> str:
     """One attribute's rows (of one encoder × probe) as a markdown table: each recall with the number
     of predictions it is over, since small subgroups give loose figures."""
-    head = ["value", "patients", "predictions"] + [f"Rec. {c} (n)" for c in classes] + [headers.get(m, m) for m in metrics]
+    head = ["value", "patients", "predictions"] + [f"Rec. {markdown_text(c)} (n)" for c in classes] + [
+        markdown_text(headers.get(m, m)) for m in metrics]
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     for r in table[table["attribute"] == attribute].to_dict("records"):
-        cells = [str(r["value"]).replace("|", "\\|"), str(r["patients"]), str(r["predictions"])]
+        # values come from the dataset's patient files: escaped like every id
+        cells = [markdown_text(r["value"]), str(r["patients"]), str(r["predictions"])]
         for c in classes:
             n, rec = r[f"n_{c.lower()}"], r[f"recall_{c.lower()}"]
             cells.append(f"{rec:.3f} ({n})" if n else "—")

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from .audio import resample
-from .encoders import Encoder, available, create
+from .encoders import Encoder, available, create, get_class
 
 __path__: list[str] = []  # a package whose submodules are the encoders (`_EncoderModules`)
 
@@ -69,6 +69,12 @@ class HearModel(torch.nn.Module):
 
 
 def load_model(model_file_path: str = "", encoder: str = "logmel", **kwargs) -> HearModel:
+    # checked here in the API's own words (the encoder's own checks name the command line's --checkpoint)
+    encoder_class = get_class(encoder) if encoder in available() else None
+    if encoder_class and encoder_class.needs_checkpoint and not model_file_path:
+        raise ValueError(f"encoder {encoder!r} needs model_file_path (its official weight file)")
+    if encoder_class and not encoder_class.takes_checkpoint and model_file_path:
+        raise ValueError(f"encoder {encoder!r} has no weights; call load_model without model_file_path")
     return HearModel(create(encoder, model_file_path or None, **kwargs))
 
 

@@ -66,11 +66,25 @@ def test_decision_choices_are_the_rule_registry(monkeypatch, capsys):
 
 
 def test_demo_runs_end_to_end_reuses_its_work_folder_and_cleans_up(tmp_path, capsys):
+    import glob
+    import json
+    import shlex
+    from pathlib import Path
     work = tmp_path / "demo"
     assert main(["demo", "--patients", "20", "--workdir", str(work)]) == 0
-    assert "0 already cached" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "0 already cached" in out
     scores = pd.read_csv(work / "out" / "scores.csv")
     assert set(scores["probe"]) == {"linear+any", "xgboost+any"} and len(scores) == 6
+    # it saves a model and prints a predict command for a test patient of the first split; that command works
+    command = shlex.split(out.split("python pipeline.py ", 1)[1].splitlines()[0])
+    assert command[:3] == ["predict", "--model", str(work / "model")] and command[4].endswith("_*.wav")
+    unseen = Path(command[4]).name.split("_")[0]
+    first_split = pd.read_csv(work / "out" / "predictions.csv", dtype={"patient_id": str}).query("split == 'split1'")
+    assert unseen in set(first_split["patient_id"])  # scored as a test patient, so never trained on
+    assert main([*command[:4], *sorted(glob.glob(command[4])), *command[5:]]) == 0
+    call = json.loads((work / "predictions" / f"{unseen}.json").read_text())
+    assert call["model"]["encoder"] == "logmel" and call["class"] in ("Present", "Unknown", "Absent")
     assert main(["demo", "--patients", "20", "--workdir", str(work), "--clean"]) == 0
     out = capsys.readouterr().out
     assert "0 recordings embedded" in out and "already cached" in out and f"removed {work}" in out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import importlib.util
+import json
 import re
 import sys
 from pathlib import Path
@@ -178,7 +179,7 @@ def test_interrupted_probe_keeps_old_results_whole_and_marked(data, cached, tmp_
         raise KeyboardInterrupt
     monkeypatch.setattr(run_module, "fit_encoder", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        _probe(data, cached, out)
+        _probe(data, cached, out, "--overwrite")
     assert (out / "scores.csv").read_bytes() == before
     assert "from an earlier run" in (out / UNFINISHED).read_text()
     assert pipeline.main(["report", "--runs", str(out), "--out", str(tmp_path / "rep")]) == 0
@@ -220,3 +221,134 @@ def test_single_run_confusion_title_fits_the_figure(data, cached, tmp_path):
     assert (top < 0.5).any(), "no title drawn"
     for edge in (top[:, :3], top[:, -3:]):  # text touching an edge was cut off there
         assert (edge > 0.9).all()
+
+
+# -- the first hour: refusals that leave everything as it was -------------------------------------
+
+def _listing(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())} if folder.exists() else {}
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda data, cache, tmp: (tmp / "nowhere", cache, ()), "nowhere"),
+    (lambda data, cache, tmp: (data, tmp / "empty-cache", ()), "no embedding cache for 'logmel'"),
+    (lambda data, cache, tmp: (data, cache, ("--encoder", "logmel,mn04")), "no embedding cache for 'mn04'"),
+    (lambda data, cache, tmp: (data, cache, ("--probe", "linear,lienar")), "unknown probe 'lienar'; available: "),
+    (lambda data, cache, tmp: (data, cache, ("--layers", "3")), "--layers 3: the cache holds layers"),
+])
+def test_a_probe_refused_by_its_checks_leaves_out_as_it_was(data, cached, tmp_path, capsys, monkeypatch,
+                                                            damage, message):
+    monkeypatch.setattr(run_module, "fit_encoder", lambda *a, **k: pytest.fail("fitted before the checks"))
+    (tmp_path / "empty-cache").mkdir()
+    data_dir, cache, extra = damage(data, cached, tmp_path)
+    fresh, earlier = tmp_path / "fresh", tmp_path / "earlier"
+    earlier.mkdir()
+    (earlier / "scores.csv").write_text("earlier\n")
+    for out in (fresh, earlier):
+        assert _probe(data_dir, cache, out, "--overwrite", *extra) == 2
+        err = _err(capsys)
+        assert message in err and "Traceback" not in err
+    assert not fresh.exists()  # not even created
+    assert _listing(earlier) == {"scores.csv": b"earlier\n"}  # no UNFINISHED.txt, nothing replaced
+
+
+def test_a_second_probe_into_the_same_out_is_refused_as_the_readme_says(data, cached, tmp_path, capsys,
+                                                                       monkeypatch):
+    readme = " ".join((REPO / "README.md").read_text().split())
+    assert "it refuses an `OUT` that holds `scores.csv` or `predictions.csv` from an earlier run (`--overwrite` replaces them)" in readme
+    out = tmp_path / "run"
+    assert _probe(data, cached, out) == 0
+    before = _listing(out)
+    capsys.readouterr()
+    with monkeypatch.context() as patched:
+        patched.setattr(run_module, "fit_encoder", lambda *a, **k: pytest.fail("fitted into a refused OUT"))
+        assert _probe(data, cached, out, "--probe", "xgboost") == 2
+    assert _err(capsys).strip() == (f"error: {out}: holds scores.csv and predictions.csv of an earlier run; pass "
+                                    "--overwrite to replace them, or pick another --out")
+    assert _listing(out) == before  # the earlier results whole, no marker, no lock
+    (out / "scores.csv").unlink()  # one of the two is enough to refuse
+    assert _probe(data, cached, out) == 2 and "holds predictions.csv of an earlier run" in _err(capsys)
+    assert _probe(data, cached, out, "--probe", "xgboost", "--overwrite") == 0
+    assert set(pd.read_csv(out / "scores.csv")["probe"]) == {"xgboost+any"}
+    assert sorted(_listing(out)) == ["predictions.csv", "scores.csv"]
+
+
+def test_every_default_output_folder_is_git_ignored():
+    ignored = {line.strip() for line in (REPO / ".gitignore").read_text().splitlines()}
+    parser = pipeline.build_parser()
+    defaults = {(name, action.dest): action.default for name, command in parser.commands.items()
+                for action in command._actions if action.dest in ("out", "workdir") and action.default}
+    assert defaults[("predict", "out")] == "runs/predict" and len(defaults) >= 6
+    for (name, dest), default in defaults.items():
+        assert f"{Path(default).parts[0]}/" in ignored, (name, dest, default)
+
+
+def test_predict_lists_the_files_it_wrote_or_says_it_wrote_none(data, cached, tmp_path, capsys):
+    model = tmp_path / "model"
+    assert _probe(data, cached, tmp_path / "run", "--save-model", str(model)) == 0
+    patient = sorted((data / "training_data").glob("*.txt"))[0].stem
+    out = tmp_path / "calls"
+    wavs = [str(w) for w in sorted((data / "training_data").glob(f"{patient}_*.wav"))]
+    broken = tmp_path / "broken_AV.wav"
+    broken.write_bytes(b"RIFF not really")
+    capsys.readouterr()
+    assert pipeline.main(["predict", "--model", str(model), "--input", *wavs, str(broken), "--out", str(out)]) == 1
+    err = _err(capsys)
+    assert err.endswith(f"wrote 2 patient files (1 without a call: no usable recording):\n  {out / patient}.json\n"
+                        f"  {out / 'broken'}.json\n")
+    assert json.loads((out / f"{patient}.json").read_text())["class"] in ("Present", "Unknown", "Absent")
+    nowhere = tmp_path / "none"
+    assert pipeline.main(["predict", "--model", str(model), "--input", str(tmp_path / "missing.wav"),
+                          "--out", str(nowhere)]) == 1
+    assert _err(capsys).endswith(f"no patient found in the input; nothing written to {nowhere}\n")
+    assert not nowhere.exists()
+
+
+@pytest.mark.parametrize("argv, usage", [
+    (["probe", "--data", "d", "--encodr", "logmel"], "probe"),
+    (["report", "--runs", "r", "--by-attribute", "age"], "report"),
+    (["extract", "--data", "d", "stray"], "extract")])
+def test_a_misspelt_option_gets_its_commands_usage(capsys, argv, usage):
+    with pytest.raises(SystemExit) as exit_:
+        pipeline.main(argv, prog="pipeline.py")
+    assert exit_.value.code == 2
+    err = _err(capsys)
+    extras = " ".join(argv[3:])
+    assert err.startswith(f"usage: pipeline.py {usage} [-h]")
+    assert err.splitlines()[-1] == f"pipeline.py {usage}: error: unrecognized arguments: {extras}"
+
+
+HEAVY = ("torch", "sklearn", "scipy", "pandas", "xgboost", "classify.recipe_book", "embed.encoders", "embed.datasets")
+DATASETS = ["embed.datasets", "scipy"]  # the dataset registry, read where a usage shows --dataset's choices
+
+
+@pytest.mark.parametrize("argv, imported", [
+    (["--help"], []), (["predict", "--help"], []), (["demo", "--help"], []), (["report", "--help"], DATASETS),
+    (["splits", "--data", "d", "--out", "x.csv", "--bogus"], DATASETS)])
+def test_help_imports_only_the_registries_it_lists(argv, imported):
+    """`--help` was 6-8 s: building the parser imported torch, scikit-learn and the recipes."""
+    import subprocess
+    code = ("import sys, pipeline\n"
+            f"try:\n    pipeline.main({argv!r})\nexcept SystemExit:\n    pass\n"
+            f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert done.stdout.splitlines()[-1] == str(sorted(imported)), (argv, done.stdout[-300:])
+
+
+def test_probe_help_shows_the_cache_default_as_written_and_parsing_keeps_it(capsys):
+    with pytest.raises(SystemExit):
+        pipeline.main(["probe", "--help"], prog="pipeline.py")
+    text = " ".join(capsys.readouterr().out.split())
+    assert str(REPO) not in text
+    assert "--cache DIR embedding cache folder (default: cache/ in the folder of pipeline.py" in text
+    assert pipeline.parse_args(["probe", "--data", "d"]).cache == str(REPO / "cache") == str(pipeline.DEFAULT_CACHE)
+    assert pipeline.parse_args(["extract", "--data", "d", "--cache", "c"]).cache == "c"
+
+
+def test_hear_load_model_speaks_of_its_own_arguments(tmp_path):
+    from embed import hear
+    with pytest.raises(ValueError, match=r"^encoder 'mn04' needs model_file_path \(its official weight file\)$"):
+        hear.load_model(encoder="mn04")
+    with pytest.raises(ValueError, match=r"^encoder 'logmel' has no weights; call load_model without model_file_path$"):
+        hear.load_model(str(tmp_path / "w.pt"), encoder="logmel")
+    assert hear.load_model(encoder="logmel").scene_embedding_size > 0

@@ -18,7 +18,8 @@ MURMUR = Scoring(("Present", "Unknown", "Absent"), ("weighted_accuracy", "uar"),
 ENCODERS = [("mn04", "linear", 0.8), ("ens:mean(mn04+yamnet)", "linear+loc", 0.65), ("logmel", "xgboost", 0.45)]
 
 
-def make_run(folder: Path, rows=ENCODERS, splits=("split1", "split2", "split3"), n: int = 40, seed: int = 0) -> Path:
+def make_run(folder: Path, rows=ENCODERS, splits=("split1", "split2", "split3"), n: int = 40, seed: int = 0,
+             **to_csv) -> Path:
     """A run folder whose scores.csv is computed from its predictions.csv, like `probe` writes it."""
     rng = np.random.default_rng(seed)
     scores, preds = [], []
@@ -36,8 +37,8 @@ def make_run(folder: Path, rows=ENCODERS, splits=("split1", "split2", "split3"),
                                        "split": split, "label": labels, "prediction": prediction,
                                        "p_present": proba[:, 0], "p_unknown": proba[:, 1], "p_absent": proba[:, 2]}))
     folder.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(scores).to_csv(folder / "scores.csv", index=False, float_format="%.4f")
-    pd.concat(preds).to_csv(folder / "predictions.csv", index=False, float_format="%.4f")
+    pd.DataFrame(scores).to_csv(folder / "scores.csv", index=False, float_format="%.4f", **to_csv)
+    pd.concat(preds).to_csv(folder / "predictions.csv", index=False, float_format="%.4f", **to_csv)
     return folder
 
 
@@ -183,3 +184,159 @@ def test_two_class_runs_report_their_own_metric_and_classes(tmp_path):
     assert head.startswith("| encoder | probe | splits | MAcc | MAcc 95% CI | Rec. Abnormal | Rec. Normal | AUROC")
     assert PAPER_LABEL not in result.path.read_text()
     assert "| true \\ predicted | Abnormal | Normal |" in result.path.read_text()
+
+
+# -- run folders are untrusted: ids, cells and files as an attacker or a careless user leaves them -----
+
+HOSTILE = [('=HYPERLINK("http://evil.example","open")', "+cmd|' /C calc'!A0"),
+           ("<script>alert(1)</script>", "a|b\nc"),
+           ("[click](javascript:alert(1))", f"**{PAPER_LABEL}**"),
+           ("@SUM(1+1)", "\tlinear"), ("-2+3", "\rtab"), ("$\\frac$ `code`", "x_y~z~")]
+
+
+def _set_cell(path: Path, column: str, row: int, value: str) -> None:
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    frame.loc[row, column] = value
+    frame.to_csv(path, index=False)
+
+
+def _csv_cells(path: Path) -> list[str]:
+    import csv
+    with open(path, newline="", encoding="utf-8") as fh:
+        return [cell for row in csv.reader(fh) for cell in row]
+
+
+def test_hostile_ids_are_inert_in_the_csv_files_and_in_report_md(tmp_path):
+    import csv  # quoted: a bare carriage return would end the csv row, whoever wrote it
+    run = make_run(tmp_path / "run`x\nnew line", rows=[(e, p, 0.7) for e, p in HOSTILE], splits=("s1", "s2"), n=20,
+                   quoting=csv.QUOTE_NONNUMERIC)
+    preds = pd.read_csv(run / "predictions.csv", dtype={"patient_id": str})
+    values = {pid: ["=1+1", "<b>bold</b>|x", "@A1"][i % 3] for i, pid in enumerate(sorted(set(preds.patient_id)))}
+    result = write_report([run], tmp_path / "rep", attributes={"colour": (values, ["@A1"])})
+    for name in ("summary.csv", "subgroups.csv"):
+        cells = _csv_cells(result.path.parent / name)
+        assert not [c for c in cells if c.startswith(("=", "+", "-", "@", "\t", "\r"))], name
+        for encoder, probe in HOSTILE:  # the ids are all there, each behind a quote where it needed one
+            for text in (encoder, probe):
+                assert (f"'{text}" if text[0] in "=+-@\t\r" else text) in cells, (name, text)
+    subgroups = pd.read_csv(result.path.parent / "subgroups.csv")
+    assert {"'=1+1", "<b>bold</b>|x", "'@A1"} <= set(subgroups["value"])
+    assert pd.api.types.is_numeric_dtype(subgroups["recall_present"])  # numbers stay numbers
+    text = result.path.read_text()
+    assert "<script>" not in text and "<b>" not in text
+    assert not re.search(r"(?<!\\)\]\(javascript:", text) and "\\[click\\](javascript:" in text  # no link
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text and "a\\|b\\nc" in text
+    rows = table_rows(text)
+    assert len(rows) == len(HOSTILE) + len(PAPER_FINETUNED)  # no row broken by a `|` or a newline
+    assert all(len(r) == len(rows[0]) for r in rows)
+    assert sum(r[1] == f"**{PAPER_LABEL}**" for r in rows) == len(PAPER_FINETUNED)  # not faked by a probe name
+    lines = text.splitlines()
+    assert all(not line.startswith(("new line", "<")) for line in lines)
+    footer = next(line for line in lines if line.startswith("Produced by"))
+    assert "run\\`x\\nnew line" in footer
+    for png in ("scores.png", "confusion.png", "recalls.png", "subgroups.png"):  # `$\frac$` drawn as text
+        assert (result.path.parent / png).read_bytes()[:8] == PNG_MAGIC
+
+
+@pytest.mark.parametrize("column, value, problem", [
+    ("uar", "abc", "not a finite number"), ("weighted_accuracy", "nan", "not a finite number"),
+    ("auroc", "inf", "not a finite number"), ("recall_present", "1.7", "outside 0..1"),
+    ("uar", "-0.1", "outside 0..1")])
+def test_bad_score_cells_are_refused_naming_file_column_and_row(tmp_path, capsys, column, value, problem):
+    run = make_run(tmp_path / "run", rows=ENCODERS[:2], splits=("s1", "s2"), n=10)
+    _set_cell(run / "scores.csv", column, 2, value)
+    assert main(["report", "--runs", str(run), "--out", str(tmp_path / "rep")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {run / 'scores.csv'}: column {column!r}: {problem}" + err.split(problem, 1)[1]
+    assert f"(row 3: {value!r})" in err and "Traceback" not in err and err.count("\n") == 1
+    assert not (tmp_path / "rep").exists()  # checked before anything is written
+
+
+@pytest.mark.parametrize("column", ["label", "prediction"])
+@pytest.mark.parametrize("value, problem", [
+    ("3", "past the last class (2)"), ("-1", "negative"), ("1.5", "not a whole number"), ("", "empty cells"),
+    ("Present", "not a number"), ("nan", "not a number")])
+def test_bad_labels_are_refused_naming_file_column_and_row(tmp_path, column, value, problem):
+    run = make_run(tmp_path / "run", rows=ENCODERS[:1], splits=("s1",), n=10)
+    _set_cell(run / "predictions.csv", column, 4, value)
+    with pytest.raises(ValueError) as refused:
+        write_report([run], tmp_path / "rep")
+    assert str(refused.value) == (f"{run / 'predictions.csv'}: column {column!r}: {problem}; a {column} is a class "
+                                  f"index (0 Present, 1 Unknown, 2 Absent) (row 5: {value!r})")
+    assert not (tmp_path / "rep").exists()
+
+
+@pytest.mark.parametrize("name, content, problem", [
+    ("scores.csv", b"", "the file is empty"),
+    ("predictions.csv", b"\n  \n", "the file is empty"),
+    ("scores.csv", bytes(range(256)) * 4, "binary content, not a CSV text file"),
+    ("predictions.csv", "encoder,probe,split,patient_id,label,prediction\n".encode(), "a header but no rows"),
+    ("scores.csv", "encoder,probe,split\nmn04,linéar,s1\n".encode("latin-1"), "not UTF-8 text"),
+    ("predictions.csv", b'encoder,probe\n"mn04,linear\n', "not a readable CSV file")])
+def test_empty_binary_and_broken_files_are_named(tmp_path, name, content, problem):
+    run = make_run(tmp_path / "run", rows=ENCODERS[:1], splits=("s1",), n=10)
+    (run / name).write_bytes(content)
+    with pytest.raises(ValueError, match=re.escape(f"{run / name}: {problem}")):
+        load_runs([run])
+
+
+def test_rows_given_twice_empty_ids_and_mixed_classes_are_refused(tmp_path):
+    run = make_run(tmp_path / "run", rows=ENCODERS[:1], splits=("s1", "s2"), n=10)
+    text = (run / "predictions.csv").read_text()
+    (run / "predictions.csv").write_text(text + text.splitlines()[3] + "\n")  # one patient counted twice
+    with pytest.raises(ValueError, match=re.escape(f"{run / 'predictions.csv'}: column 'encoder × probe × split × "
+                                                   f"patient_id': the same row twice")):
+        load_runs([run])
+    run = make_run(tmp_path / "run2", rows=ENCODERS[:1], splits=("s1", "s2"), n=10)
+    _set_cell(run / "scores.csv", "encoder", 1, " ")
+    with pytest.raises(ValueError, match=re.escape(f"{run / 'scores.csv'}: column 'encoder': empty cells (row 2: ' ')")):
+        load_runs([run])
+    run = make_run(tmp_path / "run3", rows=ENCODERS[:1], splits=("s1",), n=10)
+    scores = pd.read_csv(run / "scores.csv")
+    scores.drop(columns=[c for c in scores if c.startswith("recall_")]).to_csv(run / "scores.csv", index=False)
+    with pytest.raises(ValueError, match=re.escape(f"{run / 'scores.csv'}: no recall_CLASS column")):
+        load_runs([run])
+    circor = make_run(tmp_path / "circor", rows=ENCODERS[:1], splits=("s1",), n=10)
+    two = make_run(tmp_path / "two", rows=ENCODERS[:1], splits=("s1",), n=10)
+    scores = pd.read_csv(two / "scores.csv").drop(columns=["recall_unknown"])
+    scores.rename(columns={"recall_present": "recall_abnormal", "recall_absent": "recall_normal"}).to_csv(
+        two / "scores.csv", index=False)
+    preds = pd.read_csv(two / "predictions.csv")
+    preds[["label", "prediction"]] %= 2
+    preds.drop(columns=["p_unknown"]).to_csv(two / "predictions.csv", index=False)
+    with pytest.raises(ValueError, match=r"the runs hold different classes.*circor: Present, Unknown, Absent; "
+                                         r".*two: Abnormal, Normal"):
+        load_runs([circor, two])
+
+
+def test_undefined_scores_read_as_dashes_and_a_spreadsheet_resave_still_reads(tmp_path):
+    """An empty cell is how probe writes a recall a split cannot have (no patient of that class)."""
+    run = make_run(tmp_path / "run", rows=ENCODERS[:1], splits=("s1", "s2"), n=10)
+    for row in (0, 1):
+        _set_cell(run / "scores.csv", "recall_unknown", row, "")
+    raw = (run / "scores.csv").read_bytes()
+    (run / "scores.csv").write_bytes(b"\xef\xbb\xbf" + raw)  # the byte-order mark a spreadsheet adds
+    text = write_report([run], tmp_path / "rep").path.read_text()
+    row = next(r for r in table_rows(text) if r[0] == "mn04")
+    assert row[8] == "—" and "nan" not in text.lower().replace("nanos", "")
+
+
+def test_a_refused_or_failed_report_leaves_the_earlier_one_whole(tmp_path, monkeypatch):
+    import matplotlib.figure
+    run = make_run(tmp_path / "run", rows=ENCODERS[:1], splits=("s1",), n=10)
+    out = write_report([run], tmp_path / "rep").path.parent
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    bad = make_run(tmp_path / "bad", rows=ENCODERS[:1], splits=("s1",), n=10)
+    _set_cell(bad / "predictions.csv", "label", 0, "7")
+    with pytest.raises(ValueError, match="past the last class"):
+        write_report([bad], out)
+
+    def dies_half_way(self, target, **kwargs):
+        Path(target).write_bytes(PNG_MAGIC)
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", dies_half_way)
+    with pytest.raises(OSError, match="No space left"):
+        write_report([make_run(tmp_path / "other", rows=ENCODERS[1:2], splits=("s1",), n=10)], out)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.suffix == ".png"} == {
+        k: v for k, v in before.items() if k.endswith(".png")}
+    assert sorted(p.name for p in out.iterdir()) == sorted(before)  # no temporary file left
