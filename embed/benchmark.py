@@ -42,10 +42,22 @@ class Roofline:
     cpu_gflops: float
 
 
-def matmul_roofline(precision: str, device: torch.device, n: int = 2048, repeats: int = 7) -> Roofline:
+def matmul_roofline(precision: str, device: torch.device, n: int = 2048, repeats: int = 7,
+                    budget_s: float = 1.0) -> Roofline:
     """An `n x n` matrix product at `precision` (median of `repeats`): the ceiling the encoders'
-    matrix products can reach on this device, measured in the same process."""
+    matrix products can reach on this device, measured in the same process. Where one product
+    would take longer than `budget_s` (bf16 emulated on a CPU without it runs ~70x slower than
+    fp32: 69 s for one 2048 product), `n` is halved until it fits, from a timed 256 product."""
     gen = torch.Generator(device="cpu").manual_seed(0)
+    small = torch.randn(256, 256, generator=gen).to(device, _dtype(precision))
+    small @ small
+    _sync(device)
+    start = time.perf_counter()
+    small @ small
+    _sync(device)
+    estimate = (time.perf_counter() - start) * (n / 256) ** 3
+    while n > 256 and estimate > budget_s:
+        n, estimate = n // 2, estimate / 8
     a, b = (torch.randn(n, n, generator=gen).to(device, _dtype(precision)) for _ in range(2))
     for _ in range(2):
         a @ b
