@@ -31,6 +31,7 @@ from torch import nn
 
 from .base import Encoder
 from .checkpoint import CheckpointError, load_checkpoint, load_strict, numpy_globals, strip_prefix
+from .cnn14 import ConvBlock  # PANNs' block, with max pooling here
 from .registry import register
 
 SAMPLE_RATE, N_FFT, HOP, N_MELS = 44100, 2048, 1024, 96
@@ -77,19 +78,6 @@ class EssentiaLogMel(nn.Module):
         return torch.log10(1e4 * (power @ self.mel) + 1.0) / LOG_MAX
 
 
-class ConvBlock(nn.Module):
-    def __init__(self, c_in: int, c_out: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c_out)
-        self.bn2 = nn.BatchNorm2d(c_out)
-
-    def forward(self, x: torch.Tensor, pool: int) -> torch.Tensor:
-        x = F.relu(self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x))))))
-        return F.max_pool2d(x, pool) if pool > 1 else x
-
-
 class EmbeddingNet(nn.Module):
     """The package's `EmbeddingNet`; `forward` returns the frequency-averaged last map `(B, T/8, 512)`."""
 
@@ -98,7 +86,7 @@ class EmbeddingNet(nn.Module):
         self.front_end = EssentiaLogMel()
         widths = (1, *WIDTHS)
         for i in range(4):
-            setattr(self, f"conv_block{i + 1}", ConvBlock(widths[i], widths[i + 1]))
+            setattr(self, f"conv_block{i + 1}", ConvBlock(widths[i], widths[i + 1], pool="max"))
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=audio.device.type, enabled=False):  # front end in fp32

@@ -104,16 +104,20 @@ class LogmelFilterBank(nn.Module):
 
 
 class ConvBlock(nn.Module):
-    def __init__(self, c_in: int, c_out: int) -> None:
+    """PANNs' block of two 3x3 convolutions with batch norms, then pooling (`pool`: CNN14 averages,
+    aiSFX takes the maximum); parameter names as in the official checkpoints."""
+
+    def __init__(self, c_in: int, c_out: int, pool: Literal["avg", "max"] = "avg") -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(c_out)
         self.bn2 = nn.BatchNorm2d(c_out)
+        self.pool = F.avg_pool2d if pool == "avg" else F.max_pool2d
 
     def forward(self, x: torch.Tensor, pool_size: int) -> torch.Tensor:
         x = F.relu(self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x))))))
-        return F.avg_pool2d(x, pool_size) if pool_size > 1 else x
+        return self.pool(x, pool_size) if pool_size > 1 else x
 
 
 class Cnn14(nn.Module):
