@@ -306,7 +306,8 @@ class RecipePart:
                 raise FeatureWidthError(f"member {m.name} selects column {int(cols.max())} of features "
                                         f"{X.shape[1]} wide")
             X = X if cols is None else X[:, cols]
-            check_width(self.stage1[m.name], X, f"member {m.name}'s probe")
+            if len(X):  # an empty block (no readable recording) has no width to compare
+                check_width(self.stage1[m.name], X, f"member {m.name}'s probe")
             proba = self.stage1[m.name].predict_proba(X) if len(X) else np.zeros((0, self.stage1[m.name].n_classes))
             out.append(MemberScores(m.name, np.asarray(recording_ids)[have], proba))
         return out
