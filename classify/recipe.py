@@ -194,11 +194,10 @@ class PhaseFrames:
         # without the heart-rate adaptation of the durations: the recipe's reported runs were made so,
         # and adapting lowered the inner CV of the cross-fitted recipe (README, Recipes)
         segmenter = PhaseSegmenter(heart_rate=0.0, seed=seed)
-        key = inputs = entry = None
+        inputs = entry = None
         if self.store is not None:
             inputs = key_inputs(self.frames_key, segmenter.get_params(), ids, [self.intervals[r] for r in ids])
-            key = inputs_key(inputs)
-            entry = self.store.load(key, inputs)
+            entry = self.store.load(inputs)
         if entry is not None:
             try:
                 segmenter = PhaseSegmenter.from_state(segmenter.get_params(), entry.state)
@@ -206,14 +205,14 @@ class PhaseFrames:
                     raise ValueError(f"it takes frames {segmenter.n_features_in_} wide, the cache's are "
                                      f"{self.frames[ids[0]].embeddings.shape[1]}")
             except (KeyError, TypeError, ValueError) as err:
-                self.store.drop(self.store.path(key), f"the stored segmenter cannot be used ({err})")
+                self.store.drop(self.store.path(inputs_key(inputs)), f"the stored segmenter cannot be used ({err})")
                 segmenter, entry = PhaseSegmenter(heart_rate=0.0, seed=seed), None
         if entry is None:
             segmenter.fit([self.frames[r].embeddings for r in ids], [self.frames[r].times for r in ids],
                           [self.intervals[r] for r in ids])
-            if key is not None:
-                self.store.save(key, inputs, segmenter.state(), {}, {})
-        segmenter.store_key_, segmenter.store_inputs_ = key, inputs
+            if inputs is not None:
+                self.store.save(inputs, segmenter.state(), {}, {})
+        segmenter.store_inputs_ = inputs
         # its decodes so far (the entry just read, or none): `segmented` need not read the entry again
         self._segmented = (segmenter, self._decodes(entry))
         return segmenter
@@ -222,18 +221,17 @@ class PhaseFrames:
         """The segmenter's intervals for these recordings, each decoded once per segmenter (the
         evaluation reuses a split's segmenter across seeds; the cross-fit decodes each fold here)
         and kept in the store with it."""
-        key = getattr(segmenter, "store_key_", None) if self.store is not None else None
-        inputs = getattr(segmenter, "store_inputs_", None)
+        inputs = getattr(segmenter, "store_inputs_", None) if self.store is not None else None
         if self._segmented is None or self._segmented[0] is not segmenter:
-            entry = self.store.load(key, inputs) if key is not None else None
+            entry = self.store.load(inputs) if inputs is not None else None
             self._segmented = (segmenter, self._decodes(entry))
         done = self._segmented[1]
         new = [r for r in dict.fromkeys(recording_ids) if r in self.frames and r not in done]
         for r in tqdm(new, desc="segmenter: decoding recordings", leave=False,
                       disable=not self.progress or len(new) < 100):
             done[r] = segmenter.predict(self.frames[r].embeddings, self.frames[r].times)
-        if new and key is not None:
-            self.store.save(key, inputs, segmenter.state(), done, {r: self.fingerprint(r) for r in done})
+        if new and inputs is not None:
+            self.store.save(inputs, segmenter.state(), done, {r: self.fingerprint(r) for r in done})
         return {r: done[r] for r in recording_ids if r in done}
 
     def crossfit_intervals(self, recording_ids, patient_of: dict[str, str], folds: int = CROSSFIT_FOLDS

@@ -44,14 +44,8 @@ def key_inputs(frames_key: str, params: dict, recording_ids: list[str], interval
                                   "intervals_sha256": digest.hexdigest()}, sort_keys=True, default=str))
 
 
-def segmenter_key(frames_key: str, params: dict, recording_ids: list[str],
-                  intervals: list[np.ndarray]) -> str:
-    """The entry name of a segmenter fit on these recordings' frames (`frames_key`: the frame cache)
-    and intervals with these parameters."""
-    return inputs_key(key_inputs(frames_key, params, recording_ids, intervals))
-
-
 def inputs_key(inputs: dict) -> str:
+    """The entry name of a segmenter fit from these `key_inputs`."""
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -107,10 +101,10 @@ class SegmenterStore:
         with contextlib.suppress(OSError):
             path.unlink()
 
-    def load(self, key: str, inputs: dict) -> Entry | None:
-        """The entry of `key`, or None when there is none that proves to be it: unreadable, edited,
-        or made from other inputs than `inputs` (`key_inputs`) are dropped with a warning."""
-        path = self.path(key)
+    def load(self, inputs: dict) -> Entry | None:
+        """The entry of `inputs` (`key_inputs`), or None when there is none that proves to be it:
+        one that is unreadable, edited or made from other inputs is dropped with a warning."""
+        path = self.path(inputs_key(inputs))
         if not path.is_file():
             return None
         try:
@@ -131,14 +125,14 @@ class SegmenterStore:
         if check != _digest(arrays):
             self.drop(path, "the segmenter entry's arrays do not match its digest (edited or damaged)")
             return None
-        if stored_inputs != inputs or inputs_key(stored_inputs) != key:
+        if stored_inputs != inputs:
             self.drop(path, "the segmenter entry was made from other inputs than its key's (another frame "
                              "cache, parameters, recordings or intervals)")
             return None
         decoded = {str(r): rows[offsets[i]:offsets[i + 1]] for i, r in enumerate(ids)}
         return Entry(state, decoded, {str(r): str(p) for r, p in zip(ids, prints)})
 
-    def save(self, key: str, inputs: dict, state: dict[str, np.ndarray], decoded: dict[str, np.ndarray],
+    def save(self, inputs: dict, state: dict[str, np.ndarray], decoded: dict[str, np.ndarray],
              fingerprints: dict[str, str]) -> None:
         """Write the entry whole (a temporary file renamed over it: a reader never sees half of one).
         The store only saves time, so a failed write (a full disk, a read-only cache) is reported and
@@ -152,7 +146,7 @@ class SegmenterStore:
                       fingerprints=np.asarray([fingerprints[r] for r in ids], dtype=str),
                       inputs=np.asarray(json.dumps(inputs, sort_keys=True)))
         arrays["check"] = np.asarray(_digest(arrays))
-        path = self.path(key)
+        path = self.path(inputs_key(inputs))
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             with atomic_path(path) as tmp, open(tmp, "wb") as fh:

@@ -11,11 +11,12 @@ from classify.phases import tsv_intervals
 from classify.recipe_book import get_recipe
 from classify.recipe_job import SEGMENTER_DIR, recipe_sources
 from classify.segmenter import PhaseSegmenter
-from classify.segmenter_store import SegmenterStore, inputs_key, key_inputs, segmenter_key
+from classify.segmenter_store import SegmenterStore, inputs_key, key_inputs
 from embed.datasets import load_dataset
 
 
 INPUTS = key_inputs("frames1", {"C": 0.1}, ["a_AV", "b_MV"], [np.zeros((1, 3)), np.ones((1, 3))])
+OTHER = key_inputs("frames2", {"C": 0.1}, ["a_AV"], [np.zeros((1, 3))])
 
 
 def test_an_entry_round_trips_and_a_bad_file_is_reported_and_ignored(tmp_path):
@@ -23,53 +24,52 @@ def test_an_entry_round_trips_and_a_bad_file_is_reported_and_ignored(tmp_path):
     state = {"coef": np.arange(6.0).reshape(2, 3), "factor": np.asarray(2)}
     decoded = {"a_AV": np.array([[0.0, 0.1, 1], [0.1, 0.4, 2]]), "b_MV": np.zeros((0, 3))}
     prints = {"a_AV": "f1", "b_MV": "f2"}
-    key = inputs_key(INPUTS)
-    store.save(key, INPUTS, state, decoded, prints)
-    entry = store.load(key, INPUTS)
+    store.save(INPUTS, state, decoded, prints)
+    entry = store.load(INPUTS)
     assert set(entry.state) == set(state) and all(np.array_equal(entry.state[k], state[k]) for k in state)
     assert set(entry.decoded) == set(decoded) and all(np.array_equal(entry.decoded[r], decoded[r]) for r in decoded)
     assert entry.fingerprints == prints
-    assert store.load("other", INPUTS) is None
-    store.path("k2").write_bytes(b"not an npz")
-    with pytest.warns(UserWarning, match="k2.npz: unreadable segmenter entry"):
-        assert store.load("k2", INPUTS) is None
-    assert not store.path("k2").exists()  # dropped, so the recomputed entry takes its place
+    assert store.load(OTHER) is None
+    key = inputs_key(INPUTS)
+    store.path(key).write_bytes(b"not an npz")
+    with pytest.warns(UserWarning, match=f"{key}.npz: unreadable segmenter entry"):
+        assert store.load(INPUTS) is None
+    assert not store.path(key).exists()  # dropped, so the recomputed entry takes its place
     # an entry holding a pickled object is refused, never unpickled
-    with open(store.path("k3"), "wb") as fh:
+    with open(store.path(key), "wb") as fh:
         np.savez(fh, **{"state/coef": np.array([object()], dtype=object)}, ids=np.array(["a"]),
                  offsets=np.array([0, 0]), intervals=np.zeros((0, 3)))
-    with pytest.warns(UserWarning, match="k3.npz: unreadable"):
-        assert store.load("k3", INPUTS) is None
+    with pytest.warns(UserWarning, match=f"{key}.npz: unreadable"):
+        assert store.load(INPUTS) is None
     assert not list((tmp_path / "segmenters").glob(".*.tmp"))
     # a store that cannot be written to (here a file where its folder should be) only warns
     (tmp_path / "blocked").write_text("a file, not a folder")
     with pytest.warns(UserWarning, match="could not keep the segmenter entry"):
-        SegmenterStore(tmp_path / "blocked").save(key, INPUTS, state, decoded, prints)
+        SegmenterStore(tmp_path / "blocked").save(INPUTS, state, decoded, prints)
 
 
 def test_an_entry_under_another_key_or_edited_is_dropped(tmp_path):
     store = SegmenterStore(tmp_path / "segmenters")
     state = {"coef": np.arange(6.0).reshape(2, 3)}
-    other = key_inputs("frames2", {"C": 0.1}, ["a_AV"], [np.zeros((1, 3))])
-    store.save(inputs_key(INPUTS), INPUTS, state, {}, {})
-    store.save(inputs_key(other), other, {"coef": np.ones((2, 3))}, {}, {})
+    store.save(INPUTS, state, {}, {})
+    store.save(OTHER, {"coef": np.ones((2, 3))}, {}, {})
     # swap the two files: each is now under the other's key
-    a, b = store.path(inputs_key(INPUTS)), store.path(inputs_key(other))
+    a, b = store.path(inputs_key(INPUTS)), store.path(inputs_key(OTHER))
     content_a, content_b = a.read_bytes(), b.read_bytes()
     a.write_bytes(content_b)
     b.write_bytes(content_a)
     with pytest.warns(UserWarning, match="made from other inputs than its key's"):
-        assert store.load(inputs_key(INPUTS), INPUTS) is None
+        assert store.load(INPUTS) is None
     assert not a.exists()
     # an entry whose arrays were changed after writing (its digest no longer matches)
-    store.save(inputs_key(INPUTS), INPUTS, state, {"a_AV": np.array([[0.0, 1.0, 1.0]])}, {"a_AV": "f"})
+    store.save(INPUTS, state, {"a_AV": np.array([[0.0, 1.0, 1.0]])}, {"a_AV": "f"})
     with np.load(a, allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
     arrays["intervals"] = arrays["intervals"] * 2
     with open(a, "wb") as fh:
         np.savez(fh, **arrays)
     with pytest.warns(UserWarning, match="do not match its digest"):
-        assert store.load(inputs_key(INPUTS), INPUTS) is None
+        assert store.load(INPUTS) is None
 
 
 def test_temporary_files_of_a_killed_writer_are_removed_on_open(tmp_path):
@@ -85,6 +85,10 @@ def test_temporary_files_of_a_killed_writer_are_removed_on_open(tmp_path):
     mine.write_bytes(b"being written")
     SegmenterStore(folder)
     assert not orphan.exists() and mine.exists()
+
+
+def segmenter_key(*args) -> str:
+    return inputs_key(key_inputs(*args))
 
 
 def test_the_key_changes_with_every_input_of_the_fit():
@@ -124,7 +128,7 @@ def test_a_second_run_reads_the_cross_fit_and_test_segmenter_from_the_store(synt
     monkeypatch.setattr(PhaseSegmenter, "predict", refuse)
     loads = []
     load = SegmenterStore.load
-    monkeypatch.setattr(SegmenterStore, "load", lambda self, key, inputs: loads.append(key) or load(self, key, inputs))
+    monkeypatch.setattr(SegmenterStore, "load", lambda self, inputs: loads.append(inputs_key(inputs)) or load(self, inputs))
     second = phases()
     again = second.crossfit_block(train, patient_of)
     assert len(loads) == len(set(loads)) == 3  # each fold's entry read once, not again to decode
@@ -191,14 +195,13 @@ def test_stale_decodes_and_a_segmenter_of_another_width_are_recomputed(synthetic
     # an entry under the right key whose segmenter takes frames of another width is refitted
     (path,) = [p for p in (tmp_path / SEGMENTER_DIR).glob("*.npz")]
     store = SegmenterStore(tmp_path / SEGMENTER_DIR)
-    key = path.stem
     with np.load(path, allow_pickle=False) as z:
         inputs = json.loads(str(z["inputs"]))
         state = {k[len("state/"):]: z[k] for k in z.files if k.startswith("state/")}
     width = state["coef"].shape[1] - 7  # one frame dimension fewer at each of the 7 context offsets
     state.update(coef=state["coef"][:, :width], mean=state["mean"][:width], scale=state["scale"][:width],
                  var=state["var"][:width])
-    store.save(key, inputs, state, {}, {})
+    store.save(inputs, state, {}, {})
     third = phases()
     with pytest.warns(UserWarning, match="cannot be used .*takes frames \\d+ wide, the cache's are"):
         refit = third.fit_segmenter(train)
