@@ -14,6 +14,11 @@ class OutputDiskFullError(OSError):
     """No room left to write an output file; nothing was written in its place."""
 
 
+def is_disk_full(err: BaseException) -> bool:
+    """An error that says the device has no space left (errno, or only the message, as libhdf5's)."""
+    return getattr(err, "errno", None) == errno.ENOSPC or "No space left" in str(err)
+
+
 def temporary_name(path: Path) -> Path:
     """The sibling a process writes before renaming: hidden, and unique to the process."""
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -31,7 +36,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except OSError as err:
-        if err.errno == errno.ENOSPC or "No space left" in str(err):
+        if is_disk_full(err):
             raise OutputDiskFullError(errno.ENOSPC, f"{path}: the disk is full; nothing was written there "
                                                    f"({err.strerror or err})") from err
         raise

@@ -23,6 +23,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from .atomic import is_disk_full
 from .filelock import FileLock, LockHeldError
 
 CACHE_FORMAT_VERSION = 1
@@ -382,7 +383,7 @@ def ensure_free_space(folder: Path, needed: int) -> None:
 def _is_disk_full(err: BaseException, folder: Path) -> bool:
     if isinstance(err, DiskFullError):
         return False  # already the clear error
-    if getattr(err, "errno", None) == errno.ENOSPC or "No space left" in str(err):
+    if is_disk_full(err):
         return True
     try:
         return shutil.disk_usage(folder).free < (1 << 16)
