@@ -266,8 +266,8 @@ def cmd_benchmark_ray(args) -> int:
 
 
 def cmd_probe(args) -> int:
-    from classify.outputs import OutputFolder
-    from classify.run import check_probe_inputs, load_splits, run_probe
+    from classify.jobs.outputs import OutputFolder
+    from classify.jobs.probe import check_probe_inputs, load_splits, run_probe
     from classify.task import Task
     from embed.datasets import load_dataset
     if args.save_model and args.ensemble:
@@ -299,18 +299,18 @@ def cmd_probe(args) -> int:
 def save_probe_model(results, model_dir, task, dataset, cache_dir, encoders: list[str],
                      checkpoint: str | None = None) -> Path:
     """`probe --save-model` (and the demo): the first split's probes and rules, for `predict`."""
-    from classify.features import find_cache
-    from classify.model_io import save_selected
+    from classify.features.caches import find_cache
+    from classify.store.probe_io import save_selected
     caches = {spec: find_cache(cache_dir, spec) for spec in encoders}
     return save_selected(results, model_dir, task.classes, dataset.name,
                          {spec: (c.config, c.key) for spec, c in caches.items()}, checkpoint)
 
 
 def cmd_segment(args) -> int:
-    from classify.features import find_cache
-    from classify.outputs import OutputFolder
-    from classify.run import load_splits
-    from classify.segment_run import run_segmenter
+    from classify.features.caches import find_cache
+    from classify.jobs.outputs import OutputFolder
+    from classify.jobs.probe import load_splits
+    from classify.jobs.segment import run_segmenter
     from embed.datasets import load_dataset
     with OutputFolder(args.out):
         dataset = load_dataset(args.dataset, args.data)
@@ -327,7 +327,7 @@ def cmd_segment(args) -> int:
 
 def cmd_predict(args) -> int:
     import json
-    from classify.predict import predict
+    from classify.jobs.predict import predict
     from embed.problems import format_table, problem_rows
     results, problems = predict(args.model, args.input, args.out, checkpoint=args.checkpoint,
                                 encoder_name=args.encoder, probe=args.probe, patient_id=args.patient_id,
@@ -343,7 +343,7 @@ def cmd_predict(args) -> int:
 
 def predict_summary(results: list[dict], out: Path, shown: int = 10) -> str:
     """The files `predict` wrote, by their real names (those of `output_names`), or that it wrote none."""
-    from classify.predict import output_names
+    from classify.jobs.predict import output_names
     if not results:
         return f"no patient found in the input; nothing written to {out}"
     names = output_names([r["patient_id"] for r in results])
@@ -358,8 +358,8 @@ def predict_summary(results: list[dict], out: Path, shown: int = 10) -> str:
 
 
 def cmd_recipe(args) -> int:
-    from classify.outputs import OutputFolder
-    from classify.recipe_job import run_recipe
+    from classify.jobs.outputs import OutputFolder
+    from classify.jobs.recipe import run_recipe
     from embed.datasets import load_dataset
     started = time.time()
     with OutputFolder(args.out):
@@ -375,8 +375,8 @@ def cmd_recipe(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from classify.outputs import OutputFolder
-    from classify.run import load_splits, run_probe
+    from classify.jobs.outputs import OutputFolder
+    from classify.jobs.probe import load_splits, run_probe
     from classify.task import Task
     from embed.datasets.circor import load_circor
     from embed.encoders import create
@@ -413,8 +413,8 @@ def cmd_demo(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from classify.outputs import unfinished_note
-    from classify.report import write_report
+    from classify.jobs.outputs import unfinished_note
+    from classify.jobs.report import write_report
     for run in args.runs:
         if note := unfinished_note(run):
             print(f"warning: {note}", file=sys.stderr)
@@ -422,7 +422,7 @@ def cmd_report(args) -> int:
     if args.by:
         if not args.data:
             raise ValueError("--by needs --data: the dataset the runs were made on, to read the patients' attributes")
-        from classify.subgroups import select_attributes
+        from classify.jobs.subgroups import select_attributes
         from embed.datasets import load_dataset
         dataset = load_dataset(args.dataset, args.data)
         attributes = select_attributes(dataset.group_attributes(), args.by, dataset.name)
@@ -505,15 +505,15 @@ COMMANDS_EPILOG = ("`pipeline.py COMMAND --help` shows a command's options and t
 
 
 def recipes_epilog() -> str:
-    from classify.recipe_book import RECIPES
+    from classify.recipes.book import RECIPES
     import textwrap
     return "recipes:" + "".join("\n" + textwrap.fill(f"{name}: {recipe.description}", 100, initial_indent="  ",
                                                       subsequent_indent="    ") for name, recipe in RECIPES.items())
 
 
 def names_epilog() -> str:
-    from classify.aggregate import RULES
-    from classify.probes import PROBES
+    from classify.evaluation.rules import RULES
+    from classify.estimators.probes import PROBES
     from embed.encoders import available
     rules = "".join(f"\n  {name}: {rule.summary}" for name, rule in RULES.items())
     return (f"encoders: {', '.join(available())}\nprobes: {', '.join(PROBES)}\n"
@@ -645,7 +645,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--probe", default="linear", help="linear | xgboost | mlp (comma-separated for several)")
     p.add_argument("--splits", default=None, type=splits_spec,
                    help="a split scheme of the dataset (default: its first) or a CSV written by `splits`")
-    p.add_argument("--decision", default="any", choices=LazyChoices("classify.aggregate", "RULES"),
+    p.add_argument("--decision", default="any", choices=LazyChoices("classify.evaluation.rules", "RULES"),
                    help="patient (group) rule, one of the decision rules listed below")
     p.add_argument("--targets", default="patient",
                    help="training labels: patient = the patient's label on every recording (the paper); "
@@ -674,7 +674,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
     p = sub.add_parser("recipe", epilog=recipes_epilog,
                        help="a committed recipe end to end: extract what is missing, fit, score, save")
-    p.add_argument("name", choices=LazyChoices("classify.recipe_book", "RECIPES"), help="the recipe (listed below)")
+    p.add_argument("name", choices=LazyChoices("classify.recipes.book", "RECIPES"), help="the recipe (listed below)")
     add_dataset_options(p)
     p.add_argument("--weights", default=None, help="folder holding the official weight files under their published names")
     p.add_argument("--out", default="runs/recipe")

@@ -10,7 +10,7 @@ from typing import Callable
 
 import numpy as np
 
-from .metrics import Scoring
+from classify.evaluation.metrics import Scoring
 
 
 @dataclass

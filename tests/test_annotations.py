@@ -4,8 +4,8 @@ the memory used after it."""
 import numpy as np
 import pytest
 
-from classify.phases import tsv_intervals
-from classify.segmenter import PhaseSegmenter
+from classify.features.phases import tsv_intervals
+from classify.estimators.segmenter import PhaseSegmenter
 from embed.audio import audio_duration_s
 from embed.datasets.circor import load_circor
 from embed.datasets.synthetic import make_dataset

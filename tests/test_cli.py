@@ -40,7 +40,7 @@ def test_unknown_encoder_is_named(synthetic_data, tmp_path, capsys):
 def test_decision_choices_are_the_rule_registry(monkeypatch, capsys):
     from typing import get_args
 
-    from classify.aggregate import RULES, DecisionName, MeanRule
+    from classify.evaluation.rules import RULES, DecisionName, MeanRule
     from pipeline import build_parser
     assert set(get_args(DecisionName)) == set(RULES)  # the Literal type names the registered rules
 

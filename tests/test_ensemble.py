@@ -3,11 +3,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from classify.aggregate import WeightedRule, make_rule, rule_from_dict
-from classify.ensemble import mean_scores, stack
-from classify.evaluate import RecordingScores, fit_encoder, fit_rule, out_of_fold
-from classify.mlp import MLPProbe
-from classify.probes import LinearProbe
+from classify.evaluation.rules import WeightedRule, make_rule, rule_from_dict
+from classify.evaluation.ensemble import mean_scores, stack
+from classify.evaluation.probe_protocol import RecordingScores, fit_encoder, fit_rule, out_of_fold
+from classify.estimators.mlp import MLPProbe
+from classify.estimators.probes import LinearProbe
 from classify.task import Task
 from embed.datasets.circor import load_circor
 from embed.encoders import create
@@ -48,8 +48,8 @@ def test_oof_scores_never_see_their_patient(setup):
     assert set(oof.patient_ids) == set(train)
     assert len(set(oof.recording_ids)) == len(oof.recording_ids)
     # a model trained on all train patients fits them better than the honest OOF one
-    from classify.features import segment_set
-    from classify.probes import full_proba
+    from classify.features.caches import segment_set
+    from classify.estimators.probes import full_proba
     data = segment_set(task, embeddings, train, "train")
     model = LinearProbe(C=0.1).fit(data.X, data.y)
     evals = segment_set(task, embeddings, train, "eval")

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 import pipeline
-from classify import run as run_module
-from classify.outputs import UNFINISHED, OutputFolder, write_csv_atomic
+from classify.jobs import probe as run_module
+from classify.jobs.outputs import UNFINISHED, OutputFolder, write_csv_atomic
 from embed.datasets.synthetic import make_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -318,7 +318,7 @@ def test_a_misspelt_option_gets_its_commands_usage(capsys, argv, usage):
     assert err.splitlines()[-1] == f"pipeline.py {usage}: error: unrecognized arguments: {extras}"
 
 
-HEAVY = ("torch", "sklearn", "scipy", "pandas", "xgboost", "classify.recipe_book", "embed.encoders", "embed.datasets")
+HEAVY = ("torch", "sklearn", "scipy", "pandas", "xgboost", "classify.recipes.book", "embed.encoders", "embed.datasets")
 DATASETS = ["embed.datasets", "scipy"]  # the dataset registry, read where a usage shows --dataset's choices
 
 

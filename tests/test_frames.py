@@ -4,7 +4,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from classify.features import find_cache
+from classify.features.caches import find_cache
 from embed.audio import open_resampled, read_audio
 from embed.cache import CacheDamagedError, FrameCache, list_caches
 from embed.datasets.circor import Recording, load_circor

@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 import torch
 
-import classify.layers as layers_module
-from classify.layers import (cv_layer_scores, layer_columns, layer_slices, resolve_probe_layers,
+import classify.evaluation.layers as layers_module
+from classify.evaluation.layers import (cv_layer_scores, layer_columns, layer_slices, resolve_probe_layers,
                              select_layers_cv)
-from classify.run import load_splits, run_probe
+from classify.jobs.probe import load_splits, run_probe
 from classify.task import Task
 from embed.cache import EmbeddingCache, read_config
 from embed.datasets import load_dataset
@@ -108,7 +108,7 @@ def _layered_cache(cache_dir: Path, name: str, config: dict, source: dict, rng) 
 
 @pytest.fixture(scope="module")
 def layered(synthetic_data, tmp_path_factory):
-    from classify.features import find_cache
+    from classify.features.caches import find_cache
     work = tmp_path_factory.mktemp("layered")
     assert main(["extract", "--data", str(synthetic_data), "--encoder", "logmel", "--cache", str(work / "c")]) == 0
     source = find_cache(work / "c", "logmel")

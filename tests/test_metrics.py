@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from classify.aggregate import GroupTable, make_rule
-from classify.evaluate import RecordingScores, group_frame
-from classify.metrics import Scoring, bootstrap_ci, confusion, macc, macro_auroc, uar, weighted_accuracy
+from classify.evaluation.rules import GroupTable, make_rule
+from classify.evaluation.probe_protocol import RecordingScores, group_frame
+from classify.evaluation.metrics import Scoring, bootstrap_ci, confusion, macc, macro_auroc, uar, weighted_accuracy
 from classify.task import Task
 
 P, U, A = 0, 1, 2
@@ -70,7 +70,7 @@ def test_any_rule_is_the_class_hierarchy():
 def test_aggregation_segments_to_patients():
     # patient 1: rec a mostly Absent, rec b Present on average -> Present
     proba = np.array([[0.1, 0.1, 0.8], [0.2, 0.1, 0.7], [0.9, 0.0, 0.1], [0.3, 0.2, 0.5]])
-    from classify.features import SegmentSet
+    from classify.features.caches import SegmentSet
     segments = SegmentSet(np.zeros((4, 1)), np.zeros(4), np.array(["a", "a", "b", "b"]), np.array(["1"] * 4))
     scores = RecordingScores.from_segments(segments, proba)
     task = Task(MURMUR, ["1"], {"1": P}, {"1": ["a", "b"]}, {"a": P, "b": P})

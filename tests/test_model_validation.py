@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from classify.model_io import MANIFEST, ModelIntegrityError, _canonical_sha256, load_manifest, load_model
-from classify.probes import LinearProbe
-from classify.recipe import ExtractSpec, Member, Recipe, fit_recipe
-from classify.recipe_io import load_recipe, save_recipe
-from classify.recipe_job import build_encoder
-from classify.segmenter import PhaseSegmenter
+from classify.store.probe_io import MANIFEST, ModelIntegrityError, _canonical_sha256, load_manifest, load_model
+from classify.estimators.probes import LinearProbe
+from classify.recipes.recipe import ExtractSpec, Member, Recipe, fit_recipe
+from classify.store.recipe_io import load_recipe, save_recipe
+from classify.jobs.recipe import build_encoder
+from classify.estimators.segmenter import PhaseSegmenter
 from tests.test_recipe import toy_task
 
 RECIPE = Recipe("toy", "", (), (Member("toy", 0), Member("toy_xgb", 0, probe="xgboost")), targets="patient",
@@ -188,8 +188,8 @@ def test_a_recipe_header_with_a_weight_path_is_refused_on_load(recipe_folder, tm
 
 
 def test_probe_folders_refuse_non_finite_and_mismatched_arrays(tmp_path):
-    from classify.aggregate import make_rule
-    from classify.model_io import save_models
+    from classify.evaluation.rules import make_rule
+    from classify.store.probe_io import save_models
 
     rng = np.random.default_rng(0)
     X, y = rng.normal(size=(60, 5)), np.repeat([0, 1, 2], 20)

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 import pipeline
-from classify import segmenter as segmenter_module
-from classify.predict import output_names
-from classify.segmenter import PhaseSegmenter, write_intervals
+from classify.estimators import segmenter as segmenter_module
+from classify.jobs.predict import output_names
+from classify.estimators.segmenter import PhaseSegmenter, write_intervals
 from embed import cache as cache_module
 from embed.atomic import OutputDiskFullError, write_text_atomic
 from tests.test_predict import trained  # noqa: F401  (the saved probe fixture)

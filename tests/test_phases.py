@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from classify.phases import (BLOCKS, PARTS, folder_intervals, frame_labels, phase_feature_names,
+from classify.features.phases import (BLOCKS, PARTS, folder_intervals, frame_labels, phase_feature_names,
                              phase_feature_size, phase_feature_table, phase_features, tsv_intervals)
 from embed.datasets.circor import load_circor, read_tsv
 from embed.encoders import create

@@ -14,9 +14,9 @@ import soundfile as sf
 from scipy.signal import resample_poly
 
 import pipeline
-from classify.model_io import ModelIntegrityError, _canonical_sha256, load_manifest, load_model, select_model
-from classify.predict import build_encoder, gather_inputs, output_names
-from classify.probes import full_proba
+from classify.store.probe_io import ModelIntegrityError, _canonical_sha256, load_manifest, load_model, select_model
+from classify.jobs.predict import build_encoder, gather_inputs, output_names
+from classify.estimators.probes import full_proba
 from embed.checksum import file_sha256
 from embed.datasets.circor import MURMUR_CLASSES, load_circor
 from embed.datasets.synthetic import make_dataset
@@ -46,7 +46,7 @@ def _predict(capsys, *args: str) -> tuple[int, list[dict], str]:
 
 def _expected_from_cache(trained, pid: str) -> dict[str, np.ndarray]:
     """What the saved probe says from the embeddings `extract` cached: predict must agree."""
-    from classify.features import find_cache
+    from classify.features.caches import find_cache
     manifest = load_manifest(trained["model"])
     estimator, _, _ = load_model(trained["model"], select_model(manifest))
     cached = find_cache(trained["cache"], "logmel").read()

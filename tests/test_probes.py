@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from sklearn.base import clone
 
-from classify.mlp import MLPProbe
-from classify.probes import LinearProbe, XGBoostProbe, full_proba, probe_grid
+from classify.estimators.mlp import MLPProbe
+from classify.estimators.probes import LinearProbe, XGBoostProbe, full_proba, probe_grid
 
 
 def blobs(n=300, seed=0):

@@ -19,7 +19,7 @@ import pytest
 ray = pytest.importorskip("ray")
 
 import pipeline  # noqa: E402
-from classify.run import load_splits, run_probe  # noqa: E402
+from classify.jobs.probe import load_splits, run_probe  # noqa: E402
 from embed.cache import EmbeddingCache  # noqa: E402
 from classify.task import Task  # noqa: E402
 from embed.datasets import load_dataset  # noqa: E402
@@ -167,13 +167,13 @@ def test_probe_scores_on_ray_equal_local(synthetic_data, tmp_path):
 
 
 def test_plain_runs_never_import_ray():
-    code = ("import sys, pipeline, classify.run, embed.extract, embed.ray_backend, classify.backend; "
+    code = ("import sys, pipeline, classify.jobs.probe, embed.extract, embed.ray_backend, classify.jobs.backend; "
             "pipeline.build_parser(); assert 'ray' not in sys.modules, 'ray imported'")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
 
 
 def test_without_ray_the_ray_backend_says_how_to_install_it(synthetic_data, tmp_path, monkeypatch):
-    from classify.backend import run_tasks
+    from classify.jobs.backend import run_tasks
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as on a plain install
     recordings = load_circor(synthetic_data).recordings()[:2]
     with pytest.raises(RuntimeError, match=r"pip install -e '\.\[ray\]'"):

@@ -6,11 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from classify.aggregate import GroupTable, make_rule
-from classify.metrics import Scoring, weighted_accuracy
-from classify.patient_model import MemberScores, patient_features
-from classify.recipe import FeatureBlock, Member, Recipe, evaluate_recipe, fit_recipe
-from classify.recipe_io import load_recipe, save_recipe
+from classify.evaluation.rules import GroupTable, make_rule
+from classify.evaluation.metrics import Scoring, weighted_accuracy
+from classify.estimators.stages import MemberScores, patient_features
+from classify.recipes.recipe import FeatureBlock, Member, Recipe, evaluate_recipe, fit_recipe
+from classify.store.recipe_io import load_recipe, save_recipe
 from classify.task import Task
 from embed.datasets import load_dataset
 from embed.datasets.splits import write_splits
@@ -183,9 +183,9 @@ def test_bags_average_fits_with_their_own_seeds_and_round_trip(tmp_path):
 def test_members_that_differ_only_in_probe_share_one_source(synthetic_data, tmp_path):
     """cycle-logmel reads its phase frames once for the linear and the boosted member, so the
     frames are held and the segmenter decodes each recording once."""
-    from classify.phases import tsv_intervals
-    from classify.recipe_book import get_recipe
-    from classify.recipe_job import recipe_sources
+    from classify.features.phases import tsv_intervals
+    from classify.recipes.book import get_recipe
+    from classify.jobs.recipe import recipe_sources
     recipe = get_recipe("cycle-logmel")
     probes = {m.name: m.probe for m in recipe.members if m.kind == "phases"}
     assert sorted(probes.values()) == ["linear", "xgboost"]
@@ -245,9 +245,9 @@ def test_recipe_command_round_trips_through_save_model_and_predict(synthetic_dat
 def crossfit_logmel_recipe(data, cache_dir, n_recordings: int):
     """cycle-logmel with cross-fitted training intervals on the first recordings of `data`: the
     dataset, those recordings, the recipe and its sources (.tsv intervals)."""
-    from classify.phases import tsv_intervals
-    from classify.recipe_book import get_recipe
-    from classify.recipe_job import recipe_sources
+    from classify.features.phases import tsv_intervals
+    from classify.recipes.book import get_recipe
+    from classify.jobs.recipe import recipe_sources
     dataset = load_dataset("circor", data)
     recordings = dataset.recordings()[:n_recordings]
     recipe = get_recipe("cycle-logmel").with_fields(train_intervals="segmenter", folds=3)
@@ -260,8 +260,8 @@ def test_training_phases_from_cross_fitted_segmenters_never_come_from_their_own_
                                                                                         monkeypatch):
     """train_intervals="segmenter": each training recording's phases come from a segmenter fit on
     other patients' .tsv files only; computed once per training set, then reused across seeds."""
-    from classify.phases import phase_features
-    from classify.recipe import CROSSFIT_FOLDS, PhaseFrames
+    from classify.features.phases import phase_features
+    from classify.recipes.recipe import CROSSFIT_FOLDS, PhaseFrames
     dataset, recordings, recipe, sources = crossfit_logmel_recipe(synthetic_data, tmp_path, 24)
     phases = sources["phases"]
     patient_of = {r.recording_id: r.patient_id for r in recordings}
@@ -315,8 +315,8 @@ def test_every_phases_member_pools_the_intervals_of_the_first_ones_segmentation(
     """Two phases members on different frames (say log-mel and an encoder's coarser frames): only the
     first one's frames are segmented, and the second pools the same cross-fitted intervals in
     training and the same decoded intervals at test, never ones of a segmenter of its own."""
-    from classify.phases import phase_features
-    from classify.recipe import PhaseFrames
+    from classify.features.phases import phase_features
+    from classify.recipes.recipe import PhaseFrames
     from embed.cache import CachedFrames
     dataset, recordings, base, sources = crossfit_logmel_recipe(synthetic_data, tmp_path, 40)
     first = sources["phases"]
@@ -368,8 +368,8 @@ def test_recipe_with_an_encoders_frames_runs_and_segments_only_the_log_mel_frame
     (cross-fit and test) are those of one frame cache, not one set per phases member."""
     import torch
 
-    from classify.recipe_book import BYOLA_WEIGHTS
-    from classify.recipe_job import SEGMENTER_DIR
+    from classify.recipes.book import BYOLA_WEIGHTS
+    from classify.jobs.recipe import SEGMENTER_DIR
     from test_encoder_byola import _state as byola_state
     weights = tmp_path / "weights"
     weights.mkdir()

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from classify.metrics import Scoring, bootstrap_ci, confusion, weighted_accuracy
-from classify.report import PAPER_FINETUNED, PAPER_LABEL, confusions, load_runs, write_report
+from classify.evaluation.metrics import Scoring, bootstrap_ci, confusion, weighted_accuracy
+from classify.jobs.report import PAPER_FINETUNED, PAPER_LABEL, confusions, load_runs, write_report
 from pipeline import main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

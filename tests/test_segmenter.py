@@ -4,9 +4,9 @@ import pandas as pd
 import pytest
 
 import pipeline
-from classify.features import find_cache
-from classify.phases import frame_labels, tsv_intervals
-from classify.segmenter import PhaseSegmenter, cycle_period, labels_to_intervals, viterbi_cycle
+from classify.features.caches import find_cache
+from classify.features.phases import frame_labels, tsv_intervals
+from classify.estimators.segmenter import PhaseSegmenter, cycle_period, labels_to_intervals, viterbi_cycle
 from embed.datasets.circor import load_circor, read_tsv
 from embed.encoders import create
 from embed.extract import extract

@@ -7,11 +7,11 @@ import pickle
 import numpy as np
 import pytest
 
-from classify.phases import tsv_intervals
-from classify.recipe_book import get_recipe
-from classify.recipe_job import SEGMENTER_DIR, recipe_sources
-from classify.segmenter import PhaseSegmenter
-from classify.segmenter_store import SegmenterStore, inputs_key, key_inputs
+from classify.features.phases import tsv_intervals
+from classify.recipes.book import get_recipe
+from classify.jobs.recipe import SEGMENTER_DIR, recipe_sources
+from classify.estimators.segmenter import PhaseSegmenter
+from classify.store.segmenters import SegmenterStore, inputs_key, key_inputs
 from embed.datasets import load_dataset
 
 

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from classify.metrics import uar, weighted_accuracy
-from classify.report import write_report
-from classify.subgroups import NOT_IN_DATA, select_attributes, subgroup_table, value_order
+from classify.evaluation.metrics import uar, weighted_accuracy
+from classify.jobs.report import write_report
+from classify.jobs.subgroups import NOT_IN_DATA, select_attributes, subgroup_table, value_order
 from embed.datasets import load_dataset
 from embed.datasets.base import NOT_GIVEN
 from embed.datasets.circor import ATTRIBUTE_FIELDS, load_circor

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from .recipe import ExtractSpec, Member, Recipe
+from classify.recipes.recipe import ExtractSpec, Member, Recipe
 
 MN04_WEIGHTS = "efficientat_mn04_as_mAP_432.pt"  # EfficientAT's published file name
 BYOLA_WEIGHTS = "AudioNTT2020-BYOLA-64x96d512.pth"  # BYOL-A's published file name

@@ -20,17 +20,17 @@ from embed.frames import FrameConfig
 from embed.problems import Problem
 from embed.segments import SegmentConfig
 
-from .evaluate import summary_table
-from .layers import layer_columns
-from .metrics import Scoring
-from .phases import tsv_intervals
-from .probes import FeatureWidthError
-from .recipe import ExtractSpec, FittedRecipe, PhaseFrames, Recipe, Source, evaluate_recipe, fit_recipe, window_block
-from .recipe_book import get_recipe
-from .recipe_io import load_recipe, save_recipe
-from .segmenter_store import SegmenterStore
-from .run import load_splits, write_results
-from .task import Task
+from classify.evaluation.probe_protocol import summary_table
+from classify.evaluation.layers import layer_columns
+from classify.evaluation.metrics import Scoring
+from classify.features.phases import tsv_intervals
+from classify.estimators.probes import FeatureWidthError
+from classify.recipes.recipe import ExtractSpec, FittedRecipe, PhaseFrames, Recipe, Source, evaluate_recipe, fit_recipe, window_block
+from classify.recipes.book import get_recipe
+from classify.store.recipe_io import load_recipe, save_recipe
+from classify.store.segmenters import SegmenterStore
+from classify.jobs.probe import load_splits, write_results
+from classify.task import Task
 
 SEGMENTER_DIR = "segmenters"  # under the cache folder
 
@@ -95,7 +95,7 @@ def _member_source(member, cache, intervals: dict[str, np.ndarray] | None, progr
 
 def _layer_subset(block, layers: str, slices: dict[int, slice], n_stats: int):
     """Only the columns of layers `I,J` (for each window statistic)."""
-    from .recipe import FeatureBlock
+    from classify.recipes.recipe import FeatureBlock
     if not len(block.recording_ids):
         return block
     width = block.X.shape[1] // n_stats
@@ -150,8 +150,8 @@ def predict_recipe(model_dir: str | Path, manifest: dict, patients: dict[str, li
                    device: str = "auto", batch_size: int = 32) -> tuple[dict[str, dict], list[Problem]]:
     """Patient id -> {"class", "probabilities", "recordings"} for new patients (`predict.gather_inputs`),
     through the recipe's own feature path; phases come from the saved segmenter's intervals."""
-    from .predict import _Job
-    from .recipe import decide
+    from classify.jobs.predict import _Job
+    from classify.recipes.recipe import decide
     fitted, header = load_recipe(model_dir, manifest)
     classes = header["classes"]
     if fitted.segmenter is None and any(m.kind == "phases" for m in fitted.recipe.members):

@@ -29,8 +29,8 @@ import numpy as np
 from embed.atomic import write_bytes_atomic
 from embed.checksum import file_sha256
 
-from .aggregate import DecisionRule, rule_from_dict
-from .probes import PROBES
+from classify.evaluation.rules import DecisionRule, rule_from_dict
+from classify.estimators.probes import PROBES
 
 MODEL_FORMAT = 2
 MANIFEST = "manifest.json"

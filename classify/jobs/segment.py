@@ -5,7 +5,7 @@ Frame accuracy counts the frames of the cache (their centre times) that the `.ts
 unannotated (label 0) spans are left out. Intervals go to `OUT/intervals/SPLIT/RID.tsv`: for
 the test recordings, or with `every_recording` for every recording of the cache (train ones then
 come from a segmenter that saw their `.tsv`), so phase features can be made from the segmenter's
-intervals instead of the `.tsv` (`classify.phases.folder_intervals`).
+intervals instead of the `.tsv` (`classify.features.phases.folder_intervals`).
 """
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ from tqdm import tqdm
 from embed.cache import FrameCache
 from embed.problems import Problem
 
-from .outputs import write_csv_atomic
-from .phases import PHASES, frame_labels, tsv_intervals
-from .segmenter import PhaseSegmenter, write_intervals
+from classify.jobs.outputs import write_csv_atomic
+from classify.features.phases import PHASES, frame_labels, tsv_intervals
+from classify.estimators.segmenter import PhaseSegmenter, write_intervals
 
 
 def score_frames(true: np.ndarray, predicted: np.ndarray) -> dict[str, float]:

@@ -9,7 +9,7 @@ import numpy as np
 
 from embed.cache import CachedRecording, EmbeddingCache, FrameCache, check_cache_dir, list_caches, read_config
 
-from .task import Task
+from classify.task import Task
 
 Windows = Literal["train", "eval"]
 

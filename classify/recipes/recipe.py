@@ -31,17 +31,17 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
-from .aggregate import DecisionName, GroupTable, make_rule
-from .evaluate import SplitResult, proba_columns
-from .layers import layer_columns
-from .patient_model import (RECORDING_PROBES, MemberScores, PatientModel, RecordingProbeName, RecordingStage,
+from classify.evaluation.rules import DecisionName, GroupTable, make_rule
+from classify.evaluation.probe_protocol import SplitResult, proba_columns
+from classify.evaluation.layers import layer_columns
+from classify.estimators.stages import (RECORDING_PROBES, MemberScores, PatientModel, RecordingProbeName, RecordingStage,
                             balanced_log_loss, group_folds, patient_features)
-from .phases import phase_features
-from .probes import FeatureWidthError, check_width
-from .segmenter import PhaseSegmenter
-from .segmenter_store import Entry, SegmenterStore, frames_fingerprint, inputs_key, key_inputs
-from .selection import select_best
-from .task import Task
+from classify.features.phases import phase_features
+from classify.estimators.probes import FeatureWidthError, check_width
+from classify.estimators.segmenter import PhaseSegmenter
+from classify.store.segmenters import Entry, SegmenterStore, frames_fingerprint, inputs_key, key_inputs
+from classify.evaluation.selection import select_best
+from classify.task import Task
 
 FeatureKind = Literal["windows", "phases"]
 Intervals = Literal["tsv", "segmenter"]

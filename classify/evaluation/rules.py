@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator
 
-from .selection import select_best
+from classify.evaluation.selection import select_best
 
 DecisionName = Literal["any", "mean", "threshold", "weighted", "cost"]
 

@@ -19,12 +19,12 @@ import numpy as np
 from embed.atomic import write_bytes_atomic
 from embed.checksum import file_sha256
 
-from .aggregate import rule_from_dict
-from .model_io import (HEADER, MANIFEST, MODEL_FORMAT, ModelIntegrityError, _canonical_sha256,
+from classify.evaluation.rules import rule_from_dict
+from classify.store.probe_io import (HEADER, MANIFEST, MODEL_FORMAT, ModelIntegrityError, _canonical_sha256,
                        _checked_path)
-from .patient_model import RECORDING_PROBES, PatientModel
-from .recipe import ExtractSpec, FittedRecipe, Member, Recipe, RecipePart
-from .segmenter import PhaseSegmenter
+from classify.estimators.stages import RECORDING_PROBES, PatientModel
+from classify.recipes.recipe import ExtractSpec, FittedRecipe, Member, Recipe, RecipePart
+from classify.estimators.segmenter import PhaseSegmenter
 
 RECIPE_FILE = "recipe.npz"
 

@@ -13,8 +13,8 @@ import pandas as pd
 
 from embed.datasets.base import NOT_GIVEN
 
-from .metrics import LABEL_METRICS, recalls
-from .outputs import markdown_text
+from classify.evaluation.metrics import LABEL_METRICS, recalls
+from classify.jobs.outputs import markdown_text
 
 NOT_IN_DATA = "not in data"  # a predicted patient the dataset given to the report does not hold
 

@@ -8,15 +8,15 @@ import pandas as pd
 
 from embed.datasets.splits import read_splits
 
-from .aggregate import RULES, DecisionName
-from .backend import Backend, Shared, run_tasks
-from .ensemble import mean_scores, stack
-from .evaluate import SplitResult, fit_encoder, proba_columns, summary_table, test_result, variant_name
-from .features import find_cache
-from .layers import fit_layer_choice, layer_slices, resolve_probe_layers, take_layers
-from .outputs import write_csv_atomic
-from .probes import PROBES
-from .task import Task
+from classify.evaluation.rules import RULES, DecisionName
+from classify.jobs.backend import Backend, Shared, run_tasks
+from classify.evaluation.ensemble import mean_scores, stack
+from classify.evaluation.probe_protocol import SplitResult, fit_encoder, proba_columns, summary_table, test_result, variant_name
+from classify.features.caches import find_cache
+from classify.evaluation.layers import fit_layer_choice, layer_slices, resolve_probe_layers, take_layers
+from classify.jobs.outputs import write_csv_atomic
+from classify.estimators.probes import PROBES
+from classify.task import Task
 
 if TYPE_CHECKING:
     from embed.ray_backend import RayOptions
@@ -82,7 +82,7 @@ def run_probe(task: Task, encoders: list[str], probes: list[str], splits: dict[s
     5 seeds x 3 splits); the runs are named SPLIT@seedS and the table averages over all of them.
     `backend="ray"` runs the fits as Ray tasks (`ray`: the cluster), with the same results.
     `layers` (caches made with `extract --layers`): which cached layers the probes use, or how they
-    are chosen per split (`classify.layers`); None: the whole cached vector."""
+    are chosen per split (`classify.evaluation.layers`); None: the whole cached vector."""
     check_probe_inputs(encoders, probes, cache_dir, layers)
     embeddings, slices, choice = {}, {}, None
     wanted = task.all_recordings()

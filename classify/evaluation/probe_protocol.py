@@ -19,11 +19,11 @@ from threadpoolctl import threadpool_limits
 
 from embed.cache import CachedRecording
 
-from .aggregate import DecisionName, DecisionRule, GroupTable, make_rule, mean_by_group
-from .features import SegmentSet, segment_set
-from .probes import PROBES, fit_probe, full_proba, probe_grid
-from .selection import select_best
-from .task import Task
+from classify.evaluation.rules import DecisionName, DecisionRule, GroupTable, make_rule, mean_by_group
+from classify.features.caches import SegmentSet, segment_set
+from classify.estimators.probes import PROBES, fit_probe, full_proba, probe_grid
+from classify.evaluation.selection import select_best
+from classify.task import Task
 
 
 def proba_columns(classes: Iterable[str]) -> list[str]:

@@ -29,9 +29,9 @@ from threadpoolctl import threadpool_limits
 from embed.atomic import write_text_atomic
 from embed.frames import average_runs
 
-from .phases import PHASES, frame_labels
-from .probes import check_width, scaler_from_state
-from .state_checks import field, linear_width, positive
+from classify.features.phases import PHASES, frame_labels
+from classify.estimators.probes import check_width, scaler_from_state
+from classify.estimators.state_checks import field, linear_width, positive
 
 N_PHASES = len(PHASES)
 RATIO_BIN = 0.01  # resolution of phase durations relative to the cycle period

@@ -27,9 +27,9 @@ from embed.datasets.circor import RECORDING_NAME, Recording, parse_patient_txt
 from embed.problems import Problem
 from embed.segments import SegmentConfig
 
-from .aggregate import GroupTable
-from .model_io import load_manifest, load_model, select_model
-from .probes import FeatureWidthError, full_proba
+from classify.evaluation.rules import GroupTable
+from classify.store.probe_io import load_manifest, load_model, select_model
+from classify.estimators.probes import FeatureWidthError, full_proba
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".aiff", ".aif"}
 
@@ -236,7 +236,7 @@ def _write_result(out_dir: str | Path | None, name: str, result: dict) -> None:
 
 def _predict_with_recipe(model_dir, manifest, inputs, out_dir, weights, patient_id, device, batch_size
                          ) -> tuple[list[dict], list[Problem]]:
-    from .recipe_job import predict_recipe
+    from classify.jobs.recipe import predict_recipe
     patients, problems = gather_inputs(inputs, patient_id)
     calls, recipe_problems = predict_recipe(model_dir, manifest, patients, weights, device, batch_size)
     problems += recipe_problems

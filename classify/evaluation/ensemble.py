@@ -13,11 +13,11 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from .aggregate import DecisionName
-from .evaluate import EncoderScores, RecordingScores, fit_rule
-from .probes import full_proba
-from .selection import select_best
-from .task import Task
+from classify.evaluation.rules import DecisionName
+from classify.evaluation.probe_protocol import EncoderScores, RecordingScores, fit_rule
+from classify.estimators.probes import full_proba
+from classify.evaluation.selection import select_best
+from classify.task import Task
 
 STACK_C = (0.01, 0.1, 1.0)
 

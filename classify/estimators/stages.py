@@ -24,9 +24,9 @@ from sklearn.metrics import log_loss
 from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.utils.class_weight import compute_sample_weight
 
-from .probes import LinearProbe, XGBoostProbe, check_width
-from .selection import select_best
-from .state_checks import class_indices, positive
+from classify.estimators.probes import LinearProbe, XGBoostProbe, check_width
+from classify.evaluation.selection import select_best
+from classify.estimators.state_checks import class_indices, positive
 
 EPS = 1e-4
 

@@ -116,8 +116,8 @@ class MLPProbe(ClassifierMixin, BaseEstimator):
 
     @classmethod
     def from_state(cls, params: dict, state: dict[str, np.ndarray]) -> "MLPProbe":
-        from .probes import scaler_from_state
-        from .state_checks import class_indices, field
+        from classify.estimators.probes import scaler_from_state
+        from classify.estimators.state_checks import class_indices, field
 
         probe = cls(**params)
         class_indices(state, None)

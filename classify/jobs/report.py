@@ -22,10 +22,10 @@ from dataclasses import dataclass
 
 from embed.atomic import atomic_path, write_text_atomic
 
-from .evaluate import metric_columns, summary_table
-from .metrics import LABEL_METRICS, bootstrap_ci, confusion
-from .outputs import markdown_text, write_spreadsheet_csv
-from .subgroups import Attributes, subgroup_markdown, subgroup_table
+from classify.evaluation.probe_protocol import metric_columns, summary_table
+from classify.evaluation.metrics import LABEL_METRICS, bootstrap_ci, confusion
+from classify.jobs.outputs import markdown_text, write_spreadsheet_csv
+from classify.jobs.subgroups import Attributes, subgroup_markdown, subgroup_table
 
 KEY = ["encoder", "probe", "split"]
 SHORT = {"weighted_accuracy": "W.acc", "uar": "UAR", "macc": "MAcc", "auroc": "AUROC"}
@@ -257,7 +257,7 @@ class Report:
 def write_report(run_dirs: list[Path], out: Path, paper_reference: bool = True,
                  attributes: Attributes | None = None) -> Report:
     """Read the runs, write `report.md`, `summary.csv` and the PNGs into `out`; returns report.md's
-    path and its main table. With `attributes` (see `classify.subgroups`), also `subgroups.csv`
+    path and its main table. With `attributes` (see `classify.jobs.subgroups`), also `subgroups.csv`
     (every encoder × probe), `subgroups.png` and a section per attribute (the best row).
 
     Everything is read and checked before the first file is written, so a refused run leaves `out`
@@ -304,7 +304,7 @@ def write_report(run_dirs: list[Path], out: Path, paper_reference: bool = True,
         parts += [confusion_markdown(matrices[k], f"{markdown_text(k[0])} × {markdown_text(k[1])}", classes), ""]
     if groups is not None:
         parts += subgroup_section(groups, list(attributes), summary, classes, out, best[0])
-    parts += ["---", f"Produced by `classify.report.write_report` (`python pipeline.py report`) from {runs} "
+    parts += ["---", f"Produced by `classify.jobs.report.write_report` (`python pipeline.py report`) from {runs} "
               f"on {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}.", ""]
     path = out / "report.md"
     write_text_atomic(path, "\n".join(parts))

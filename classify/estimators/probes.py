@@ -16,7 +16,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.class_weight import compute_sample_weight
 
-from .state_checks import class_indices, linear_width, scaler_width
+from classify.estimators.state_checks import class_indices, linear_width, scaler_width
 
 
 class _ModelProbe(ClassifierMixin, BaseEstimator):
@@ -137,7 +137,7 @@ def booster_params(raw: bytes) -> dict:
         raise ValueError(f"field 'booster_json' is not an XGBoost JSON model ({err})") from None
 
 
-from .mlp import MLPProbe  # noqa: E402  (after the base probes, which it does not need)
+from classify.estimators.mlp import MLPProbe  # noqa: E402  (after the base probes, which it does not need)
 
 PROBES: dict[str, tuple[type, dict[str, list]]] = {
     "linear": (LinearProbe, {"C": [1e-3, 1e-2, 1e-1, 1.0]}),

@@ -3,7 +3,7 @@
 `probe --layers SPEC`: `i` one layer, `i,j` concatenated, `all` every cached layer, `last` the
 encoder's embedding, `cv` the best single layer by patient-grouped cross-validation over the
 train+val groups of each split, `weighted` one probe per layer combined by a logistic-regression
-stacker on their out-of-fold probabilities (`classify.ensemble.stack`). No choice ever sees a test
+stacker on their out-of-fold probabilities (`classify.evaluation.ensemble.stack`). No choice ever sees a test
 group. The array functions (`layer_slices`, `layer_columns`, `cv_layer_scores`,
 `select_layers_cv`) work on plain arrays, for other modules to reuse.
 """
@@ -19,12 +19,12 @@ from threadpoolctl import threadpool_limits
 
 from embed.cache import CachedRecording, layer_slices
 
-from .aggregate import DecisionName, mean_by_group
-from .evaluate import EncoderScores, RecordingScores, fit_encoder, fit_rule
-from .features import segment_set
-from .probes import PROBES, fit_probe, full_proba
-from .selection import select_best
-from .task import Task
+from classify.evaluation.rules import DecisionName, mean_by_group
+from classify.evaluation.probe_protocol import EncoderScores, RecordingScores, fit_encoder, fit_rule
+from classify.features.caches import segment_set
+from classify.estimators.probes import PROBES, fit_probe, full_proba
+from classify.evaluation.selection import select_best
+from classify.task import Task
 
 __all__ = ["layer_slices", "layer_columns", "resolve_probe_layers", "take_layers", "cv_layer_scores",
            "select_layers_cv", "fit_layer_choice", "LayerMode"]
@@ -166,7 +166,7 @@ def fit_layer_choice(task: Task, embeddings: dict[str, CachedRecording], split: 
         fitted.params = {"layers": ",".join(map(str, chosen)), **fitted.params}
         return fitted
     if layers == "weighted":
-        from .ensemble import stack  # ensemble imports evaluate, as this module does: no cycle at import
+        from classify.evaluation.ensemble import stack  # ensemble imports evaluate, as this module does: no cycle at import
         per_layer = [fit_encoder(task, take_layers(embeddings, slices, (layer,)), split, probe, decision=decision,
                                  seed=seed, oof_folds=oof_folds or cv_folds) for layer in sorted(slices)]
         val, test, params = stack(task, per_layer, decision=decision, locations=False)
