@@ -567,7 +567,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     add_cache_option(p)
     p.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16"],
                    help="default: fp16 autocast on CUDA; on a CPU bf16 where it is native and the encoder "
-                        "is bf16-safe (README, Speed and precision), fp32 otherwise")
+                        "is bf16-safe (docs/speed.md, bf16 safety), fp32 otherwise")
     p.add_argument("--batch-size", type=int, default=None,
                    help="windows per batch (default on a CPU: the fastest of 2-32, timed first, for 256 "
                         "recordings or more, else 32; on CUDA: fitted to free memory)")

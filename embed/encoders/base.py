@@ -75,7 +75,7 @@ def resolve_precision(precision: str | None, device: torch.device, bf16_safe: bo
 
 CPU_BATCH_SIZE = 32  # windows per batch on a CPU when nothing is timed
 # tried by `fastest_cpu_batch_size`: on 2 cores the CNNs ran 1.5-1.7x faster at 4 than at 32
-# (activations that stay in cache), M2D alike at every size (README, speed)
+# (activations that stay in cache), M2D alike at every size (docs/speed.md, Defaults)
 CPU_BATCH_CANDIDATES = (2, 4, 8, 16, 32)
 
 
@@ -178,7 +178,7 @@ class Encoder:
     # to fp32 that reduced precision must keep (fp16's 11 bits need none of this)
     bf16_fp32_modules: ClassVar[tuple[str, ...]] = ()
     # bf16 embeddings within cosine 0.999 of fp32 on CirCor windows and probe scores within noise
-    # (README, "Precision"): bf16 is then the default on CPUs with native bf16
+    # (docs/speed.md, "bf16 safety"): bf16 is then the default on CPUs with native bf16
     bf16_safe: ClassVar[bool] = False
     # attribute paths (from the encoder) of the modules or methods computing the front end, so
     # `benchmark` can split front end from network time

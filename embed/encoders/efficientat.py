@@ -370,8 +370,8 @@ def _variant(name: str, width: float, dynamic: bool, bf16_safe: bool = False) ->
     return register(name)(cls)
 
 
-# bf16_safe only where the README's check (full CirCor in both precisions: cosine >= 0.999 on real
-# windows, probe scores within noise) passed with released weights: mn04.
+# bf16_safe only where the check of docs/speed.md, bf16 safety (full CirCor in both precisions:
+# cosine >= 0.999 on real windows, probe scores within noise) passed with released weights: mn04.
 _variant("mn04", 0.4, dynamic=False, bf16_safe=True)
 for _name, _width in (("mn05", 0.5), ("mn10", 1.0), ("mn20", 2.0), ("mn30", 3.0), ("mn40", 4.0)):
     _variant(_name, _width, dynamic=False)

@@ -32,7 +32,7 @@ class LogMelEncoder(Encoder):
     needs_checkpoint = False
     takes_checkpoint = False
     front_end = ("model",)
-    bf16_safe = True  # README, Speed and precision: same probe scores as fp32
+    bf16_safe = True  # docs/speed.md, bf16 safety: same probe scores as fp32
 
     def __init__(self, checkpoint=None, *, n_mels: int = 40, n_mfcc: int = 20, mfcc: bool = True,
                  **kwargs) -> None:

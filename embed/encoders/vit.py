@@ -5,7 +5,7 @@ Under bf16 autocast on a CPU with oneDNN bf16, a block runs a fused path instead
 stream in bf16, oneDNN linear kernels with the GELU and the residual additions fused in, weights
 cast and packed once. Autocast's own path re-casts the fp32 residual stream at every linear layer
 and runs GELU and the additions as separate passes over memory; on 2 CPU cores this made M2D 1.25-1.34x
-faster (README, "Where the time goes"). fp32 and CUDA runs never take it."""
+faster (docs/speed.md, "Where the time goes"). fp32 and CUDA runs never take it."""
 from __future__ import annotations
 
 import functools
