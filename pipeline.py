@@ -300,7 +300,7 @@ def save_probe_model(results, model_dir, task, dataset, cache_dir, encoders: lis
                      checkpoint: str | None = None) -> Path:
     """`probe --save-model` (and the demo): the first split's probes and rules, for `predict`."""
     from classify.features.caches import find_cache
-    from classify.store.probe_io import save_selected
+    from classify.store.models import save_selected
     caches = {spec: find_cache(cache_dir, spec) for spec in encoders}
     return save_selected(results, model_dir, task.classes, dataset.name,
                          {spec: (c.config, c.key) for spec, c in caches.items()}, checkpoint)

@@ -7,7 +7,7 @@ from classify.evaluation.rules import WeightedRule, make_rule, rule_from_dict
 from classify.evaluation.ensemble import mean_scores, stack
 from classify.evaluation.probe_protocol import RecordingScores, fit_encoder, fit_rule, out_of_fold
 from classify.estimators.mlp import MLPProbe
-from classify.estimators.probes import LinearProbe
+from classify.estimators.linear import LinearProbe
 from classify.task import Task
 from embed.datasets.circor import load_circor
 from embed.encoders import create
@@ -49,7 +49,7 @@ def test_oof_scores_never_see_their_patient(setup):
     assert len(set(oof.recording_ids)) == len(oof.recording_ids)
     # a model trained on all train patients fits them better than the honest OOF one
     from classify.features.caches import segment_set
-    from classify.estimators.probes import full_proba
+    from classify.estimators.base import full_proba
     data = segment_set(task, embeddings, train, "train")
     model = LinearProbe(C=0.1).fit(data.X, data.y)
     evals = segment_set(task, embeddings, train, "eval")

@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from classify.store.probe_io import MANIFEST, ModelIntegrityError, _canonical_sha256, load_manifest, load_model
-from classify.estimators.probes import LinearProbe
-from classify.recipes.recipe import ExtractSpec, Member, Recipe, fit_recipe
-from classify.store.recipe_io import load_recipe, save_recipe
-from classify.jobs.recipe import build_encoder
+from classify.store.models import MANIFEST, ModelIntegrityError, canonical_sha256, load_manifest, load_model
+from classify.estimators.linear import LinearProbe
+from classify.recipes.fit import fit_recipe
+from classify.recipes.recipe import ExtractSpec, Member, Recipe
+from classify.store.models import load_recipe, save_recipe
+from classify.jobs.encoders import recipe_encoder as build_encoder
 from classify.estimators.segmenter import PhaseSegmenter
 from tests.test_recipe import toy_task
 
@@ -40,7 +41,7 @@ def rehash(folder: Path, name: str, arrays: dict | None = None, header: dict | N
             entry["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
     if manifest_edit:
         manifest_edit(manifest)
-    manifest["manifest_sha256"] = _canonical_sha256(manifest)
+    manifest["manifest_sha256"] = canonical_sha256(manifest)
     (folder / MANIFEST).write_text(json.dumps(manifest))
 
 
@@ -189,7 +190,7 @@ def test_a_recipe_header_with_a_weight_path_is_refused_on_load(recipe_folder, tm
 
 def test_probe_folders_refuse_non_finite_and_mismatched_arrays(tmp_path):
     from classify.evaluation.rules import make_rule
-    from classify.store.probe_io import save_models
+    from classify.store.models import save_models
 
     rng = np.random.default_rng(0)
     X, y = rng.normal(size=(60, 5)), np.repeat([0, 1, 2], 20)

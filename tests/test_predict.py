@@ -14,9 +14,10 @@ import soundfile as sf
 from scipy.signal import resample_poly
 
 import pipeline
-from classify.store.probe_io import ModelIntegrityError, _canonical_sha256, load_manifest, load_model, select_model
-from classify.jobs.predict import build_encoder, gather_inputs, output_names
-from classify.estimators.probes import full_proba
+from classify.store.models import ModelIntegrityError, canonical_sha256, load_manifest, load_model, select_model
+from classify.jobs.encoders import probe_encoder as build_encoder
+from classify.jobs.predict import gather_inputs, output_names
+from classify.estimators.base import full_proba
 from embed.checksum import file_sha256
 from embed.datasets.circor import MURMUR_CLASSES, load_circor
 from embed.datasets.synthetic import make_dataset
@@ -188,7 +189,7 @@ def _rewrite_manifest(model: Path, edit) -> None:
     """Edit the manifest as an attacker would, recomputing its own hash."""
     manifest = json.loads((model / "manifest.json").read_text())
     edit(manifest)
-    manifest["manifest_sha256"] = _canonical_sha256(manifest)
+    manifest["manifest_sha256"] = canonical_sha256(manifest)
     (model / "manifest.json").write_text(json.dumps(manifest))
 
 

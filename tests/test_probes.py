@@ -3,7 +3,10 @@ import pytest
 from sklearn.base import clone
 
 from classify.estimators.mlp import MLPProbe
-from classify.estimators.probes import LinearProbe, XGBoostProbe, full_proba, probe_grid
+from classify.estimators.base import full_proba
+from classify.estimators.boosted import XGBoostProbe
+from classify.estimators.linear import LinearProbe
+from classify.estimators.probes import probe_grid
 
 
 def blobs(n=300, seed=0):

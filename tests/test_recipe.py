@@ -8,9 +8,11 @@ import pytest
 
 from classify.evaluation.rules import GroupTable, make_rule
 from classify.evaluation.metrics import Scoring, weighted_accuracy
-from classify.estimators.stages import MemberScores, patient_features
-from classify.recipes.recipe import FeatureBlock, Member, Recipe, evaluate_recipe, fit_recipe
-from classify.store.recipe_io import load_recipe, save_recipe
+from classify.features.patient import MemberScores, patient_features
+from classify.recipes.fit import evaluate_recipe, fit_recipe
+from classify.recipes.recipe import Member, Recipe
+from classify.recipes.sources import FeatureBlock
+from classify.store.models import load_recipe, save_recipe
 from classify.task import Task
 from embed.datasets import load_dataset
 from embed.datasets.splits import write_splits
@@ -93,7 +95,7 @@ def test_fit_never_uses_the_groups_it_is_not_given(probe):
                         recording_location=task.recording_location)
     b = fit_recipe(spoiled_task, recipe, {"toy": FeatureBlock(blocks["toy"].recording_ids, spoiled)}, fit_ids, seed=0)
     np.testing.assert_array_equal(stage1_state(a, "toy"), stage1_state(b, "toy"))
-    np.testing.assert_array_equal(a.parts[0].stage2.model_.state()["coef"], b.parts[0].stage2.model_.state()["coef"])
+    np.testing.assert_array_equal(a.parts[0].stage2.best_estimator_.state()["coef"], b.parts[0].stage2.best_estimator_.state()["coef"])
     assert a.cv_metrics == b.cv_metrics
 
 
@@ -261,7 +263,7 @@ def test_training_phases_from_cross_fitted_segmenters_never_come_from_their_own_
     """train_intervals="segmenter": each training recording's phases come from a segmenter fit on
     other patients' .tsv files only; computed once per training set, then reused across seeds."""
     from classify.features.phases import phase_features
-    from classify.recipes.recipe import CROSSFIT_FOLDS, PhaseFrames
+    from classify.recipes.sources import CROSSFIT_FOLDS, PhaseFrames
     dataset, recordings, recipe, sources = crossfit_logmel_recipe(synthetic_data, tmp_path, 24)
     phases = sources["phases"]
     patient_of = {r.recording_id: r.patient_id for r in recordings}
@@ -316,7 +318,7 @@ def test_every_phases_member_pools_the_intervals_of_the_first_ones_segmentation(
     first one's frames are segmented, and the second pools the same cross-fitted intervals in
     training and the same decoded intervals at test, never ones of a segmenter of its own."""
     from classify.features.phases import phase_features
-    from classify.recipes.recipe import PhaseFrames
+    from classify.recipes.sources import PhaseFrames
     from embed.cache import CachedFrames
     dataset, recordings, base, sources = crossfit_logmel_recipe(synthetic_data, tmp_path, 40)
     first = sources["phases"]
@@ -369,7 +371,7 @@ def test_recipe_with_an_encoders_frames_runs_and_segments_only_the_log_mel_frame
     import torch
 
     from classify.recipes.book import BYOLA_WEIGHTS
-    from classify.jobs.recipe import SEGMENTER_DIR
+    from classify.recipes.members import SEGMENTER_DIR
     from test_encoder_byola import _state as byola_state
     weights = tmp_path / "weights"
     weights.mkdir()

@@ -9,7 +9,8 @@ import pytest
 
 from classify.features.phases import tsv_intervals
 from classify.recipes.book import get_recipe
-from classify.jobs.recipe import SEGMENTER_DIR, recipe_sources
+from classify.jobs.recipe import recipe_sources
+from classify.recipes.members import SEGMENTER_DIR
 from classify.estimators.segmenter import PhaseSegmenter
 from classify.store.segmenters import SegmenterStore, inputs_key, key_inputs
 from embed.datasets import load_dataset

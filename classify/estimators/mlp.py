@@ -16,6 +16,9 @@ from sklearn.model_selection import GroupShuffleSplit
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.class_weight import compute_class_weight
 
+from classify.estimators.linear import scaler_from_state
+from classify.estimators.state_checks import class_indices, field
+
 
 class _Dropout(torch.nn.Module):
     """Dropout whose masks come from a given generator."""
@@ -108,6 +111,9 @@ class MLPProbe(ClassifierMixin, BaseEstimator):
     def predict(self, X: np.ndarray) -> np.ndarray:
         return self.classes_[self.predict_proba(X).argmax(axis=1)]
 
+    def describe(self) -> str:
+        return f"mlp={self.hidden},dropout={self.dropout:g}"
+
     def state(self) -> dict[str, np.ndarray]:
         """Scaler statistics and the network's weights as arrays."""
         return {"classes": self.classes_, "mean": self.scaler_.mean_, "scale": self.scaler_.scale_,
@@ -116,9 +122,6 @@ class MLPProbe(ClassifierMixin, BaseEstimator):
 
     @classmethod
     def from_state(cls, params: dict, state: dict[str, np.ndarray]) -> "MLPProbe":
-        from classify.estimators.probes import scaler_from_state
-        from classify.estimators.state_checks import class_indices, field
-
         probe = cls(**params)
         class_indices(state, None)
         # finite weights; their shapes are checked by load_state_dict against the network

@@ -30,7 +30,8 @@ from embed.atomic import write_text_atomic
 from embed.frames import average_runs
 
 from classify.features.phases import PHASES, frame_labels
-from classify.estimators.probes import check_width, scaler_from_state
+from classify.estimators.base import check_width
+from classify.estimators.linear import scaler_from_state
 from classify.estimators.state_checks import field, linear_width, positive
 
 N_PHASES = len(PHASES)

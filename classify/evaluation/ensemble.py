@@ -15,7 +15,7 @@ from threadpoolctl import threadpool_limits
 
 from classify.evaluation.rules import DecisionName
 from classify.evaluation.probe_protocol import EncoderScores, RecordingScores, fit_rule
-from classify.estimators.probes import full_proba
+from classify.estimators.base import full_proba
 from classify.evaluation.selection import select_best
 from classify.task import Task
 

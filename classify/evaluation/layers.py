@@ -12,9 +12,8 @@ from __future__ import annotations
 from typing import Callable, Iterable, Literal, Sequence
 
 import numpy as np
-from sklearn.base import BaseEstimator, clone
+from sklearn.base import BaseEstimator
 from sklearn.metrics import balanced_accuracy_score
-from sklearn.model_selection import StratifiedGroupKFold
 from threadpoolctl import threadpool_limits
 
 from embed.cache import CachedRecording, layer_slices
@@ -22,7 +21,8 @@ from embed.cache import CachedRecording, layer_slices
 from classify.evaluation.rules import DecisionName, mean_by_group
 from classify.evaluation.probe_protocol import EncoderScores, RecordingScores, fit_encoder, fit_rule
 from classify.features.caches import segment_set
-from classify.estimators.probes import PROBES, fit_probe, full_proba
+from classify.estimators.probes import default_probe
+from classify.estimators.search import group_folds, out_of_fold_proba
 from classify.evaluation.selection import select_best
 from classify.task import Task
 
@@ -94,17 +94,6 @@ def group_balanced_accuracy(y: np.ndarray, groups: np.ndarray) -> Callable[[np.n
     return score
 
 
-def out_of_fold_proba(X: np.ndarray, y: np.ndarray, groups: np.ndarray, probe: BaseEstimator, folds: int,
-                      seed: int, n_classes: int) -> np.ndarray:
-    """Probabilities for every row from a probe that never saw its group (StratifiedGroupKFold)."""
-    out = np.zeros((len(X), n_classes))
-    splitter = StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
-    for fit_idx, held_idx in splitter.split(X, y, groups=groups):
-        model = fit_probe(clone(probe), X[fit_idx], y[fit_idx], groups[fit_idx])
-        out[held_idx] = full_proba(model, X[held_idx], n_classes)
-    return out
-
-
 def cv_layer_scores(X: np.ndarray, y: np.ndarray, groups: np.ndarray, slices: dict[int, slice], *,
                     candidates: Iterable[Layers] | None = None, probe: BaseEstimator | None = None,
                     folds: int = 5, seed: int = 0, score: Callable[[np.ndarray], float] | None = None
@@ -115,14 +104,15 @@ def cv_layer_scores(X: np.ndarray, y: np.ndarray, groups: np.ndarray, slices: di
     patient of each row (folds never split a patient). `score` maps the out-of-fold probabilities
     of all rows to a number, higher better (default: per-group UAR). Pass only train+val rows."""
     X, y, groups = np.asarray(X), np.asarray(y), np.asarray(groups)
-    probe = _default_probe("linear", seed) if probe is None else probe
+    probe = default_probe("linear", seed) if probe is None else probe
     score = score or group_balanced_accuracy(y, groups)
     n_classes = int(y.max()) + 1
     out = {}
     with threadpool_limits(limits=1, user_api="blas"):
         for layers in (candidates if candidates is not None else [(i,) for i in sorted(slices)]):
             cols = layer_columns(slices, layers, X.shape[1])
-            out[tuple(layers)] = score(out_of_fold_proba(X[:, cols], y, groups, probe, folds, seed, n_classes))
+            fold_list = group_folds(y, groups, folds, seed)
+            out[tuple(layers)] = score(out_of_fold_proba(probe, X[:, cols], y, fold_list, n_classes, groups))
     return out
 
 
@@ -132,14 +122,6 @@ def select_layers_cv(X: np.ndarray, y: np.ndarray, groups: np.ndarray, slices: d
     scores = cv_layer_scores(X, y, groups, slices, **kwargs)
     best, _, _ = select_best(scores, lambda layers: (scores[layers], None))
     return best
-
-
-def _default_probe(probe: str, seed: int) -> BaseEstimator:
-    """The probe at its default hyper-parameters (layer choice runs before the grid search)."""
-    model = PROBES[probe][0]()
-    if "random_state" in model.get_params():
-        model.set_params(random_state=seed)
-    return model
 
 
 def fit_layer_choice(task: Task, embeddings: dict[str, CachedRecording], split: dict[str, str], probe: str, *,
@@ -159,7 +141,7 @@ def fit_layer_choice(task: Task, embeddings: dict[str, CachedRecording], split: 
         def patient_score(proba: np.ndarray) -> float:
             scores = RecordingScores.from_segments(rows, proba)
             return fit_rule(task, scores, decision)[1]
-        chosen = select_layers_cv(rows.X, rows.y, rows.patient_ids, slices, probe=_default_probe(probe, seed),
+        chosen = select_layers_cv(rows.X, rows.y, rows.patient_ids, slices, probe=default_probe(probe, seed),
                                   folds=cv_folds, seed=seed, score=patient_score)
         fitted = fit_encoder(task, take_layers(embeddings, slices, chosen), split, probe, decision=decision,
                              seed=seed, oof_folds=oof_folds)

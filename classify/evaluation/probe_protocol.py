@@ -13,15 +13,15 @@ from typing import Iterable
 
 import numpy as np
 import pandas as pd
-from sklearn.base import clone
-from sklearn.model_selection import StratifiedGroupKFold
 from threadpoolctl import threadpool_limits
 
 from embed.cache import CachedRecording
 
 from classify.evaluation.rules import DecisionName, DecisionRule, GroupTable, make_rule, mean_by_group
 from classify.features.caches import SegmentSet, segment_set
-from classify.estimators.probes import PROBES, fit_probe, full_proba, probe_grid
+from classify.estimators.base import fit_probe, full_proba
+from classify.estimators.probes import PROBES, probe_grid
+from classify.estimators.search import cross_fit, group_folds
 from classify.evaluation.selection import select_best
 from classify.task import Task
 
@@ -107,7 +107,7 @@ def _fit_encoder(task, embeddings, split, probe, decision, seed, oof_folds) -> E
 
     best, best_score, best_val = select_best(probe_grid(probe, seed), val_score)
     test_scores = RecordingScores.from_segments(test, full_proba(best, test.X, task.n_classes))
-    params = {k: v for k, v in best.get_params().items() if k in PROBES[probe][1]}
+    params = {k: v for k, v in best.get_params().items() if k in PROBES[probe].grid}
     oof = out_of_fold(task, embeddings, train_ids, best, oof_folds, seed) if oof_folds else None
     return EncoderScores(best, params, float(best_score), best_val, test_scores, oof)
 
@@ -115,14 +115,17 @@ def _fit_encoder(task, embeddings, split, probe, decision, seed, oof_folds) -> E
 def out_of_fold(task: Task, embeddings: dict[str, CachedRecording], group_ids: list[str], model,
                 folds: int, seed: int) -> RecordingScores:
     """Recording scores for training groups from models that never saw their group."""
-    y = task.labels_of(group_ids)
-    splitter = StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
+    def rows(idx, which):
+        return segment_set(task, embeddings, [group_ids[i] for i in idx], which)
+
+    def fit_rows(idx):
+        fit = rows(idx, "train")
+        return fit.X, fit.y, fit.patient_ids
+
     out = None
-    for fit_idx, held_idx in splitter.split(np.zeros(len(y)), y, groups=group_ids):
-        fit = segment_set(task, embeddings, [group_ids[i] for i in fit_idx], "train")
-        held = segment_set(task, embeddings, [group_ids[i] for i in held_idx], "eval")
-        fold_model = fit_probe(clone(model), fit.X, fit.y, fit.patient_ids)
-        scores = RecordingScores.from_segments(held, full_proba(fold_model, held.X, task.n_classes))
+    folds = group_folds(task.labels_of(group_ids), np.asarray(group_ids), folds, seed)
+    for held_idx, proba in cross_fit(model, folds, fit_rows, lambda idx: rows(idx, "eval").X, task.n_classes):
+        scores = RecordingScores.from_segments(rows(held_idx, "eval"), proba)
         out = scores if out is None else out.concat(scores)
     return out
 

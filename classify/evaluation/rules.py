@@ -12,7 +12,10 @@ in priority order, the last one being "nothing found" (CirCor: Present, Unknown,
 - *cost*: argmax of the mean probabilities times the scoring's class weights (5/3/1 on CirCor):
   the expected-weighted-accuracy decision when the probabilities are calibrated, nothing tuned.
 
-Tuned rules search a grid for the parameters that maximise the scoring's selection key.
+Tuned rules search a grid for the parameters that maximise the scoring's selection key. A rule
+means the same everywhere: *any* and *threshold* call a patient from its recordings, so they need
+recording probabilities (`needs_recordings`); given patient probabilities only (a recipe's patient
+model: `GroupTable.from_patients`) they refuse rather than fall back to another rule.
 """
 from __future__ import annotations
 
@@ -43,8 +46,18 @@ class GroupTable:
     (in priority order) that any of its recordings is called."""
     group_ids: np.ndarray
     mean: np.ndarray  # (n_groups, n_classes)
-    max: np.ndarray  # (n_groups, n_classes)
-    first_call: np.ndarray  # (n_groups,)
+    max: np.ndarray | None  # (n_groups, n_classes); None: patient probabilities only
+    first_call: np.ndarray | None  # (n_groups,); None: patient probabilities only
+
+    @staticmethod
+    def from_patients(group_ids, proba: np.ndarray) -> "GroupTable":
+        """Patient-level probabilities (one row per group), with no recordings behind them."""
+        return GroupTable(np.asarray(group_ids), proba, None, None)
+
+    def recordings_needed(self, rule: str) -> None:
+        if self.max is None or self.first_call is None:
+            raise ValueError(f"the {rule} rule calls a patient from its recordings' probabilities, and this model "
+                             "gives patient probabilities only (a patient model): use mean, weighted or cost")
 
     @staticmethod
     def from_recordings(recording_proba: np.ndarray, recording_groups: np.ndarray) -> "GroupTable":
@@ -64,6 +77,7 @@ class DecisionRule(BaseEstimator):
     suffix: ClassVar[str] = ""  # appended to the probe name in tables (every rule has one)
     summary: ClassVar[str] = ""  # one line for the command line's help
     tuned: ClassVar[bool] = False
+    needs_recordings: ClassVar[bool] = False  # reads the recordings' max or calls, not only the mean
 
     def fit(self, table: GroupTable, y: np.ndarray, selection_key=None) -> "DecisionRule":
         return self
@@ -86,8 +100,10 @@ class DecisionRule(BaseEstimator):
 class AnyRule(DecisionRule):
     name, suffix = "any", "+any"
     summary = "the first class any recording is called (the CirCor paper's hierarchy)"
+    needs_recordings = True
 
     def predict(self, table: GroupTable) -> np.ndarray:
+        table.recordings_needed(self.name)
         return table.first_call
 
 
@@ -156,11 +172,13 @@ class ThresholdRule(_TunedRule):
     summary = "the first class whose highest recording probability reaches its threshold (tuned)"
     grid = np.round(np.arange(0.05, 0.96, 0.05), 2)
     default, attribute, label = 0.5, "thresholds_", "thresholds"
+    needs_recordings = True
 
     def __init__(self, thresholds: list[float] | None = None) -> None:
         self.thresholds = thresholds
 
     def _apply(self, table: GroupTable, values: np.ndarray) -> np.ndarray:
+        table.recordings_needed(self.name)
         n_classes = table.mean.shape[1]
         out = np.full(len(table.mean), n_classes - 1)
         for k in reversed(range(n_classes - 1)):  # the earliest class that passes wins

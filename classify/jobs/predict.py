@@ -28,8 +28,9 @@ from embed.problems import Problem
 from embed.segments import SegmentConfig
 
 from classify.evaluation.rules import GroupTable
-from classify.store.probe_io import load_manifest, load_model, select_model
-from classify.estimators.probes import FeatureWidthError, full_proba
+from classify.jobs.encoders import probe_encoder
+from classify.store.models import load_manifest, load_model, select_model
+from classify.estimators.base import FeatureWidthError, full_proba
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".aiff", ".aif"}
 
@@ -100,35 +101,6 @@ def gather_inputs(inputs: list[str | Path], patient_id: str | None = None
     return patients, problems
 
 
-def _segment_config(config: dict) -> SegmentConfig:
-    seg = config["segments"]
-    eval_stride = seg.get("eval_stride_s")
-    return SegmentConfig(seg["window_s"], seg["train_stride_s"], None if eval_stride == "window" else eval_stride,
-                         align=seg.get("align", "fixed"))
-
-
-def build_encoder(entry: dict, checkpoint: str | None = None, device: str = "auto",
-                  trust_checkpoint: bool = False):
-    """The encoder the probe was trained on; refuses one whose embeddings would differ."""
-    from embed.encoders import create
-    from embed.extract import cache_config
-
-    saved = entry["cache_config"]
-    ckpt = checkpoint or entry.get("checkpoint")
-    encoder = create(saved["encoder"], ckpt, pooling=saved["pooling"], device=device,
-                     trust_checkpoint=trust_checkpoint, layers=saved.get("layers"))
-    segments = _segment_config(saved)
-    now = cache_config(encoder, segments)
-    # precision follows the device (fp16 on CUDA; on a CPU bf16 for bf16-safe encoders where native,
-    # else fp32); everything else must match
-    differ = sorted(k for k in set(saved) | set(now) if k != "precision" and saved.get(k) != now.get(k))
-    if differ:
-        detail = "; ".join(f"{k}: trained {saved.get(k)!r}, now {now.get(k)!r}" for k in differ)
-        hint = " (pass the checkpoint the probe was trained with: --checkpoint)" if "checkpoint_sha256" in differ else ""
-        raise ValueError(f"the encoder differs from the one the probe was trained on: {detail}{hint}")
-    return encoder, segments
-
-
 def eval_only(segments: SegmentConfig) -> SegmentConfig:
     """The same evaluation windows with no extra training windows (the training stride is set to the
     evaluation one, so the union of both plans is the evaluation plan)."""
@@ -174,26 +146,57 @@ def predict(model_dir: str | Path, inputs: list[str | Path], out_dir: str | Path
             patient_id: str | None = None, device: str = "auto", trust_checkpoint: bool = False,
             batch_size: int = 32, weights: str | Path | None = None) -> tuple[list[dict], list[Problem]]:
     """One result dict per patient (also written as `out_dir/NAME.json`, NAME from `output_names`),
-    and the problems met. A folder saved by `recipe --save-model` runs the whole recipe; its
-    encoders' weight files are looked up by name in `weights`."""
+    and the problems met: the one predict path for both kinds of model folder. A probe folder's
+    saved probe scores the evaluation windows of its encoder (`--checkpoint`); a folder saved by
+    `recipe --save-model` runs the whole recipe, its encoders' weight files looked up by name in
+    `weights`."""
     manifest = load_manifest(model_dir)
-    if manifest.get("kind") == "recipe":
-        return _predict_with_recipe(model_dir, manifest, inputs, out_dir, weights, patient_id, device, batch_size)
-    entry = select_model(manifest, encoder_name, probe)
+    patients, problems = gather_inputs(inputs, patient_id)
+    if manifest["kind"] == "recipe":
+        from classify.jobs.recipe import predict_recipe
+        entry = manifest["models"][0]
+        calls, more = predict_recipe(model_dir, manifest, patients, weights, device, batch_size)
+    else:
+        entry = select_model(manifest, encoder_name, probe)
+        calls, more = _predict_probe(model_dir, manifest, entry, patients, checkpoint, device, trust_checkpoint,
+                                     batch_size)
+    problems += more
+    by_file: dict[str, list[Problem]] = {}
+    for q in more:
+        by_file.setdefault(q.path, []).append(q)
+    names = output_names(list(patients))
+    results = []
+    for pid, recs in patients.items():
+        call = calls.get(pid)
+        if call is None:
+            problems.append(Problem(pid, "no usable recording; no prediction"))
+        result = {"patient_id": pid, "class": call and call["class"], "probabilities": call and call["probabilities"],
+                  "decision_rule": entry["rule"],
+                  "model": {"encoder": entry["encoder"], "probe": entry["probe"], "file": entry["file"]},
+                  "recordings": call["recordings"] if call else [],
+                  "skipped": [{"file": q.path, "problem": q.message} for rec in recs
+                              for q in by_file.get(str(rec.path), []) if q.severity == "error"]}
+        results.append(result)
+        _write_result(out_dir, names[pid], result)
+    return results, problems
+
+
+def _predict_probe(model_dir, manifest: dict, entry: dict, patients: dict[str, list[InputRecording]],
+                   checkpoint, device, trust_checkpoint, batch_size) -> tuple[dict[str, dict], list[Problem]]:
+    """Patient id -> {"class", "probabilities", "recordings"} from a saved probe: window
+    probabilities averaged per recording, the saved (fitted) decision rule over the recordings."""
     classes = manifest["classes"]
     # refuses a file whose hash or header differs from the manifest; reads arrays only
     estimator, rule, _ = load_model(model_dir, entry, classes)
-    encoder, segments = build_encoder(entry, checkpoint, device, trust_checkpoint)
-    patients, problems = gather_inputs(inputs, patient_id)
+    encoder, segments = probe_encoder(entry, checkpoint, device, trust_checkpoint)
     flat = [rec for recs in patients.values() for rec in recs]
-    embedded, extract_problems = embed_inputs(encoder, segments, flat, batch_size)
-    problems += extract_problems
-    by_file: dict[str, list[Problem]] = {}
-    for p in extract_problems:
-        by_file.setdefault(p.path, []).append(p)
+    embedded, problems = embed_inputs(encoder, segments, flat, batch_size)
+    notes: dict[str, list[str]] = {}
+    for q in problems:
+        if q.severity == "warning":
+            notes.setdefault(q.path, []).append(q.message)
     cached_of = {id(rec): cached for rec, cached in zip(flat, embedded)}
-    names = output_names(list(patients))
-    results = []
+    calls = {}
     for pid, recs in patients.items():
         done, proba = [], []
         for rec in recs:
@@ -210,21 +213,12 @@ def predict(model_dir: str | Path, inputs: list[str | Path], out_dir: str | Path
                 "recording_id": rec.recording_id, "file": str(rec.path), "location": rec.location,
                 "windows": int(len(cached.eval_index)), "class": classes[int(p.argmax())],
                 "probabilities": {c: float(v) for c, v in zip(classes, p)},
-                "notes": [q.message for q in by_file.get(str(rec.path), []) if q.severity == "warning"]})
-        result = {"patient_id": pid, "class": None, "probabilities": None, "decision_rule": rule.to_dict(),
-                  "model": {"encoder": entry["encoder"], "probe": entry["probe"], "file": entry["file"]},
-                  "recordings": done,
-                  "skipped": [{"file": q.path, "problem": q.message} for rec in recs
-                              for q in by_file.get(str(rec.path), []) if q.severity == "error"]}
+                "notes": notes.get(str(rec.path), [])})
         if done:
             table = GroupTable.from_recordings(np.array(proba), np.full(len(proba), 0))
-            result["class"] = classes[int(rule.predict(table)[0])]
-            result["probabilities"] = {c: float(v) for c, v in zip(classes, table.mean[0])}
-        else:
-            problems.append(Problem(pid, "no usable recording; no prediction"))
-        results.append(result)
-        _write_result(out_dir, names[pid], result)
-    return results, problems
+            calls[pid] = {"class": classes[int(rule.predict(table)[0])],
+                          "probabilities": {c: float(v) for c, v in zip(classes, table.mean[0])}, "recordings": done}
+    return calls, problems
 
 
 def _write_result(out_dir: str | Path | None, name: str, result: dict) -> None:
@@ -232,25 +226,3 @@ def _write_result(out_dir: str | Path | None, name: str, result: dict) -> None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out / name, json.dumps(result, indent=2))
-
-
-def _predict_with_recipe(model_dir, manifest, inputs, out_dir, weights, patient_id, device, batch_size
-                         ) -> tuple[list[dict], list[Problem]]:
-    from classify.jobs.recipe import predict_recipe
-    patients, problems = gather_inputs(inputs, patient_id)
-    calls, recipe_problems = predict_recipe(model_dir, manifest, patients, weights, device, batch_size)
-    problems += recipe_problems
-    names = output_names(list(patients))
-    entry = manifest["models"][0]
-    results = []
-    for pid, recs in patients.items():
-        call = calls.get(pid)
-        result = {"patient_id": pid, "class": call and call["class"],
-                  "probabilities": call and call["probabilities"], "decision_rule": entry["rule"],
-                  "model": {"encoder": entry["encoder"], "probe": entry["probe"], "file": entry["file"]},
-                  "recordings": call["recordings"] if call else [],
-                  "skipped": [{"file": q.path, "problem": q.message} for q in recipe_problems
-                              if q.severity == "error" and q.path in {str(r.path) for r in recs}]}
-        results.append(result)
-        _write_result(out_dir, names[pid], result)
-    return results, problems

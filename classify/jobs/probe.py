@@ -13,6 +13,7 @@ from classify.jobs.backend import Backend, Shared, run_tasks
 from classify.evaluation.ensemble import mean_scores, stack
 from classify.evaluation.probe_protocol import SplitResult, fit_encoder, proba_columns, summary_table, test_result, variant_name
 from classify.features.caches import find_cache
+from classify.evaluation.runs import split_runs
 from classify.evaluation.layers import fit_layer_choice, layer_slices, resolve_probe_layers, take_layers
 from classify.jobs.outputs import write_csv_atomic
 from classify.estimators.probes import PROBES
@@ -104,8 +105,7 @@ def run_probe(task: Task, encoders: list[str], probes: list[str], splits: dict[s
     variant = variant_name("", task.target_scheme, decision) + (f"+layers={layers}" if layers else "")
     choose_layers = choice in ("cv", "weighted")
     results: list[SplitResult] = []
-    runs = [(name if repeats == 1 else f"{name}@seed{seed + r}", split, seed + r)
-            for r in range(repeats) for name, split in splits.items()]
+    runs = [(run.name, run.split, run.seed) for run in split_runs(splits, repeats, seed)]
     # every encoder x probe x split x seed is an independent fit: run them all first (here or on Ray)
     jobs = [(probe, split_name, spec) for probe in probes for split_name, _, _ in runs for spec in encoders]
     shared_task, shared_embeddings = Shared(task), {spec: Shared(embeddings[spec]) for spec in encoders}

@@ -14,40 +14,24 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from embed.cache import layer_slices
 from embed.extract import extract, open_cache
 from embed.frames import FrameConfig
 from embed.problems import Problem
 from embed.segments import SegmentConfig
 
 from classify.evaluation.probe_protocol import summary_table
-from classify.evaluation.layers import layer_columns
 from classify.evaluation.metrics import Scoring
 from classify.features.phases import tsv_intervals
-from classify.estimators.probes import FeatureWidthError
-from classify.recipes.recipe import ExtractSpec, FittedRecipe, PhaseFrames, Recipe, Source, evaluate_recipe, fit_recipe, window_block
-from classify.recipes.book import get_recipe
-from classify.store.recipe_io import load_recipe, save_recipe
-from classify.store.segmenters import SegmenterStore
+from classify.estimators.base import FeatureWidthError
+from classify.recipes.fit import evaluate_recipe, fit_recipe
+from classify.recipes.members import kind_of
+from classify.recipes.recipe import Recipe
+from classify.recipes.sources import Source
+from classify.recipes.book import get_recipe, recipe_from_specs
+from classify.store.models import load_recipe, save_recipe
+from classify.jobs.encoders import recipe_encoder, refuse_changed
 from classify.jobs.probe import load_splits, write_results
 from classify.task import Task
-
-SEGMENTER_DIR = "segmenters"  # under the cache folder
-
-
-def build_encoder(spec: ExtractSpec, weights: str | Path | None, device: str = "auto"):
-    """The encoder of one recipe cache, its checkpoint looked up by name in `weights`."""
-    from embed.encoders import create
-    checkpoint = None
-    if spec.checkpoint:
-        if weights is None:
-            raise ValueError(f"the recipe's {spec.encoder} needs its weight file {spec.checkpoint}: pass --weights FOLDER")
-        checkpoint = Path(weights) / spec.checkpoint
-        if not checkpoint.is_file():
-            raise FileNotFoundError(f"{checkpoint}: the recipe's {spec.encoder} weight file is not in --weights "
-                                    f"{weights} (expected under its published name {spec.checkpoint})")
-    return create(spec.encoder, checkpoint, device=device, precision=spec.precision, layers=spec.layers)
-
 
 def recipe_sources(recipe: Recipe, recordings: list, cache_dir: str | Path, weights: str | Path | None, *,
                    intervals: dict[str, np.ndarray] | None = None, device: str = "auto", batch_size: int | None = None,
@@ -59,11 +43,11 @@ def recipe_sources(recipe: Recipe, recordings: list, cache_dir: str | Path, weig
     segments = SegmentConfig()
     caches, configs, problems = [], [], []
     for i, spec in enumerate(recipe.extracts):
-        encoder = build_encoder(spec, weights, device)
+        encoder = recipe_encoder(spec, weights, device)
         frames = FrameConfig() if spec.frames else None
         cache = open_cache(encoder, segments, cache_dir, frames)
         if expect is not None:
-            _check_same(spec, expect[i], cache.config)
+            refuse_changed(expect[i], cache.config, f"the recipe's {spec.encoder} differs from the one it was trained with")
         cached = cache.recording_ids() if cache.path.exists() or cache.parts_dir.is_dir() else set()
         if any(r.recording_id not in cached for r in recordings):  # a complete cache is only read
             report = extract(encoder, recordings, cache_dir, segments, batch_size, progress=progress,
@@ -76,50 +60,22 @@ def recipe_sources(recipe: Recipe, recordings: list, cache_dir: str | Path, weig
     sources: dict[str, Source] = {}
     built: dict[tuple, Source] = {}  # members that differ only in their probe share one source
     for m in recipe.members:
-        key = (m.extract, m.kind) if m.kind == "phases" else (m.extract, m.kind, m.stats, m.layers)
+        key = kind_of(m).share_key(m)
         if key not in built:
-            built[key] = _member_source(m, caches[m.extract], intervals, progress)
+            built[key] = kind_of(m).source(m, caches[m.extract], intervals, progress)
         sources[m.name] = built[key]
     return sources, configs, problems
-
-
-def _member_source(member, cache, intervals: dict[str, np.ndarray] | None, progress: bool) -> Source:
-    if member.kind == "phases":  # segmenters fit on its frames are kept beside the cache
-        return PhaseFrames(cache.read(), intervals or {}, SegmenterStore(cache.dir / SEGMENTER_DIR), cache.key,
-                           progress)
-    block = window_block(cache.read(), member.stats, layer_slices(cache.config))
-    if member.layers not in ("all", "cv"):
-        block = _layer_subset(block, member.layers, layer_slices(cache.config), len(member.stats))
-    return block
-
-
-def _layer_subset(block, layers: str, slices: dict[int, slice], n_stats: int):
-    """Only the columns of layers `I,J` (for each window statistic)."""
-    from classify.recipes.recipe import FeatureBlock
-    if not len(block.recording_ids):
-        return block
-    width = block.X.shape[1] // n_stats
-    cols = layer_columns(slices, [int(i) for i in layers.split(",")], width)
-    cols = np.concatenate([cols + k * width for k in range(n_stats)])
-    return FeatureBlock(block.recording_ids, block.X[:, cols])
-
-
-def _check_same(spec: ExtractSpec, saved: dict, now: dict) -> None:
-    # precision follows the device (fp16 on CUDA); anything else must be what the recipe was fit on
-    differ = sorted(k for k in set(saved) | set(now) if k != "precision" and saved.get(k) != now.get(k))
-    if differ:
-        detail = "; ".join(f"{k}: trained {saved.get(k)!r}, now {now.get(k)!r}" for k in differ)
-        raise ValueError(f"the recipe's {spec.encoder} differs from the one it was trained with: {detail}")
 
 
 def run_recipe(name: str, dataset, cache_dir: str | Path, weights: str | Path | None, out: str | Path, *,
                splits: str | None = None, seeds: int = 5, seed: int = 0, save_model: str | Path | None = None,
                without: tuple[str, ...] = (), overrides: dict | None = None, device: str = "auto",
-               progress: bool = True) -> pd.DataFrame:
-    """`pipeline.py recipe NAME`: extract, evaluate on every split x seed, write scores.csv and
+               progress: bool = True, members: list[str] | None = None) -> pd.DataFrame:
+    """`pipeline.py recipe NAME` (a committed recipe, a `.toml` file, or with `members`: a recipe of
+    those `--member` specs named NAME): extract, evaluate on every split x seed, write scores.csv and
     predictions.csv; with `save_model`, fit once more on every labelled group and save that.
     `without` (member names) and `overrides` (recipe fields) make the ablations."""
-    recipe = get_recipe(name)
+    recipe = recipe_from_specs(members, name) if members else get_recipe(name)
     if without:
         recipe = recipe.without(*without)
     if overrides:
@@ -151,10 +107,9 @@ def predict_recipe(model_dir: str | Path, manifest: dict, patients: dict[str, li
     """Patient id -> {"class", "probabilities", "recordings"} for new patients (`predict.gather_inputs`),
     through the recipe's own feature path; phases come from the saved segmenter's intervals."""
     from classify.jobs.predict import _Job
-    from classify.recipes.recipe import decide
     fitted, header = load_recipe(model_dir, manifest)
     classes = header["classes"]
-    if fitted.segmenter is None and any(m.kind == "phases" for m in fitted.recipe.members):
+    if fitted.segmenter is None and any(kind_of(m).segmented for m in fitted.recipe.members):
         raise ValueError(f"{model_dir}: this recipe pools phases from .tsv files only; new recordings need one "
                          "saved with test_intervals='segmenter'")
     flat = [rec for recs in patients.values() for rec in recs]
@@ -169,7 +124,8 @@ def predict_recipe(model_dir: str | Path, manifest: dict, patients: dict[str, li
                 {pid: [job_of[id(r)] for r in recs] for pid, recs in patients.items()}, {},
                 locations=tuple(header.get("locations", ())),
                 recording_location={job_of[id(r)]: r.location for r in flat})
-    usable = [g for g in group_ids if any(_has_features(sources, r) for r in task.recordings_of[g])]
+    have = set().union(*(kind_of(m).recording_ids(sources[m.name]) for m in fitted.recipe.members))
+    usable = [g for g in group_ids if any(r in have for r in task.recordings_of[g])]
     out: dict[str, dict] = {}
     if usable:
         try:
@@ -187,12 +143,4 @@ def predict_recipe(model_dir: str | Path, manifest: dict, patients: dict[str, li
                              "members": per_member})
             out[pid] = {"class": classes[int(calls[gi])],
                         "probabilities": {c: float(v) for c, v in zip(classes, proba[gi])}, "recordings": recs}
-    for pid in group_ids:
-        if pid not in out:
-            problems.append(Problem(pid, "no usable recording; no prediction"))
     return out, problems
-
-
-def _has_features(sources: dict[str, Source], recording_id: str) -> bool:
-    return any(recording_id in (s.frames if isinstance(s, PhaseFrames) else set(s.recording_ids))
-               for s in sources.values())

@@ -1,71 +1,175 @@
-"""The committed recipes (`pipeline.py recipe NAME`). Every choice inside one (C values, which
-layers) is made by cross-validation inside the training groups when the recipe is fit; what is
-fixed here was chosen by that same inner cross-validation on train + val (see the README's
-recipe section), never on test patients."""
+"""Recipes as data: the committed ones are TOML files in the repository's `recipes/` folder, read by
+name (`pipeline.py recipe NAME`); any other TOML file is read by its path, and `--member` specs
+compose one on the command line.
+
+A recipe file sets `Recipe`'s fields (`name`, `description`, `targets`, `patient_model`,
+`decision`, `test_intervals`, `train_intervals`, `folds`, `bags`) and lists its members as
+`[[members]]` tables: `name`, `kind` (a registered member kind), the member's own options
+(`probe`, `layers`, `stats`) and a `source` table, the cache it reads as `extract` options
+(`encoder`, `checkpoint`: the weight file's published name looked up in `--weights`, `layers`,
+`precision`). `base = "NAME"` starts from another recipe: fields given here replace its fields,
+members listed here come after its members. Every choice inside a recipe (C values, which layers)
+is made by cross-validation inside the training groups when it is fit; what a committed file fixes
+was chosen by that same inner cross-validation on train + val (docs/recipes.md), never on test
+patients.
+"""
 from __future__ import annotations
 
-from dataclasses import replace
+import dataclasses
+from pathlib import Path
 
+from classify.recipes.members import MEMBER_KINDS
 from classify.recipes.recipe import ExtractSpec, Member, Recipe
 
-MN04_WEIGHTS = "efficientat_mn04_as_mAP_432.pt"  # EfficientAT's published file name
-BYOLA_WEIGHTS = "AudioNTT2020-BYOLA-64x96d512.pth"  # BYOL-A's published file name
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
-RECIPES: dict[str, Recipe] = {}
+RECIPE_DIR = Path(__file__).resolve().parents[2] / "recipes"
+MEMBER_FIELDS = {"name", "kind", "probe", "layers", "stats", "source"}
+SOURCE_FIELDS = {f.name for f in dataclasses.fields(ExtractSpec)} - {"frames"}
+RECIPE_FIELDS = {f.name for f in dataclasses.fields(Recipe)} - {"extracts", "members"}
 
 
-def register_recipe(recipe: Recipe) -> Recipe:
-    RECIPES[recipe.name] = recipe
-    return recipe
+def recipe_from_toml(data: dict, where: str, known: dict[str, Recipe] | None = None) -> Recipe:
+    """A recipe from a parsed TOML document; `known`: recipes a `base` may name. Errors name `where`."""
+    unknown = sorted(set(data) - RECIPE_FIELDS - {"members", "base"})
+    if unknown:
+        raise ValueError(f"{where}: unknown recipe fields {unknown}; known: {', '.join(sorted(RECIPE_FIELDS))}, "
+                         "members, base")
+    members: list[tuple[dict, dict]] = []  # (member options, source) in order
+    fields = {}
+    if "base" in data:
+        base = (known or {}).get(data["base"])
+        if base is None:
+            raise ValueError(f"{where}: base recipe {data['base']!r} is not a committed recipe")
+        fields = {f: getattr(base, f) for f in RECIPE_FIELDS}
+        members = [(member_options(m), dataclasses.asdict(base.extracts[m.extract])) for m in base.members]
+    fields.update({k: v for k, v in data.items() if k in RECIPE_FIELDS})
+    for i, table in enumerate(data.get("members", [])):
+        if not isinstance(table, dict):
+            raise ValueError(f"{where}: members[{i}] must be a table")
+        unknown = sorted(set(table) - MEMBER_FIELDS)
+        if unknown:
+            raise ValueError(f"{where}: member {table.get('name', i)!r}: unknown fields {unknown}; "
+                             f"known: {', '.join(sorted(MEMBER_FIELDS))}")
+        source = dict(table.get("source") or {})
+        bad = sorted(set(source) - SOURCE_FIELDS)
+        if bad or "encoder" not in source:
+            raise ValueError(f"{where}: member {table.get('name', i)!r}: its source needs an encoder and takes "
+                             f"{', '.join(sorted(SOURCE_FIELDS))}" + (f" (not {bad})" if bad else ""))
+        members.append(({k: v for k, v in table.items() if k != "source"}, source))
+    if "name" not in fields or not members:
+        raise ValueError(f"{where}: a recipe needs a name and at least one member")
+    return build_recipe(fields, members, where)
 
 
-register_recipe(Recipe(
-    name="cycle-mn04",
-    description="log-mel frames pooled per heart-cycle phase + signal quality + mn04's layers (by CV), "
-                "recording probes, patient model over locations, expected-cost decision",
-    extracts=(ExtractSpec("logmel", precision="fp32", frames=True), ExtractSpec("quality"),
-              ExtractSpec("mn04", MN04_WEIGHTS, layers="all", precision="bf16")),
-    members=(Member("phases", 0, "phases"), Member("quality", 1, stats=("mean", "std")),
-             Member("mn04", 2, layers="cv")),
-))
+def member_options(member: Member) -> dict:
+    return {"name": member.name, "kind": member.kind, "probe": member.probe, "layers": member.layers,
+            "stats": list(member.stats)}
 
-# the phase features twice, through a linear and a boosted probe (the boosted one alone scored below
-# both on the inner CV), trained on cross-fitted segmenter intervals: scored with the segmenter's
-# intervals at the inner CV's held-out recordings, as at test, training on them beat training on
-# the .tsv on both metrics and both split schemes (README, Recipes)
-CYCLE_LOGMEL = register_recipe(Recipe(
-    name="cycle-logmel",
-    description="log-mel frames pooled per heart-cycle phase (linear and boosted probes) + signal quality "
-                "(no pre-trained encoder), patient model over locations, expected-cost decision",
-    extracts=(ExtractSpec("logmel", precision="fp32", frames=True), ExtractSpec("quality")),
-    members=(Member("phases", 0, "phases"), Member("quality", 1, stats=("mean", "std")),
-             Member("phases_xgb", 0, "phases", probe="xgboost")),
-    train_intervals="segmenter",
-))
 
-# cycle-logmel's probes fit 5 times with their own seeds and averaged, at 5x the probe time: its own
-# inner CV ties cycle-logmel on the paper splits and beats it on 5-fold, so it is not the
-# recommended recipe (README, Recipes)
-register_recipe(replace(
-    CYCLE_LOGMEL, name="cycle-logmel-bagged", bags=5,
-    description="cycle-logmel with its probes (both stages) fit with 5 seeds and the patient probabilities averaged"))
+def build_recipe(fields: dict, members: list[tuple[dict, dict]], where: str) -> Recipe:
+    """The recipe of these fields and (member options, source) pairs; the caches it needs are its
+    members' distinct sources, in the order members first name them."""
+    extracts: list[ExtractSpec] = []
+    built = []
+    for options, source in members:
+        kind = options.get("kind", "windows")
+        if kind not in MEMBER_KINDS:
+            raise ValueError(f"{where}: member {options.get('name')!r}: unknown kind {kind!r}; "
+                             f"known: {', '.join(MEMBER_KINDS)}")
+        spec = ExtractSpec(**{**source, "frames": MEMBER_KINDS[kind].frames})
+        if spec not in extracts:
+            extracts.append(spec)
+        opts = {k: v for k, v in options.items() if k != "kind"}
+        if "stats" in opts:
+            opts["stats"] = tuple(opts["stats"])
+        built.append(Member(extract=extracts.index(spec), kind=kind, **opts))
+    fields.setdefault("description", "")
+    return Recipe(extracts=tuple(extracts), members=tuple(built), **fields)
 
-# cycle-logmel plus BYOL-A's own frames (512-d, every 80 ms) pooled over the same intervals: the
-# phase pooling of a pre-trained encoder's frames; it lowered the inner CV, so it is not the
-# recommended recipe (README, Recipes)
-register_recipe(Recipe(
-    name="cycle-byola",
-    description="cycle-logmel plus BYOL-A d512 frames pooled per heart-cycle phase (the log-mel "
-                "segmentation's intervals)",
-    extracts=(ExtractSpec("logmel", precision="fp32", frames=True), ExtractSpec("quality"),
-              ExtractSpec("byola", BYOLA_WEIGHTS, precision="fp32", frames=True)),
-    members=(Member("phases", 0, "phases"), Member("quality", 1, stats=("mean", "std")),
-             Member("phases_xgb", 0, "phases", probe="xgboost"), Member("byola_phases", 2, "phases")),
-    train_intervals="segmenter",
-))
+
+def committed_recipes(folder: Path = RECIPE_DIR) -> dict[str, Recipe]:
+    """Every recipe file in `folder`, by name; files with a `base` after the recipes they name."""
+    docs = {}
+    for path in sorted(folder.glob("*.toml")):
+        with path.open("rb") as fh:
+            try:
+                docs[path] = tomllib.load(fh)
+            except tomllib.TOMLDecodeError as err:
+                raise ValueError(f"{path}: not a valid TOML file ({err})") from None
+    recipes: dict[str, Recipe] = {}
+    pending = dict(docs)
+    while pending:
+        ready = {p: d for p, d in pending.items() if d.get("base") is None or d["base"] in recipes}
+        if not ready:
+            raise ValueError(f"{next(iter(pending))}: its base recipe {next(iter(pending.values()))['base']!r} "
+                             "is not a committed recipe (or the bases form a loop)")
+        for path, data in ready.items():
+            recipe = recipe_from_toml(data, str(path), recipes)
+            if recipe.name in recipes:
+                raise ValueError(f"{path}: a second recipe named {recipe.name!r}")
+            recipes[recipe.name] = recipe
+            del pending[path]
+    return recipes
+
+
+RECIPES: dict[str, Recipe] = committed_recipes()
 
 
 def get_recipe(name: str) -> Recipe:
+    """A committed recipe by name, or the recipe in a `.toml` file at that path."""
+    if name.endswith(".toml") and Path(name).is_file():
+        with open(name, "rb") as fh:
+            try:
+                return recipe_from_toml(tomllib.load(fh), name, RECIPES)
+            except tomllib.TOMLDecodeError as err:
+                raise ValueError(f"{name}: not a valid TOML file ({err})") from None
     if name not in RECIPES:
-        raise KeyError(f"unknown recipe {name!r}; committed recipes: {', '.join(RECIPES)}")
+        raise KeyError(f"unknown recipe {name!r}; committed recipes: {', '.join(RECIPES)} (or a .toml file's path)")
     return RECIPES[name]
+
+
+def member_from_spec(spec: str) -> tuple[dict, dict]:
+    """`KIND:ENCODER[:KEY=VALUE,...]` (or `quality`: the signal-quality features' mean and std) ->
+    (member options, source). Keys: `probe`, `layers` (`cv`, `all` or `I,J`: the source then caches
+    every layer), `stats` (e.g. `mean+std`), `checkpoint` (a published weight file name, looked up in
+    `--weights`), `precision`."""
+    if spec == "quality":
+        spec = "windows:quality:stats=mean+std"
+    parts = spec.split(":", 2)
+    if len(parts) < 2 or not parts[1]:
+        raise ValueError(f"--member {spec!r}: expected KIND:ENCODER[:KEY=VALUE,...] (kinds: {', '.join(MEMBER_KINDS)})")
+    kind, encoder = parts[0], parts[1]
+    options: dict = {"kind": kind}
+    source: dict = {"encoder": encoder}
+    for pair in filter(None, (parts[2] if len(parts) > 2 else "").split(",")):
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--member {spec!r}: {pair!r} is not KEY=VALUE")
+        if key in ("probe", "layers"):
+            options[key] = value
+        elif key == "stats":
+            options["stats"] = value.split("+")
+        elif key in ("checkpoint", "precision"):
+            source[key] = value
+        else:
+            raise ValueError(f"--member {spec!r}: unknown key {key!r}; known: probe, layers, stats, checkpoint, precision")
+    if options.get("layers", "all") != "all":
+        source["layers"] = "all"  # the member chooses among, or picks, cached layers
+    probe = options.get("probe", "linear")
+    options["name"] = f"{encoder}_{kind}" + ("" if probe == "linear" else f"_{probe}")
+    return options, source
+
+
+def recipe_from_specs(specs: list[str], name: str | None = None) -> Recipe:
+    """A recipe composed on the command line from `--member` specs (`member_from_spec`), with the
+    recipe defaults otherwise (`--set` changes them)."""
+    members = [member_from_spec(s) for s in specs]
+    names = [options["name"] for options, _ in members]
+    if len(set(names)) != len(names):
+        raise ValueError(f"--member: two members named alike ({', '.join(names)}); give one another probe or kind")
+    return build_recipe({"name": name or "+".join(names), "description": "composed with --member"}, members,
+                        "--member")

@@ -1,0 +1,139 @@
+"""The one evaluation engine: the grouped-CV search, one probe registry for probes and recipe members,
+recipes as TOML (and composed with --member), rules that mean the same everywhere, one model store."""
+import json
+
+import numpy as np
+import pytest
+
+from classify.estimators.linear import LinearProbe
+from classify.estimators.probes import PROBES
+from classify.estimators.search import (GroupedSearchCV, RecordingStage, balanced_log_loss, group_folds,
+                                        out_of_fold_proba)
+from classify.evaluation.rules import GroupTable, make_rule
+from classify.features.patient import MemberScores
+from classify.recipes.book import RECIPES, committed_recipes, get_recipe, recipe_from_specs, recipe_from_toml
+from classify.recipes.fit import fit_recipe, patient_table
+from classify.recipes.recipe import Member, Recipe
+from classify.store.models import ModelIntegrityError, canonical_sha256, load_manifest, save_recipe
+from tests.test_recipe import toy_task
+
+
+def rows(seed=0, n_groups=60):
+    rng = np.random.default_rng(seed)
+    groups = np.repeat(np.arange(n_groups), 3)
+    y = np.repeat(rng.integers(0, 3, n_groups), 3)
+    X = rng.normal(size=(len(y), 6)) + y[:, None] * 0.8
+    return X, y, groups
+
+
+def test_grouped_search_picks_the_candidate_with_the_lowest_out_of_fold_loss():
+    X, y, groups = rows()
+    search = GroupedSearchCV(LinearProbe(), {"C": [1e-3, 1e-1, 10.0]}, folds=3, seed=1).fit(X, y, groups)
+    folds = group_folds(y, groups, 3, 1)
+    losses = {C: balanced_log_loss(y, out_of_fold_proba(LinearProbe(C=C), X, y, folds, 3, groups), 3)
+              for C in (1e-3, 1e-1, 10.0)}
+    assert search.best_params_ == {"C": min(losses, key=losses.get)}
+    np.testing.assert_allclose(search.oof_proba_, out_of_fold_proba(LinearProbe(C=search.best_params_["C"]),
+                                                                    X, y, folds, 3, groups))
+    # no patient is on both sides of a fold
+    for fit_idx, held_idx in folds:
+        assert not set(groups[fit_idx]) & set(groups[held_idx])
+    refit = LinearProbe(C=search.best_params_["C"]).fit(X, y)
+    np.testing.assert_allclose(search.predict_proba(X), refit.predict_proba(X))
+
+
+@pytest.mark.parametrize("probe", list(PROBES))
+def test_every_registered_probe_is_a_recipe_member_and_round_trips_through_its_state(probe):
+    X, y, groups = rows(2, 40)
+    stage = RecordingStage(probe, folds=3, seed=0).fit(X, y, groups)
+    assert stage.oof_proba_.shape == (len(y), 3) and np.allclose(stage.oof_proba_.sum(1), 1)
+    rebuilt = RecordingStage.from_state(stage.get_params(), stage.state())
+    np.testing.assert_allclose(rebuilt.predict_proba(X), stage.predict_proba(X), rtol=1e-6)
+    assert rebuilt.describe() == stage.describe()
+
+
+def test_the_committed_toml_recipes_load_and_a_base_adds_its_members():
+    assert {"cycle-logmel", "cycle-logmel-bagged", "cycle-byola", "cycle-mn04"} <= set(RECIPES)
+    logmel, byola = RECIPES["cycle-logmel"], RECIPES["cycle-byola"]
+    assert RECIPES["cycle-logmel-bagged"].members == logmel.members and RECIPES["cycle-logmel-bagged"].bags == 5
+    assert byola.members[:3] == logmel.members and byola.members[3].name == "byola_phases"
+    assert byola.extracts[2].frames and byola.extracts[2].checkpoint == "AudioNTT2020-BYOLA-64x96d512.pth"
+    # members that read the same cache share one extract
+    assert logmel.members[0].extract == logmel.members[2].extract == 0 and len(logmel.extracts) == 2
+
+
+def test_a_recipe_file_is_read_by_path_and_its_mistakes_are_named(tmp_path):
+    path = tmp_path / "mine.toml"
+    path.write_text('name = "mine"\nbase = "cycle-logmel"\nfolds = 3\n')
+    mine = get_recipe(str(path))
+    assert mine.name == "mine" and mine.folds == 3 and mine.members == RECIPES["cycle-logmel"].members
+    with pytest.raises(ValueError, match=r"x\.toml: unknown recipe fields \['fold'\]"):
+        recipe_from_toml({"name": "x", "fold": 3}, "x.toml")
+    with pytest.raises(ValueError, match="member 'a': unknown kind 'frames'"):
+        recipe_from_toml({"name": "x", "members": [{"name": "a", "kind": "frames", "source": {"encoder": "logmel"}}]},
+                         "x.toml")
+    with pytest.raises(ValueError, match="its source needs an encoder"):
+        recipe_from_toml({"name": "x", "members": [{"name": "a", "source": {}}]}, "x.toml")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "b.toml").write_text('name = "b"\nbase = "nowhere"\n')
+    with pytest.raises(ValueError, match="b.toml: its base recipe 'nowhere'"):
+        committed_recipes(tmp_path / "bad")
+
+
+def test_member_specs_compose_the_committed_recipe():
+    composed = recipe_from_specs(["phases:logmel:precision=fp32", "quality",
+                                  "phases:logmel:probe=xgboost,precision=fp32"], "mine")
+    logmel = RECIPES["cycle-logmel"]
+    assert composed.extracts == logmel.extracts
+    assert [(m.extract, m.kind, m.stats, m.probe) for m in composed.members] == [
+        (m.extract, m.kind, m.stats, m.probe) for m in logmel.members]
+    layered = recipe_from_specs(["windows:mn04:layers=cv,checkpoint=w.pt"])
+    assert layered.extracts[0].layers == "all" and layered.members[0].layers == "cv"
+    with pytest.raises(ValueError, match="unknown key 'prob'"):
+        recipe_from_specs(["windows:mn04:prob=mlp"])
+    with pytest.raises(ValueError, match="two members named alike"):
+        recipe_from_specs(["quality", "quality"])
+
+
+def test_recording_rules_are_refused_on_patient_probabilities_and_mean_what_they_mean_without():
+    proba = np.array([[0.3, 0.1, 0.6], [0.1, 0.2, 0.7]])
+    with pytest.raises(ValueError, match="any rule calls a patient from its recordings"):
+        make_rule("any").predict(GroupTable.from_patients(["a", "b"], proba))
+    with pytest.raises(ValueError, match="threshold rule calls a patient from its recordings"):
+        make_rule("threshold").predict(GroupTable.from_patients(["a", "b"], proba))
+    assert make_rule("mean").predict(GroupTable.from_patients(["a", "b"], proba)).tolist() == [2, 2]
+    with pytest.raises(ValueError, match="the any rule calls a patient from its recordings"):
+        Recipe("r", "", (), (Member("m", 0),), decision="any")
+    # without a patient model, *any* is the first class any recording is called, as for a probe
+    task, _ = toy_task(4)
+    gid = task.group_ids[0]
+    recs = task.recordings_of[gid]
+    member = MemberScores("m", np.array(recs), np.array([[0.6, 0.1, 0.3]] + [[0.1, 0.1, 0.8]] * (len(recs) - 1)))
+    table = patient_table(task, [gid], np.array([[0.2, 0.1, 0.7]]), [member])
+    assert make_rule("any").predict(table).tolist() == [0] and make_rule("mean").predict(table).tolist() == [2]
+
+
+def test_a_recipe_without_patient_model_decides_any_from_its_recordings():
+    task, blocks = toy_task()
+    recipe = Recipe("toy", "", (), (Member("toy", 0),), targets="patient", folds=3, patient_model=False,
+                    decision="any")
+    fitted = fit_recipe(task, recipe, blocks, task.group_ids[:90])
+    calls, proba, members = fitted.predict(task, blocks, task.group_ids[90:])
+    by_recording = GroupTable.from_recordings(members[0].proba, np.array(
+        [g for g in task.group_ids[90:] for r in task.recordings_of[g]]))
+    assert calls.tolist() == by_recording.first_call.tolist()
+
+
+def test_models_of_an_earlier_format_are_refused_naming_the_version(tmp_path):
+    task, blocks = toy_task()
+    recipe = Recipe("toy", "", (), (Member("toy", 0),), targets="patient", folds=3)
+    save_recipe(fit_recipe(task, recipe, blocks, task.group_ids), tmp_path, task.classes, "toy", [],
+                trained_on="all", locations=task.locations)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["format"] == 3 and manifest["kind"] == "recipe"
+    manifest["format"] = 2
+    manifest["manifest_sha256"] = canonical_sha256(manifest)
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelIntegrityError, match="a model folder of format 2, written by an earlier heartprobe; "
+                                                  "this version reads format 3"):
+        load_manifest(tmp_path)
