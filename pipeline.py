@@ -267,7 +267,7 @@ def cmd_benchmark_ray(args) -> int:
 
 def cmd_probe(args) -> int:
     from classify.jobs.outputs import OutputFolder
-    from classify.jobs.probe import check_probe_inputs, load_splits, run_probe
+    from classify.jobs.probe import check_probe_inputs, load_splits, run_probe, save_probe_model
     from classify.task import Task
     from embed.datasets import load_dataset
     if args.save_model and args.ensemble:
@@ -296,16 +296,6 @@ def cmd_probe(args) -> int:
     return 0
 
 
-def save_probe_model(results, model_dir, task, dataset, cache_dir, encoders: list[str],
-                     checkpoint: str | None = None) -> Path:
-    """`probe --save-model` (and the demo): the first split's probes and rules, for `predict`."""
-    from classify.features.caches import find_cache
-    from classify.store.probe_io import save_selected
-    caches = {spec: find_cache(cache_dir, spec) for spec in encoders}
-    return save_selected(results, model_dir, task.classes, dataset.name,
-                         {spec: (c.config, c.key) for spec, c in caches.items()}, checkpoint)
-
-
 def cmd_segment(args) -> int:
     from classify.features.caches import find_cache
     from classify.jobs.outputs import OutputFolder
@@ -327,7 +317,7 @@ def cmd_segment(args) -> int:
 
 def cmd_predict(args) -> int:
     import json
-    from classify.jobs.predict import predict
+    from classify.jobs.predict import predict, predict_summary
     from embed.problems import format_table, problem_rows
     results, problems = predict(args.model, args.input, args.out, checkpoint=args.checkpoint,
                                 encoder_name=args.encoder, probe=args.probe, patient_id=args.patient_id,
@@ -339,22 +329,6 @@ def cmd_predict(args) -> int:
     print(predict_summary(results, Path(args.out)), file=sys.stderr)
     failed = any(r["class"] is None for r in results) or any(p.severity == "error" for p in problems)
     return 1 if failed or (args.strict and problems) else 0
-
-
-def predict_summary(results: list[dict], out: Path, shown: int = 10) -> str:
-    """The files `predict` wrote, by their real names (those of `output_names`), or that it wrote none."""
-    from classify.jobs.predict import output_names
-    if not results:
-        return f"no patient found in the input; nothing written to {out}"
-    names = output_names([r["patient_id"] for r in results])
-    written = [path for path in (out / names[r["patient_id"]] for r in results) if path.is_file()]
-    if not written:
-        return f"nothing written to {out}"
-    no_call = sum(r["class"] is None for r in results)
-    listing = "\n".join(f"  {path}" for path in written[:shown])
-    more = f"\n  ... {len(written) - shown} more in {out}" if len(written) > shown else ""
-    return (f"wrote {len(written)} patient file{'s' * (len(written) != 1)}"
-            f"{f' ({no_call} without a call: no usable recording)' if no_call else ''}:\n{listing}{more}")
 
 
 def cmd_recipe(args) -> int:
@@ -376,7 +350,7 @@ def cmd_recipe(args) -> int:
 
 def cmd_demo(args) -> int:
     from classify.jobs.outputs import OutputFolder
-    from classify.jobs.probe import load_splits, run_probe
+    from classify.jobs.probe import load_splits, run_probe, save_probe_model
     from classify.task import Task
     from embed.datasets.circor import load_circor
     from embed.encoders import create

@@ -139,3 +139,12 @@ def run_probe(task: Task, encoders: list[str], probes: list[str], splits: dict[s
                                            val, test, decision, params))
     scores, _ = write_results(results, out, task.classes)
     return summary_table(scores), results
+
+
+def save_probe_model(results: list[SplitResult], model_dir: str | Path, task: Task, dataset,
+                     cache_dir: str | Path, encoders: list[str], checkpoint: str | None = None) -> Path:
+    """`probe --save-model` (and the demo): the first split's probes and rules, for `predict`."""
+    from classify.store.probe_io import save_selected
+    caches = {spec: find_cache(cache_dir, spec) for spec in encoders}
+    return save_selected(results, model_dir, task.classes, dataset.name,
+                         {spec: (c.config, c.key) for spec, c in caches.items()}, checkpoint)
