@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -349,40 +348,8 @@ def cmd_recipe(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from classify.jobs.outputs import OutputFolder
-    from classify.jobs.probe import load_splits, run_probe, save_probe_model
-    from classify.task import Task
-    from embed.datasets.circor import load_circor
-    from embed.encoders import create
-    from embed.extract import extract
-    from embed.datasets.synthetic import make_dataset
-    start = time.perf_counter()
-    work = Path(args.workdir)
-    data = work / f"data-{args.patients}p-seed{args.seed}"
-    if not (data / "training_data.csv").exists():  # written last: its presence means complete
-        shutil.rmtree(data, ignore_errors=True)
-        make_dataset(data, n_patients=args.patients, seed=args.seed)
-    circor = load_circor(data)
-    print(f"synthetic CirCor: {len(circor.patients)} patients, {len(circor.recordings())} recordings in {data}")
-    encoder = create("logmel")
-    report = extract(encoder, circor.recordings(), work / "cache")
-    print(report.summary())
-    splits = load_splits(circor, "paper")
-    task = Task.from_dataset(circor)
-    with OutputFolder(work / "out"):  # the demo's own folder: a rerun replaces its results
-        table, results = run_probe(task, ["logmel"], ["linear", "xgboost"], splits, work / "cache", work / "out")
-    print(table.to_string(index=False))
-    print(f"\nwrote {work / 'out'}/scores.csv and predictions.csv in {time.perf_counter() - start:.1f} s")
-    manifest = save_probe_model(results, work / "model", task, circor, work / "cache", ["logmel"])
-    first_split = next(iter(splits.values()))
-    unseen = next(pid for pid, part in first_split.items() if part == "test")  # the saved probes never saw it
-    print(f"saved the probes selected on the first split with {manifest}")
-    if not args.clean:
-        print(f"call a patient they did not see (test in that split) with\n  python pipeline.py predict --model "
-              f"{work / 'model'} --input {data / 'training_data'}/{unseen}_*.wav --out {work / 'predictions'}")
-    if args.clean:
-        shutil.rmtree(work)
-        print(f"removed {work}")
+    from classify.jobs.demo import run_demo
+    run_demo(args.workdir, args.patients, args.seed, args.clean)
     return 0
 
 
