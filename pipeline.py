@@ -182,62 +182,11 @@ def cmd_extract(args) -> int:
     return 1 if failed or (args.strict and rows) else 0
 
 
-def _batch_sizes(spec: str, encoder, window_s: float) -> list[int]:
-    """'8,32' or 'auto' (the size `extract` picks for this device)."""
-    return [encoder.auto_batch_size(window_s, timed=True) if b == "auto" else int(b) for b in spec.split(",")]
-
-
 def cmd_benchmark(args) -> int:
-    import numpy as np
-    import torch
-
-    from embed import benchmark as bench
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
-          f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA device'}")
-    precisions = args.precision.split(",")
-    encoders = {p: create_encoder(args, args.encoder, None if p == "auto" else p) for p in precisions}
-    recordings, audio, decode_s = None, None, None
-    if args.data:
-        recordings = bench.sample_recordings(args.data, args.recordings, args.seed, args.dataset)
-        first = next(iter(encoders.values()))
-        audio, decode_s = bench.decode_windows(recordings, first)
-        print(f"{len(recordings)} recordings sampled from {args.data}: {len(audio)} windows, decode + resample "
-              f"{1e3 * decode_s:.2f} ms/window")
-    rows, reference = [], None
-    for precision, encoder in encoders.items():
-        roofline = bench.matmul_roofline(encoder.precision, encoder.device)
-        print(f"{encoder.precision} matmul roofline on {encoder.device}: {roofline.wall_gflops:.0f} GFLOP/s "
-              f"({roofline.cpu_gflops:.0f} per CPU-second)", flush=True)
-        for batch_size in _batch_sizes(args.batch_size, encoder, args.window):
-            result = bench.measure(encoder, args.windows, batch_size, args.window, audio=audio,
-                                   decode_s_per_window=decode_s, roofline=roofline)
-            rows.append(result.as_dict())
-            print(result.row(), flush=True)
-        if audio is not None:  # agreement with fp32 on the same real windows
-            check = audio[:args.accuracy_windows]
-            if encoder.precision == "fp32":
-                reference = encoder.embed(check)
-            else:
-                if reference is None:
-                    reference = create_encoder(args, args.encoder, "fp32").embed(check)
-                low = encoder.embed(check)
-                cos = (low * reference).sum(1) / (np.linalg.norm(low, axis=1) * np.linalg.norm(reference, axis=1))
-                print(f"{encoder.precision} vs fp32 on {len(check)} real windows: cosine min {cos.min():.5f}, "
-                      f"median {np.median(cos):.5f}")
-                rows[-1]["cosine_min_vs_fp32"] = float(cos.min())
-        if args.compare and recordings is not None:
-            naive = create_encoder(args, args.encoder, "fp32")
-            comparison = bench.compare(encoder, naive, recordings, batch_size)
-            print(comparison.row(), flush=True)
-            rows[-1]["speedup_vs_naive"] = comparison.naive_s / comparison.pipeline_s
-    if args.compare and recordings is None:
-        print("--compare needs --data (it times decoding real recordings)", file=sys.stderr)
-    if args.out:
-        import pandas as pd
-        from embed.atomic import atomic_path
-        with atomic_path(args.out) as tmp:
-            pd.DataFrame(rows).to_csv(tmp, index=False)
-        print(f"wrote {args.out}")
+    from embed.benchmark import run_benchmark
+    run_benchmark(functools.partial(create_encoder, args, args.encoder), args.precision.split(","), args.batch_size,
+                  args.windows, args.window, data=args.data, dataset=args.dataset, recordings=args.recordings,
+                  seed=args.seed, accuracy_windows=args.accuracy_windows, compare_naive=args.compare, out=args.out)
     return 0
 
 
