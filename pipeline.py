@@ -425,22 +425,23 @@ def splits_spec(value: str) -> str:
                                      "nor an existing splits CSV file")
 
 
-def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    """`prog` defaults to how the program was started: `pipeline.py` or the `heartprobe` script."""
-    parser = CommandParser(prog=prog, description=__doc__, formatter_class=HelpFormatter, epilog=COMMANDS_EPILOG)
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=functools.partial(
-        Parser, formatter_class=HelpFormatter))
-    parser.commands = sub.choices
-
+def add_verify_parser(sub: argparse._SubParsersAction) -> None:
+    """The `verify` command and its options."""
     p = sub.add_parser("verify", help="check files against SHA256SUMS.txt and parse the dataset")
     add_dataset_options(p)
     p.set_defaults(func=cmd_verify)
 
+
+def add_download_parser(sub: argparse._SubParsersAction) -> None:
+    """The `download` command and its options."""
     p = sub.add_parser("download", help="download the official CirCor v1.0.3 release zip (resumable)")
     p.add_argument("--dest", required=True)
     p.add_argument("--url", default=None)
     p.set_defaults(func=cmd_download)
 
+
+def add_splits_parser(sub: argparse._SubParsersAction) -> None:
+    """The `splits` command and its options."""
     p = sub.add_parser("splits", help="write patient-level splits as CSV")
     add_dataset_options(p)
     p.add_argument("--out", required=True)
@@ -450,6 +451,29 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--folds", type=int, default=5)
     p.set_defaults(func=cmd_splits)
 
+
+def add_window_options(p: argparse.ArgumentParser) -> None:
+    """Window length, strides and alignment of `extract`."""
+    p.add_argument("--window", type=float, default=5.0)
+    p.add_argument("--train-stride", type=float, default=2.5)
+    p.add_argument("--eval-stride", type=float, default=None, help="default: the window (no overlap)")
+    p.add_argument("--windows", default="fixed", choices=["fixed", "cycles"],
+                   help="cycles: each window starts at the next S1 onset of the recording's .tsv (heart-cycle "
+                        "aligned; fixed windows where a recording has no .tsv)")
+
+
+def add_frame_options(p: argparse.ArgumentParser) -> None:
+    """`extract --frames`: every frame embedding instead of pooled windows."""
+    p.add_argument("--frames", action="store_true",
+                   help="cache every frame embedding with its centre time (NAME-frames-KEY.h5; non-overlapping "
+                        "--window windows to the recording's end) instead of pooled window embeddings")
+    p.add_argument("--frame-dtype", default="fp16", choices=["fp16", "fp32"], help="stored precision of --frames")
+    p.add_argument("--frame-hop", type=float, default=None, metavar="SECONDS",
+                   help="with --frames: average consecutive frames to this hop (a multiple of the encoder's)")
+
+
+def add_extract_parser(sub: argparse._SubParsersAction) -> None:
+    """The `extract` command and its options."""
     p = sub.add_parser("extract", epilog=names_epilog, help="embed every recording's windows into the HDF5 cache")
     add_dataset_options(p)
     p.add_argument("--encoder", default="logmel", help="registry name(s), comma-separated")
@@ -464,12 +488,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="decode/resample threads")
     p.add_argument("--flush-every", type=int, default=64,
                    help="write finished recordings to the cache every N recordings")
-    p.add_argument("--window", type=float, default=5.0)
-    p.add_argument("--train-stride", type=float, default=2.5)
-    p.add_argument("--eval-stride", type=float, default=None, help="default: the window (no overlap)")
-    p.add_argument("--windows", default="fixed", choices=["fixed", "cycles"],
-                   help="cycles: each window starts at the next S1 onset of the recording's .tsv (heart-cycle "
-                        "aligned; fixed windows where a recording has no .tsv)")
+    add_window_options(p)
     p.add_argument("--lock-timeout", type=float, default=0.0,
                    help="seconds to wait for another run holding the same cache")
     p.add_argument("--strict", action="store_true", help="exit non-zero if any recording had a problem")
@@ -477,14 +496,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--fit-normalisation", default=None, metavar="SCHEME",
                    help="fit the encoder's input statistics (BYOL-A) on the patients that are in train "
                         "in every split of this scheme, as the authors fit them on training data")
-    p.add_argument("--frames", action="store_true",
-                   help="cache every frame embedding with its centre time (NAME-frames-KEY.h5; non-overlapping "
-                        "--window windows to the recording's end) instead of pooled window embeddings")
-    p.add_argument("--frame-dtype", default="fp16", choices=["fp16", "fp32"], help="stored precision of --frames")
-    p.add_argument("--frame-hop", type=float, default=None, metavar="SECONDS",
-                   help="with --frames: average consecutive frames to this hop (a multiple of the encoder's)")
+    add_frame_options(p)
     p.set_defaults(func=cmd_extract)
 
+
+def add_benchmark_parser(sub: argparse._SubParsersAction) -> None:
+    """The `benchmark` command and its options."""
     p = sub.add_parser("benchmark", epilog=names_epilog, help="where the time goes: windows/s, GFLOP, roofline share, wall split")
     p.add_argument("--encoder", default="logmel")
     add_encoder_options(p)
@@ -504,6 +521,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="also write the rows as CSV")
     p.set_defaults(func=cmd_benchmark)
 
+
+def add_gpu_check_parser(sub: argparse._SubParsersAction) -> None:
+    """The `gpu-check` command and its options."""
     p = sub.add_parser("gpu-check", help="the whole GPU check: benchmark + full extract, M2D/mn04/BEATs, fp16 and fp32")
     add_dataset_options(p)
     p.add_argument("--mn04", default=None, help="mn04_as_mAP_432.pt (M2D and BEATs get random official-layout weights)")
@@ -518,6 +538,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=8, help="decode/resample threads")
     p.set_defaults(func=cmd_gpu_check)
 
+
+def add_benchmark_ray_parser(sub: argparse._SubParsersAction) -> None:
+    """The `benchmark-ray` command and its options."""
     p = sub.add_parser("benchmark-ray", epilog=names_epilog, help="local vs Ray extraction: fixed cost, cost per recording, crossover")
     add_dataset_options(p)
     p.add_argument("--encoder", default="logmel")
@@ -529,6 +552,17 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--ray-address", default=None, metavar="auto|HOST:PORT")
     p.set_defaults(func=cmd_benchmark_ray)
 
+
+def add_ensemble_options(p: argparse.ArgumentParser) -> None:
+    """`probe` with several encoders: how they are combined."""
+    p.add_argument("--ensemble", default=None, choices=["mean", "stack", "both"],
+                   help="with several encoders: also combine them")
+    p.add_argument("--demographics", action="store_true", help="stacker also sees age, sex, height, weight, pregnancy")
+    p.add_argument("--oof-folds", type=int, default=5, help="patient-grouped folds for the stacker's inputs")
+
+
+def add_probe_parser(sub: argparse._SubParsersAction) -> None:
+    """The `probe` command and its options."""
     p = sub.add_parser("probe", epilog=names_epilog, help="train probes on cached embeddings, score per patient")
     add_dataset_options(p)
     p.add_argument("--encoder", default="logmel", help="name(s) or NAME@KEY, comma-separated")
@@ -540,10 +574,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--targets", default="patient",
                    help="training labels: patient = the patient's label on every recording (the paper); "
                         "location (CirCor) = murmur-location-aware recording labels")
-    p.add_argument("--ensemble", default=None, choices=["mean", "stack", "both"],
-                   help="with several encoders: also combine them")
-    p.add_argument("--demographics", action="store_true", help="stacker also sees age, sex, height, weight, pregnancy")
-    p.add_argument("--oof-folds", type=int, default=5, help="patient-grouped folds for the stacker's inputs")
+    add_ensemble_options(p)
     p.add_argument("--repeats", type=int, default=1,
                    help="rerun every split with probe seeds SEED, SEED+1, ... (runs named SPLIT@seedS)")
     p.add_argument("--layers", default=None, metavar="I|I,J|all|last|cv|weighted",
@@ -562,6 +593,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     add_backend_options(p)
     p.set_defaults(func=cmd_probe)
 
+
+def add_recipe_parser(sub: argparse._SubParsersAction) -> None:
+    """The `recipe` command and its options."""
     p = sub.add_parser("recipe", epilog=recipes_epilog,
                        help="a committed recipe end to end: extract what is missing, fit, score, save")
     p.add_argument("name", choices=LazyChoices("classify.recipes.book", "RECIPES"), help="the recipe (listed below)")
@@ -583,6 +617,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                    help="also fit on every labelled patient and save that, for predict")
     p.set_defaults(func=cmd_recipe)
 
+
+def add_segment_parser(sub: argparse._SubParsersAction) -> None:
+    """The `segment` command and its options."""
     p = sub.add_parser("segment", epilog=names_epilog, help="heart-cycle segmenter on frame caches: frame accuracy on test groups")
     add_dataset_options(p)
     p.add_argument("--encoder", default="logmel", help="frame cache (`extract --frames`): NAME or NAME@KEY")
@@ -598,6 +635,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_segment)
 
+
+def add_predict_parser(sub: argparse._SubParsersAction) -> None:
+    """The `predict` command and its options."""
     p = sub.add_parser("predict", help="murmur call per patient from a saved probe (any sample rate)")
     p.add_argument("--model", required=True, help="folder written by probe --save-model")
     p.add_argument("--input", required=True, nargs="+", help="patient folder(s) (PID.txt + wavs) or wav files")
@@ -612,6 +652,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="exit non-zero on any problem, warnings included")
     p.set_defaults(func=cmd_predict)
 
+
+def add_demo_parser(sub: argparse._SubParsersAction) -> None:
+    """The `demo` command and its options."""
     p = sub.add_parser("demo", help="synthetic CirCor-format data -> extract -> probe, no downloads")
     p.add_argument("--patients", type=int, default=60)
     p.add_argument("--seed", type=int, default=0)
@@ -620,6 +663,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--clean", action="store_true", help="remove the work folder at the end")
     p.set_defaults(func=cmd_demo)
 
+
+def add_report_parser(sub: argparse._SubParsersAction) -> None:
+    """The `report` command and its options."""
     p = sub.add_parser("report", help="markdown table + PNG plots from one or more probe run folders")
     p.add_argument("--runs", required=True, nargs="+", help="folder(s) with scores.csv and predictions.csv")
     p.add_argument("--out", default=None, help="default: the first run folder")
@@ -630,6 +676,28 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                    "most_audible, recordings; physionet2016: source); needs --data")
     add_dataset_options(p, required=False, when="with --by: ")
     p.set_defaults(func=cmd_report)
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """`prog` defaults to how the program was started: `pipeline.py` or the `heartprobe` script."""
+    parser = CommandParser(prog=prog, description=__doc__, formatter_class=HelpFormatter, epilog=COMMANDS_EPILOG)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=functools.partial(
+        Parser, formatter_class=HelpFormatter))
+    parser.commands = sub.choices
+
+    add_verify_parser(sub)
+    add_download_parser(sub)
+    add_splits_parser(sub)
+    add_extract_parser(sub)
+    add_benchmark_parser(sub)
+    add_gpu_check_parser(sub)
+    add_benchmark_ray_parser(sub)
+    add_probe_parser(sub)
+    add_recipe_parser(sub)
+    add_segment_parser(sub)
+    add_predict_parser(sub)
+    add_demo_parser(sub)
+    add_report_parser(sub)
     return parser
 
 
