@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 DEFAULT_CACHE = Path(__file__).resolve().parent / "cache"
-RESULT_FILES = ("scores.csv", "predictions.csv")  # what a probe run writes into --out
 
 
 def _print_problems(problems, limit: int = 30) -> None:
@@ -214,33 +213,12 @@ def cmd_benchmark_ray(args) -> int:
 
 
 def cmd_probe(args) -> int:
-    from classify.jobs.outputs import OutputFolder
-    from classify.jobs.probe import check_probe_inputs, load_splits, run_probe, save_probe_model
-    from classify.task import Task
-    from embed.datasets import load_dataset
-    if args.save_model and args.ensemble:
-        raise ValueError("--save-model saves single-encoder probes; drop --ensemble to save")
-    if args.save_model and args.layers not in (None, "all"):
-        raise ValueError("--save-model saves probes over the whole cached vector; use --layers all or drop "
-                         "--layers (or extract only the layers you want)")
-    encoders = args.encoder.split(",")
-    # the checks first: a refused argument leaves OUT untouched, with no UNFINISHED.txt in it
-    dataset = load_dataset(args.dataset, args.data)
-    task = Task.from_dataset(dataset, args.targets)
-    splits = load_splits(dataset, args.splits or dataset.split_schemes[0], args.seed)
-    check_probe_inputs(encoders, args.probe.split(","), args.cache, args.layers)
-    # writable, not in use by another probe, earlier results kept unless --overwrite, marked until finished
-    with OutputFolder(args.out, keep=() if args.overwrite else RESULT_FILES):
-        table, results = run_probe(task, encoders, args.probe.split(","), splits, args.cache, args.out,
-                                   decision=args.decision, seed=args.seed, ensemble=args.ensemble,
-                                   demographics=args.demographics, oof_folds=args.oof_folds,
-                                   repeats=args.repeats, backend=args.backend, ray=ray_options(args),
-                                   layers=args.layers)
-    print(table.to_string(index=False))
-    print(f"\nwrote {Path(args.out) / 'scores.csv'} and {Path(args.out) / 'predictions.csv'}")
-    if args.save_model:
-        manifest = save_probe_model(results, args.save_model, task, dataset, args.cache, encoders, args.checkpoint)
-        print(f"saved the probes and decision rules selected on the first split with {manifest}")
+    from classify.jobs.probe import probe_job
+    probe_job(args.dataset, args.data, args.encoder.split(","), args.probe.split(","), args.splits, args.cache,
+              args.out, targets=args.targets, decision=args.decision, seed=args.seed, ensemble=args.ensemble,
+              demographics=args.demographics, oof_folds=args.oof_folds, repeats=args.repeats,
+              backend=args.backend, ray=ray_options(args), layers=args.layers, overwrite=args.overwrite,
+              save_model=args.save_model, checkpoint=args.checkpoint)
     return 0
 
 
