@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import argparse
 import functools
-import shutil
 import sys
 import time
 from pathlib import Path
 
 DEFAULT_CACHE = Path(__file__).resolve().parent / "cache"
-RESULT_FILES = ("scores.csv", "predictions.csv")  # what a probe run writes into --out
 
 
 def _print_problems(problems, limit: int = 30) -> None:
@@ -183,62 +181,11 @@ def cmd_extract(args) -> int:
     return 1 if failed or (args.strict and rows) else 0
 
 
-def _batch_sizes(spec: str, encoder, window_s: float) -> list[int]:
-    """'8,32' or 'auto' (the size `extract` picks for this device)."""
-    return [encoder.auto_batch_size(window_s, timed=True) if b == "auto" else int(b) for b in spec.split(",")]
-
-
 def cmd_benchmark(args) -> int:
-    import numpy as np
-    import torch
-
-    from embed import benchmark as bench
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
-          f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA device'}")
-    precisions = args.precision.split(",")
-    encoders = {p: create_encoder(args, args.encoder, None if p == "auto" else p) for p in precisions}
-    recordings, audio, decode_s = None, None, None
-    if args.data:
-        recordings = bench.sample_recordings(args.data, args.recordings, args.seed, args.dataset)
-        first = next(iter(encoders.values()))
-        audio, decode_s = bench.decode_windows(recordings, first)
-        print(f"{len(recordings)} recordings sampled from {args.data}: {len(audio)} windows, decode + resample "
-              f"{1e3 * decode_s:.2f} ms/window")
-    rows, reference = [], None
-    for precision, encoder in encoders.items():
-        roofline = bench.matmul_roofline(encoder.precision, encoder.device)
-        print(f"{encoder.precision} matmul roofline on {encoder.device}: {roofline.wall_gflops:.0f} GFLOP/s "
-              f"({roofline.cpu_gflops:.0f} per CPU-second)", flush=True)
-        for batch_size in _batch_sizes(args.batch_size, encoder, args.window):
-            result = bench.measure(encoder, args.windows, batch_size, args.window, audio=audio,
-                                   decode_s_per_window=decode_s, roofline=roofline)
-            rows.append(result.as_dict())
-            print(result.row(), flush=True)
-        if audio is not None:  # agreement with fp32 on the same real windows
-            check = audio[:args.accuracy_windows]
-            if encoder.precision == "fp32":
-                reference = encoder.embed(check)
-            else:
-                if reference is None:
-                    reference = create_encoder(args, args.encoder, "fp32").embed(check)
-                low = encoder.embed(check)
-                cos = (low * reference).sum(1) / (np.linalg.norm(low, axis=1) * np.linalg.norm(reference, axis=1))
-                print(f"{encoder.precision} vs fp32 on {len(check)} real windows: cosine min {cos.min():.5f}, "
-                      f"median {np.median(cos):.5f}")
-                rows[-1]["cosine_min_vs_fp32"] = float(cos.min())
-        if args.compare and recordings is not None:
-            naive = create_encoder(args, args.encoder, "fp32")
-            comparison = bench.compare(encoder, naive, recordings, batch_size)
-            print(comparison.row(), flush=True)
-            rows[-1]["speedup_vs_naive"] = comparison.naive_s / comparison.pipeline_s
-    if args.compare and recordings is None:
-        print("--compare needs --data (it times decoding real recordings)", file=sys.stderr)
-    if args.out:
-        import pandas as pd
-        from embed.atomic import atomic_path
-        with atomic_path(args.out) as tmp:
-            pd.DataFrame(rows).to_csv(tmp, index=False)
-        print(f"wrote {args.out}")
+    from embed.benchmark import run_benchmark
+    run_benchmark(functools.partial(create_encoder, args, args.encoder), args.precision.split(","), args.batch_size,
+                  args.windows, args.window, data=args.data, dataset=args.dataset, recordings=args.recordings,
+                  seed=args.seed, accuracy_windows=args.accuracy_windows, compare_naive=args.compare, out=args.out)
     return 0
 
 
@@ -266,44 +213,13 @@ def cmd_benchmark_ray(args) -> int:
 
 
 def cmd_probe(args) -> int:
-    from classify.jobs.outputs import OutputFolder
-    from classify.jobs.probe import check_probe_inputs, load_splits, run_probe
-    from classify.task import Task
-    from embed.datasets import load_dataset
-    if args.save_model and args.ensemble:
-        raise ValueError("--save-model saves single-encoder probes; drop --ensemble to save")
-    if args.save_model and args.layers not in (None, "all"):
-        raise ValueError("--save-model saves probes over the whole cached vector; use --layers all or drop "
-                         "--layers (or extract only the layers you want)")
-    encoders = args.encoder.split(",")
-    # the checks first: a refused argument leaves OUT untouched, with no UNFINISHED.txt in it
-    dataset = load_dataset(args.dataset, args.data)
-    task = Task.from_dataset(dataset, args.targets)
-    splits = load_splits(dataset, args.splits or dataset.split_schemes[0], args.seed)
-    check_probe_inputs(encoders, args.probe.split(","), args.cache, args.layers)
-    # writable, not in use by another probe, earlier results kept unless --overwrite, marked until finished
-    with OutputFolder(args.out, keep=() if args.overwrite else RESULT_FILES):
-        table, results = run_probe(task, encoders, args.probe.split(","), splits, args.cache, args.out,
-                                   decision=args.decision, seed=args.seed, ensemble=args.ensemble,
-                                   demographics=args.demographics, oof_folds=args.oof_folds,
-                                   repeats=args.repeats, backend=args.backend, ray=ray_options(args),
-                                   layers=args.layers)
-    print(table.to_string(index=False))
-    print(f"\nwrote {Path(args.out) / 'scores.csv'} and {Path(args.out) / 'predictions.csv'}")
-    if args.save_model:
-        manifest = save_probe_model(results, args.save_model, task, dataset, args.cache, encoders, args.checkpoint)
-        print(f"saved the probes and decision rules selected on the first split with {manifest}")
+    from classify.jobs.probe import probe_job
+    probe_job(args.dataset, args.data, args.encoder.split(","), args.probe.split(","), args.splits, args.cache,
+              args.out, targets=args.targets, decision=args.decision, seed=args.seed, ensemble=args.ensemble,
+              demographics=args.demographics, oof_folds=args.oof_folds, repeats=args.repeats,
+              backend=args.backend, ray=ray_options(args), layers=args.layers, overwrite=args.overwrite,
+              save_model=args.save_model, checkpoint=args.checkpoint)
     return 0
-
-
-def save_probe_model(results, model_dir, task, dataset, cache_dir, encoders: list[str],
-                     checkpoint: str | None = None) -> Path:
-    """`probe --save-model` (and the demo): the first split's probes and rules, for `predict`."""
-    from classify.features.caches import find_cache
-    from classify.store.models import save_selected
-    caches = {spec: find_cache(cache_dir, spec) for spec in encoders}
-    return save_selected(results, model_dir, task.classes, dataset.name,
-                         {spec: (c.config, c.key) for spec, c in caches.items()}, checkpoint)
 
 
 def cmd_segment(args) -> int:
@@ -327,7 +243,7 @@ def cmd_segment(args) -> int:
 
 def cmd_predict(args) -> int:
     import json
-    from classify.jobs.predict import predict
+    from classify.jobs.predict import predict, predict_summary
     from embed.problems import format_table, problem_rows
     results, problems = predict(args.model, args.input, args.out, checkpoint=args.checkpoint,
                                 encoder_name=args.encoder, probe=args.probe, patient_id=args.patient_id,
@@ -339,22 +255,6 @@ def cmd_predict(args) -> int:
     print(predict_summary(results, Path(args.out)), file=sys.stderr)
     failed = any(r["class"] is None for r in results) or any(p.severity == "error" for p in problems)
     return 1 if failed or (args.strict and problems) else 0
-
-
-def predict_summary(results: list[dict], out: Path, shown: int = 10) -> str:
-    """The files `predict` wrote, by their real names (those of `output_names`), or that it wrote none."""
-    from classify.jobs.predict import output_names
-    if not results:
-        return f"no patient found in the input; nothing written to {out}"
-    names = output_names([r["patient_id"] for r in results])
-    written = [path for path in (out / names[r["patient_id"]] for r in results) if path.is_file()]
-    if not written:
-        return f"nothing written to {out}"
-    no_call = sum(r["class"] is None for r in results)
-    listing = "\n".join(f"  {path}" for path in written[:shown])
-    more = f"\n  ... {len(written) - shown} more in {out}" if len(written) > shown else ""
-    return (f"wrote {len(written)} patient file{'s' * (len(written) != 1)}"
-            f"{f' ({no_call} without a call: no usable recording)' if no_call else ''}:\n{listing}{more}")
 
 
 def cmd_recipe(args) -> int:
@@ -375,40 +275,8 @@ def cmd_recipe(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from classify.jobs.outputs import OutputFolder
-    from classify.jobs.probe import load_splits, run_probe
-    from classify.task import Task
-    from embed.datasets.circor import load_circor
-    from embed.encoders import create
-    from embed.extract import extract
-    from embed.datasets.synthetic import make_dataset
-    start = time.perf_counter()
-    work = Path(args.workdir)
-    data = work / f"data-{args.patients}p-seed{args.seed}"
-    if not (data / "training_data.csv").exists():  # written last: its presence means complete
-        shutil.rmtree(data, ignore_errors=True)
-        make_dataset(data, n_patients=args.patients, seed=args.seed)
-    circor = load_circor(data)
-    print(f"synthetic CirCor: {len(circor.patients)} patients, {len(circor.recordings())} recordings in {data}")
-    encoder = create("logmel")
-    report = extract(encoder, circor.recordings(), work / "cache")
-    print(report.summary())
-    splits = load_splits(circor, "paper")
-    task = Task.from_dataset(circor)
-    with OutputFolder(work / "out"):  # the demo's own folder: a rerun replaces its results
-        table, results = run_probe(task, ["logmel"], ["linear", "xgboost"], splits, work / "cache", work / "out")
-    print(table.to_string(index=False))
-    print(f"\nwrote {work / 'out'}/scores.csv and predictions.csv in {time.perf_counter() - start:.1f} s")
-    manifest = save_probe_model(results, work / "model", task, circor, work / "cache", ["logmel"])
-    first_split = next(iter(splits.values()))
-    unseen = next(pid for pid, part in first_split.items() if part == "test")  # the saved probes never saw it
-    print(f"saved the probes selected on the first split with {manifest}")
-    if not args.clean:
-        print(f"call a patient they did not see (test in that split) with\n  python pipeline.py predict --model "
-              f"{work / 'model'} --input {data / 'training_data'}/{unseen}_*.wav --out {work / 'predictions'}")
-    if args.clean:
-        shutil.rmtree(work)
-        print(f"removed {work}")
+    from classify.jobs.demo import run_demo
+    run_demo(args.workdir, args.patients, args.seed, args.clean)
     return 0
 
 
@@ -535,22 +403,23 @@ def splits_spec(value: str) -> str:
                                      "nor an existing splits CSV file")
 
 
-def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    """`prog` defaults to how the program was started: `pipeline.py` or the `heartprobe` script."""
-    parser = CommandParser(prog=prog, description=__doc__, formatter_class=HelpFormatter, epilog=COMMANDS_EPILOG)
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=functools.partial(
-        Parser, formatter_class=HelpFormatter))
-    parser.commands = sub.choices
-
+def add_verify_parser(sub: argparse._SubParsersAction) -> None:
+    """The `verify` command and its options."""
     p = sub.add_parser("verify", help="check files against SHA256SUMS.txt and parse the dataset")
     add_dataset_options(p)
     p.set_defaults(func=cmd_verify)
 
+
+def add_download_parser(sub: argparse._SubParsersAction) -> None:
+    """The `download` command and its options."""
     p = sub.add_parser("download", help="download the official CirCor v1.0.3 release zip (resumable)")
     p.add_argument("--dest", required=True)
     p.add_argument("--url", default=None)
     p.set_defaults(func=cmd_download)
 
+
+def add_splits_parser(sub: argparse._SubParsersAction) -> None:
+    """The `splits` command and its options."""
     p = sub.add_parser("splits", help="write patient-level splits as CSV")
     add_dataset_options(p)
     p.add_argument("--out", required=True)
@@ -560,6 +429,29 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--folds", type=int, default=5)
     p.set_defaults(func=cmd_splits)
 
+
+def add_window_options(p: argparse.ArgumentParser) -> None:
+    """Window length, strides and alignment of `extract`."""
+    p.add_argument("--window", type=float, default=5.0)
+    p.add_argument("--train-stride", type=float, default=2.5)
+    p.add_argument("--eval-stride", type=float, default=None, help="default: the window (no overlap)")
+    p.add_argument("--windows", default="fixed", choices=["fixed", "cycles"],
+                   help="cycles: each window starts at the next S1 onset of the recording's .tsv (heart-cycle "
+                        "aligned; fixed windows where a recording has no .tsv)")
+
+
+def add_frame_options(p: argparse.ArgumentParser) -> None:
+    """`extract --frames`: every frame embedding instead of pooled windows."""
+    p.add_argument("--frames", action="store_true",
+                   help="cache every frame embedding with its centre time (NAME-frames-KEY.h5; non-overlapping "
+                        "--window windows to the recording's end) instead of pooled window embeddings")
+    p.add_argument("--frame-dtype", default="fp16", choices=["fp16", "fp32"], help="stored precision of --frames")
+    p.add_argument("--frame-hop", type=float, default=None, metavar="SECONDS",
+                   help="with --frames: average consecutive frames to this hop (a multiple of the encoder's)")
+
+
+def add_extract_parser(sub: argparse._SubParsersAction) -> None:
+    """The `extract` command and its options."""
     p = sub.add_parser("extract", epilog=names_epilog, help="embed every recording's windows into the HDF5 cache")
     add_dataset_options(p)
     p.add_argument("--encoder", default="logmel", help="registry name(s), comma-separated")
@@ -574,12 +466,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="decode/resample threads")
     p.add_argument("--flush-every", type=int, default=64,
                    help="write finished recordings to the cache every N recordings")
-    p.add_argument("--window", type=float, default=5.0)
-    p.add_argument("--train-stride", type=float, default=2.5)
-    p.add_argument("--eval-stride", type=float, default=None, help="default: the window (no overlap)")
-    p.add_argument("--windows", default="fixed", choices=["fixed", "cycles"],
-                   help="cycles: each window starts at the next S1 onset of the recording's .tsv (heart-cycle "
-                        "aligned; fixed windows where a recording has no .tsv)")
+    add_window_options(p)
     p.add_argument("--lock-timeout", type=float, default=0.0,
                    help="seconds to wait for another run holding the same cache")
     p.add_argument("--strict", action="store_true", help="exit non-zero if any recording had a problem")
@@ -587,14 +474,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--fit-normalisation", default=None, metavar="SCHEME",
                    help="fit the encoder's input statistics (BYOL-A) on the patients that are in train "
                         "in every split of this scheme, as the authors fit them on training data")
-    p.add_argument("--frames", action="store_true",
-                   help="cache every frame embedding with its centre time (NAME-frames-KEY.h5; non-overlapping "
-                        "--window windows to the recording's end) instead of pooled window embeddings")
-    p.add_argument("--frame-dtype", default="fp16", choices=["fp16", "fp32"], help="stored precision of --frames")
-    p.add_argument("--frame-hop", type=float, default=None, metavar="SECONDS",
-                   help="with --frames: average consecutive frames to this hop (a multiple of the encoder's)")
+    add_frame_options(p)
     p.set_defaults(func=cmd_extract)
 
+
+def add_benchmark_parser(sub: argparse._SubParsersAction) -> None:
+    """The `benchmark` command and its options."""
     p = sub.add_parser("benchmark", epilog=names_epilog, help="where the time goes: windows/s, GFLOP, roofline share, wall split")
     p.add_argument("--encoder", default="logmel")
     add_encoder_options(p)
@@ -614,6 +499,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="also write the rows as CSV")
     p.set_defaults(func=cmd_benchmark)
 
+
+def add_gpu_check_parser(sub: argparse._SubParsersAction) -> None:
+    """The `gpu-check` command and its options."""
     p = sub.add_parser("gpu-check", help="the whole GPU check: benchmark + full extract, M2D/mn04/BEATs, fp16 and fp32")
     add_dataset_options(p)
     p.add_argument("--mn04", default=None, help="mn04_as_mAP_432.pt (M2D and BEATs get random official-layout weights)")
@@ -628,6 +516,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=8, help="decode/resample threads")
     p.set_defaults(func=cmd_gpu_check)
 
+
+def add_benchmark_ray_parser(sub: argparse._SubParsersAction) -> None:
+    """The `benchmark-ray` command and its options."""
     p = sub.add_parser("benchmark-ray", epilog=names_epilog, help="local vs Ray extraction: fixed cost, cost per recording, crossover")
     add_dataset_options(p)
     p.add_argument("--encoder", default="logmel")
@@ -639,6 +530,17 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--ray-address", default=None, metavar="auto|HOST:PORT")
     p.set_defaults(func=cmd_benchmark_ray)
 
+
+def add_ensemble_options(p: argparse.ArgumentParser) -> None:
+    """`probe` with several encoders: how they are combined."""
+    p.add_argument("--ensemble", default=None, choices=["mean", "stack", "both"],
+                   help="with several encoders: also combine them")
+    p.add_argument("--demographics", action="store_true", help="stacker also sees age, sex, height, weight, pregnancy")
+    p.add_argument("--oof-folds", type=int, default=5, help="patient-grouped folds for the stacker's inputs")
+
+
+def add_probe_parser(sub: argparse._SubParsersAction) -> None:
+    """The `probe` command and its options."""
     p = sub.add_parser("probe", epilog=names_epilog, help="train probes on cached embeddings, score per patient")
     add_dataset_options(p)
     p.add_argument("--encoder", default="logmel", help="name(s) or NAME@KEY, comma-separated")
@@ -650,10 +552,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--targets", default="patient",
                    help="training labels: patient = the patient's label on every recording (the paper); "
                         "location (CirCor) = murmur-location-aware recording labels")
-    p.add_argument("--ensemble", default=None, choices=["mean", "stack", "both"],
-                   help="with several encoders: also combine them")
-    p.add_argument("--demographics", action="store_true", help="stacker also sees age, sex, height, weight, pregnancy")
-    p.add_argument("--oof-folds", type=int, default=5, help="patient-grouped folds for the stacker's inputs")
+    add_ensemble_options(p)
     p.add_argument("--repeats", type=int, default=1,
                    help="rerun every split with probe seeds SEED, SEED+1, ... (runs named SPLIT@seedS)")
     p.add_argument("--layers", default=None, metavar="I|I,J|all|last|cv|weighted",
@@ -672,6 +571,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     add_backend_options(p)
     p.set_defaults(func=cmd_probe)
 
+
+def add_recipe_parser(sub: argparse._SubParsersAction) -> None:
+    """The `recipe` command and its options."""
     p = sub.add_parser("recipe", epilog=recipes_epilog,
                        help="a committed recipe end to end: extract what is missing, fit, score, save")
     p.add_argument("name", choices=LazyChoices("classify.recipes.book", "RECIPES"), help="the recipe (listed below)")
@@ -693,6 +595,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                    help="also fit on every labelled patient and save that, for predict")
     p.set_defaults(func=cmd_recipe)
 
+
+def add_segment_parser(sub: argparse._SubParsersAction) -> None:
+    """The `segment` command and its options."""
     p = sub.add_parser("segment", epilog=names_epilog, help="heart-cycle segmenter on frame caches: frame accuracy on test groups")
     add_dataset_options(p)
     p.add_argument("--encoder", default="logmel", help="frame cache (`extract --frames`): NAME or NAME@KEY")
@@ -708,6 +613,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_segment)
 
+
+def add_predict_parser(sub: argparse._SubParsersAction) -> None:
+    """The `predict` command and its options."""
     p = sub.add_parser("predict", help="murmur call per patient from a saved probe (any sample rate)")
     p.add_argument("--model", required=True, help="folder written by probe --save-model")
     p.add_argument("--input", required=True, nargs="+", help="patient folder(s) (PID.txt + wavs) or wav files")
@@ -722,6 +630,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="exit non-zero on any problem, warnings included")
     p.set_defaults(func=cmd_predict)
 
+
+def add_demo_parser(sub: argparse._SubParsersAction) -> None:
+    """The `demo` command and its options."""
     p = sub.add_parser("demo", help="synthetic CirCor-format data -> extract -> probe, no downloads")
     p.add_argument("--patients", type=int, default=60)
     p.add_argument("--seed", type=int, default=0)
@@ -730,6 +641,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--clean", action="store_true", help="remove the work folder at the end")
     p.set_defaults(func=cmd_demo)
 
+
+def add_report_parser(sub: argparse._SubParsersAction) -> None:
+    """The `report` command and its options."""
     p = sub.add_parser("report", help="markdown table + PNG plots from one or more probe run folders")
     p.add_argument("--runs", required=True, nargs="+", help="folder(s) with scores.csv and predictions.csv")
     p.add_argument("--out", default=None, help="default: the first run folder")
@@ -740,6 +654,28 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                    "most_audible, recordings; physionet2016: source); needs --data")
     add_dataset_options(p, required=False, when="with --by: ")
     p.set_defaults(func=cmd_report)
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """`prog` defaults to how the program was started: `pipeline.py` or the `heartprobe` script."""
+    parser = CommandParser(prog=prog, description=__doc__, formatter_class=HelpFormatter, epilog=COMMANDS_EPILOG)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=functools.partial(
+        Parser, formatter_class=HelpFormatter))
+    parser.commands = sub.choices
+
+    add_verify_parser(sub)
+    add_download_parser(sub)
+    add_splits_parser(sub)
+    add_extract_parser(sub)
+    add_benchmark_parser(sub)
+    add_gpu_check_parser(sub)
+    add_benchmark_ray_parser(sub)
+    add_probe_parser(sub)
+    add_recipe_parser(sub)
+    add_segment_parser(sub)
+    add_predict_parser(sub)
+    add_demo_parser(sub)
+    add_report_parser(sub)
     return parser
 
 

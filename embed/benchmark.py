@@ -10,18 +10,21 @@ authors' reference code does) against `extract` on the same recordings.
 """
 from __future__ import annotations
 
+import functools
+import sys
 import tempfile
 import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal, Sequence
 
 import numpy as np
 import torch
 
 from .encoders import Encoder
+from .encoders.base import Precision
 from .segments import SegmentConfig
 
 
@@ -359,3 +362,69 @@ def compare(fast: Encoder, naive: Encoder, recordings: list, batch_size: int = 3
     with tempfile.TemporaryDirectory(prefix="heartprobe-bench-") as tmp:
         report = extract(fast, recordings, tmp, batch_size=batch_size, progress=False)
     return Comparison(naive_s, report.seconds, windows, fast.precision)
+
+
+def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each row of `a` with the same row of `b` (embeddings of the same windows)."""
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def parse_batch_sizes(spec: str, encoder: Encoder, window_s: float) -> list[int]:
+    """'8,32' or 'auto' (the size `extract` picks for this device)."""
+    return [encoder.auto_batch_size(window_s, timed=True) if b == "auto" else int(b) for b in spec.split(",")]
+
+
+def run_benchmark(make_encoder: Callable[[Precision | None], Encoder],
+                  precisions: Sequence[Precision | Literal["auto"]], batch_sizes: str = "32", windows: int = 256,
+                  window_s: float = 5.0, data: str | Path | None = None, dataset: str = "circor",
+                  recordings: int = 24, seed: int = 0, accuracy_windows: int = 64, compare_naive: bool = False,
+                  out: str | Path | None = None,
+                  say: Callable[[str], None] = functools.partial(print, flush=True)) -> list[dict]:
+    """`pipeline.py benchmark`: per precision (`auto` = the encoder's default; `make_encoder(None)`)
+    and batch size, the `measure` row; with `data`, on windows of `recordings` recordings sampled
+    from it, each low precision's cosine to fp32 on the first `accuracy_windows` of them and, with
+    `compare_naive`, `compare` against a naive fp32 encoder. Each line goes to `say` when measured;
+    the rows are returned and, with `out`, written as CSV."""
+    say(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
+        f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA device'}")
+    encoders = {p: make_encoder(None if p == "auto" else p) for p in precisions}
+    sampled, audio, decode_s = None, None, None
+    if data:
+        sampled = sample_recordings(data, recordings, seed, dataset)
+        audio, decode_s = decode_windows(sampled, next(iter(encoders.values())))
+        say(f"{len(sampled)} recordings sampled from {data}: {len(audio)} windows, decode + resample "
+            f"{1e3 * decode_s:.2f} ms/window")
+    rows, reference = [], None
+    for encoder in encoders.values():
+        roofline = matmul_roofline(encoder.precision, encoder.device)
+        say(f"{encoder.precision} matmul roofline on {encoder.device}: {roofline.wall_gflops:.0f} GFLOP/s "
+            f"({roofline.cpu_gflops:.0f} per CPU-second)")
+        for batch_size in parse_batch_sizes(batch_sizes, encoder, window_s):
+            result = measure(encoder, windows, batch_size, window_s, audio=audio,
+                             decode_s_per_window=decode_s, roofline=roofline)
+            rows.append(result.as_dict())
+            say(result.row())
+        if audio is not None:  # agreement with fp32 on the same real windows
+            check = audio[:accuracy_windows]
+            if encoder.precision == "fp32":
+                reference = encoder.embed(check)
+            else:
+                if reference is None:
+                    reference = make_encoder("fp32").embed(check)
+                cos = row_cosines(encoder.embed(check), reference)
+                say(f"{encoder.precision} vs fp32 on {len(check)} real windows: cosine min {cos.min():.5f}, "
+                    f"median {np.median(cos):.5f}")
+                rows[-1]["cosine_min_vs_fp32"] = float(cos.min())
+        if compare_naive and sampled is not None:
+            comparison = compare(encoder, make_encoder("fp32"), sampled, batch_size)
+            say(comparison.row())
+            rows[-1]["speedup_vs_naive"] = comparison.naive_s / comparison.pipeline_s
+    if compare_naive and sampled is None:
+        print("--compare needs --data (it times decoding real recordings)", file=sys.stderr)
+    if out:
+        import pandas as pd
+        from .atomic import atomic_path
+        with atomic_path(out) as tmp:
+            pd.DataFrame(rows).to_csv(tmp, index=False)
+        say(f"wrote {out}")
+    return rows

@@ -226,3 +226,18 @@ def _write_result(out_dir: str | Path | None, name: str, result: dict) -> None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out / name, json.dumps(result, indent=2))
+
+
+def predict_summary(results: list[dict], out: Path, shown: int = 10) -> str:
+    """The files `predict` wrote, by their real names (those of `output_names`), or that it wrote none."""
+    if not results:
+        return f"no patient found in the input; nothing written to {out}"
+    names = output_names([r["patient_id"] for r in results])
+    written = [path for path in (out / names[r["patient_id"]] for r in results) if path.is_file()]
+    if not written:
+        return f"nothing written to {out}"
+    no_call = sum(r["class"] is None for r in results)
+    listing = "\n".join(f"  {path}" for path in written[:shown])
+    more = f"\n  ... {len(written) - shown} more in {out}" if len(written) > shown else ""
+    return (f"wrote {len(written)} patient file{'s' * (len(written) != 1)}"
+            f"{f' ({no_call} without a call: no usable recording)' if no_call else ''}:\n{listing}{more}")

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Callable, Literal
 
 import pandas as pd
 
@@ -139,3 +139,50 @@ def run_probe(task: Task, encoders: list[str], probes: list[str], splits: dict[s
                                            val, test, decision, params))
     scores, _ = write_results(results, out, task.classes)
     return summary_table(scores), results
+
+
+def save_probe_model(results: list[SplitResult], model_dir: str | Path, task: Task, dataset,
+                     cache_dir: str | Path, encoders: list[str], checkpoint: str | None = None) -> Path:
+    """`probe --save-model` (and the demo): the first split's probes and rules, for `predict`."""
+    from classify.store.models import save_selected
+    caches = {spec: find_cache(cache_dir, spec) for spec in encoders}
+    return save_selected(results, model_dir, task.classes, dataset.name,
+                         {spec: (c.config, c.key) for spec, c in caches.items()}, checkpoint)
+
+
+
+RESULT_FILES = ("scores.csv", "predictions.csv")  # what a probe run writes into its output folder
+
+
+def probe_job(dataset_name: str, data: str | Path, encoders: list[str], probes: list[str], splits: str | None,
+              cache_dir: str | Path, out: str | Path, *, targets: str = "patient", decision: DecisionName = "any",
+              seed: int = 0, ensemble: Literal["mean", "stack", "both"] | None = None, demographics: bool = False,
+              oof_folds: int = 5, repeats: int = 1, backend: Backend = "local", ray: "RayOptions | None" = None,
+              layers: str | None = None, overwrite: bool = False, save_model: str | Path | None = None,
+              checkpoint: str | None = None, say: Callable[[str], None] = print) -> None:
+    """`pipeline.py probe`: the dataset at `data`, `splits` (a scheme or CSV; default: the
+    dataset's first scheme) -> `run_probe` into `out` -> with `save_model`, `save_probe_model`.
+    The table and what was written go to `say`."""
+    from embed.datasets import load_dataset
+
+    from classify.jobs.outputs import OutputFolder
+    if save_model and ensemble:
+        raise ValueError("--save-model saves single-encoder probes; drop --ensemble to save")
+    if save_model and layers not in (None, "all"):
+        raise ValueError("--save-model saves probes over the whole cached vector; use --layers all or drop "
+                         "--layers (or extract only the layers you want)")
+    # the checks first: a refused argument leaves OUT untouched, with no UNFINISHED.txt in it
+    dataset = load_dataset(dataset_name, data)
+    task = Task.from_dataset(dataset, targets)
+    split_sets = load_splits(dataset, splits or dataset.split_schemes[0], seed)
+    check_probe_inputs(encoders, probes, cache_dir, layers)
+    # writable, not in use by another probe, earlier results kept unless `overwrite`, marked until finished
+    with OutputFolder(out, keep=() if overwrite else RESULT_FILES):
+        table, results = run_probe(task, encoders, probes, split_sets, cache_dir, out, decision=decision, seed=seed,
+                                   ensemble=ensemble, demographics=demographics, oof_folds=oof_folds,
+                                   repeats=repeats, backend=backend, ray=ray, layers=layers)
+    say(table.to_string(index=False))
+    say(f"\nwrote {Path(out) / 'scores.csv'} and {Path(out) / 'predictions.csv'}")
+    if save_model:
+        manifest = save_probe_model(results, save_model, task, dataset, cache_dir, encoders, checkpoint)
+        say(f"saved the probes and decision rules selected on the first split with {manifest}")
