@@ -259,15 +259,16 @@ def cmd_predict(args) -> int:
 
 def cmd_recipe(args) -> int:
     from classify.jobs.outputs import OutputFolder
-    from classify.jobs.recipe import run_recipe
+    from classify.jobs.recipe import resolve_recipe, run_recipe
     from embed.datasets import load_dataset
     started = time.time()
+    # a misspelt recipe, member or field is refused before OUT is touched
+    recipe = resolve_recipe(args.name, args.member, tuple(filter(None, (args.without or "").split(","))),
+                            parse_options(args.set, "--set"))
     with OutputFolder(args.out):
         dataset = load_dataset(args.dataset, args.data)
-        table = run_recipe(args.name, dataset, args.cache, args.weights, args.out, splits=args.splits,
-                           seeds=args.seeds, seed=args.seed, save_model=args.save_model,
-                           without=tuple(filter(None, (args.without or "").split(","))),
-                           overrides=parse_options(args.set, "--set"), device=args.device)
+        table = run_recipe(recipe, dataset, args.cache, args.weights, args.out, splits=args.splits,
+                           seeds=args.seeds, seed=args.seed, save_model=args.save_model, device=args.device)
     print(table.to_string(index=False))
     print(f"\nwrote {Path(args.out) / 'scores.csv'} and {Path(args.out) / 'predictions.csv'} "
           f"in {time.time() - started:.0f} s" + (f"; saved the recipe to {args.save_model}" if args.save_model else ""))
@@ -576,7 +577,8 @@ def add_recipe_parser(sub: argparse._SubParsersAction) -> None:
     """The `recipe` command and its options."""
     p = sub.add_parser("recipe", epilog=recipes_epilog,
                        help="a committed recipe end to end: extract what is missing, fit, score, save")
-    p.add_argument("name", choices=LazyChoices("classify.recipes.book", "RECIPES"), help="the recipe (listed below)")
+    p.add_argument("name", help="a committed recipe (listed below), a recipe file's path (.toml), or with "
+                                "--member the name of the recipe those members make")
     add_dataset_options(p)
     p.add_argument("--weights", default=None, help="folder holding the official weight files under their published names")
     p.add_argument("--out", default="runs/recipe")
@@ -593,6 +595,9 @@ def add_recipe_parser(sub: argparse._SubParsersAction) -> None:
                         "test_intervals=tsv, train_intervals=segmenter, decision=mean")
     p.add_argument("--save-model", default=None, metavar="DIR",
                    help="also fit on every labelled patient and save that, for predict")
+    p.add_argument("--member", action="append", metavar="KIND:ENCODER[:KEY=VALUE,...]",
+                   help="compose the recipe of these members instead (repeat it), e.g. phases:logmel, quality, "
+                        "windows:mn04:layers=cv,checkpoint=efficientat_mn04_as_mAP_432.pt")
     p.set_defaults(func=cmd_recipe)
 
 

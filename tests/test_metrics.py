@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from classify.evaluation.rules import GroupTable, make_rule
-from classify.evaluation.probe_protocol import RecordingScores, group_frame
+from classify.evaluation.probe_protocol import RecordingScores, split_result
 from classify.evaluation.metrics import Scoring, bootstrap_ci, confusion, macc, macro_auroc, uar, weighted_accuracy
 from classify.task import Task
 
@@ -74,10 +74,10 @@ def test_aggregation_segments_to_patients():
     segments = SegmentSet(np.zeros((4, 1)), np.zeros(4), np.array(["a", "a", "b", "b"]), np.array(["1"] * 4))
     scores = RecordingScores.from_segments(segments, proba)
     task = Task(MURMUR, ["1"], {"1": P}, {"1": ["a", "b"]}, {"a": P, "b": P})
-    frame = group_frame(task, scores, make_rule("any"))
+    frame = split_result(task, "enc", "linear", "s", scores, scores, "any").predictions
     assert frame["prediction"].tolist() == [P] and frame["label"].tolist() == [P]
     assert frame["p_present"].iloc[0] == pytest.approx(np.mean([0.15, 0.6]))
-    assert group_frame(task, scores, make_rule("mean"))["prediction"].tolist() == [A]
+    assert split_result(task, "enc", "linear", "s", scores, scores, "mean").predictions["prediction"].tolist() == [A]
     with pytest.raises(ValueError, match="decision must be one of"):
         make_rule("majority")
 

@@ -8,11 +8,9 @@ decision rules.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Iterable
+from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from embed.cache import CachedRecording
@@ -22,12 +20,9 @@ from classify.features.caches import SegmentSet, segment_set
 from classify.estimators.base import fit_probe, full_proba
 from classify.estimators.probes import PROBES, probe_grid
 from classify.estimators.search import cross_fit, group_folds
+from classify.evaluation.results import SplitResult, patient_result
 from classify.evaluation.selection import select_best
 from classify.task import Task
-
-
-def proba_columns(classes: Iterable[str]) -> list[str]:
-    return [f"p_{c.lower()}" for c in classes]
 
 
 @dataclass
@@ -55,16 +50,6 @@ class RecordingScores:
 
     def table(self) -> GroupTable:
         return GroupTable.from_recordings(self.proba, self.patient_ids)
-
-
-def group_frame(task: Task, scores: RecordingScores, rule: DecisionRule) -> pd.DataFrame:
-    """One row per group: patient_id, prediction, mean probabilities per class, label."""
-    table = scores.table()
-    frame = pd.DataFrame(table.mean, columns=proba_columns(task.classes))
-    frame.insert(0, "patient_id", table.group_ids)
-    frame.insert(1, "prediction", rule.predict(table))
-    frame["label"] = task.labels_of(table.group_ids)
-    return frame
 
 
 def fit_rule(task: Task, scores: RecordingScores, decision: DecisionName) -> tuple[DecisionRule, float]:
@@ -130,26 +115,7 @@ def out_of_fold(task: Task, embeddings: dict[str, CachedRecording], group_ids: l
     return out
 
 
-@dataclass
-class SplitResult:
-    encoder: str
-    probe: str
-    split: str
-    metrics: dict
-    predictions: pd.DataFrame  # patient_id, split, label, prediction, p_<class>...
-    params: dict = field(default_factory=dict)
-    val_score: float = float("nan")
-    val_metric: str = "weighted_accuracy"
-    model: object = None  # the fitted probe (single encoders), kept for --save-model
-    rule: DecisionRule | None = None  # the fitted decision rule
-
-    def score_row(self) -> dict:
-        return {"encoder": self.encoder, "probe": self.probe, "split": self.split, **self.metrics,
-                f"val_{self.val_metric}": self.val_score,
-                "params": ";".join(f"{k}={v}" for k, v in self.params.items())}
-
-
-def test_result(task: Task, encoder: str, probe: str, split_name: str, val: RecordingScores,
+def split_result(task: Task, encoder: str, probe: str, split_name: str, val: RecordingScores,
                 test: RecordingScores, decision: DecisionName, params: dict | None = None,
                 oof: RecordingScores | None = None, model: object = None) -> SplitResult:
     """Fit the decision rule, apply it to the test recordings and score them.
@@ -160,34 +126,11 @@ def test_result(task: Task, encoder: str, probe: str, split_name: str, val: Reco
     rule, val_score = fit_rule(task, val, decision)
     if rule.tuned and oof is not None:
         rule, _ = fit_rule(task, oof.concat(val), decision)
-    frame = group_frame(task, test, rule)
-    metrics = task.scoring.all(frame["label"].to_numpy(), frame["prediction"].to_numpy(),
-                               frame[proba_columns(task.classes)].to_numpy())
-    frame.insert(1, "split", split_name)
-    return SplitResult(encoder, probe, split_name, metrics, frame, {**(params or {}), **rule.describe()},
-                       float(val_score), task.scoring.primary, model, rule)
+    table = test.table()
+    return patient_result(task, encoder, probe, split_name, table.group_ids, rule.predict(table), table.mean,
+                          {**(params or {}), **rule.describe()}, val_score, model, rule)
 
 
 def variant_name(probe: str, targets: str = "patient", decision: DecisionName = "any") -> str:
     """Probe column label: e.g. 'linear+any', 'linear+loc+mean', 'xgboost+loc+thr'."""
     return probe + ("" if targets == "patient" else f"+{targets[:3]}") + make_rule(decision).suffix
-
-
-SCORE_KEYS = ("encoder", "probe", "split", "n_patients", "params")
-
-
-def metric_columns(scores: pd.DataFrame) -> list[str]:
-    """The metric columns of a scores table, in its order."""
-    return [c for c in scores.columns if c not in SCORE_KEYS and not c.startswith(("val_", "_"))]
-
-
-def summary_table(scores: pd.DataFrame) -> pd.DataFrame:
-    """Mean ± std over splits per encoder × probe."""
-    cols = metric_columns(scores)
-    grouped = scores.groupby(["encoder", "probe"], sort=False)[cols]
-    mean, std = grouped.mean(), grouped.std(ddof=0)
-    table = pd.DataFrame(index=mean.index)
-    for col in cols:
-        table[col] = [f"{m:.3f} ± {s:.3f}" for m, s in zip(mean[col], std[col])]
-    table["splits"] = grouped.size()
-    return table.reset_index()

@@ -11,7 +11,8 @@ from embed.datasets.splits import read_splits
 from classify.evaluation.rules import RULES, DecisionName
 from classify.jobs.backend import Backend, Shared, run_tasks
 from classify.evaluation.ensemble import mean_scores, stack
-from classify.evaluation.probe_protocol import SplitResult, fit_encoder, proba_columns, summary_table, test_result, variant_name
+from classify.evaluation.probe_protocol import fit_encoder, split_result, variant_name
+from classify.evaluation.results import SplitResult, proba_columns, summary_table
 from classify.features.caches import find_cache
 from classify.evaluation.runs import split_runs
 from classify.evaluation.layers import fit_layer_choice, layer_slices, resolve_probe_layers, take_layers
@@ -122,19 +123,19 @@ def run_probe(task: Task, encoders: list[str], probes: list[str], splits: dict[s
             for spec in encoders:
                 f = fitted_by[(probe, split_name, spec)]
                 fitted.append(f)
-                results.append(test_result(task, spec, probe + variant, split_name, f.val, f.test, decision,
+                results.append(split_result(task, spec, probe + variant, split_name, f.val, f.test, decision,
                                            f.params, f.oof, model=f.model))
             if not combine:
                 continue
             names = "+".join(encoders)
             if ensemble in ("mean", "both"):
-                results.append(test_result(task, f"ens:mean({names})", probe + variant, split_name,
+                results.append(split_result(task, f"ens:mean({names})", probe + variant, split_name,
                                            mean_scores([f.val for f in fitted]),
                                            mean_scores([f.test for f in fitted]), decision,
                                            oof=mean_scores([f.oof for f in fitted]) if need_oof else None))
             if ensemble in ("stack", "both"):
                 val, test, params = stack(task, fitted, decision=decision, demographics=demographics)
-                results.append(test_result(task, f"ens:stack({names})",
+                results.append(split_result(task, f"ens:stack({names})",
                                            probe + variant + ("+demo" if demographics else ""), split_name,
                                            val, test, decision, params))
     scores, _ = write_results(results, out, task.classes)
@@ -148,7 +149,6 @@ def save_probe_model(results: list[SplitResult], model_dir: str | Path, task: Ta
     caches = {spec: find_cache(cache_dir, spec) for spec in encoders}
     return save_selected(results, model_dir, task.classes, dataset.name,
                          {spec: (c.config, c.key) for spec, c in caches.items()}, checkpoint)
-
 
 
 RESULT_FILES = ("scores.csv", "predictions.csv")  # what a probe run writes into its output folder

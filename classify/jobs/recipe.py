@@ -19,7 +19,7 @@ from embed.frames import FrameConfig
 from embed.problems import Problem
 from embed.segments import SegmentConfig
 
-from classify.evaluation.probe_protocol import summary_table
+from classify.evaluation.results import summary_table
 from classify.evaluation.metrics import Scoring
 from classify.features.phases import tsv_intervals
 from classify.estimators.base import FeatureWidthError
@@ -67,14 +67,11 @@ def recipe_sources(recipe: Recipe, recordings: list, cache_dir: str | Path, weig
     return sources, configs, problems
 
 
-def run_recipe(name: str, dataset, cache_dir: str | Path, weights: str | Path | None, out: str | Path, *,
-               splits: str | None = None, seeds: int = 5, seed: int = 0, save_model: str | Path | None = None,
-               without: tuple[str, ...] = (), overrides: dict | None = None, device: str = "auto",
-               progress: bool = True, members: list[str] | None = None) -> pd.DataFrame:
-    """`pipeline.py recipe NAME` (a committed recipe, a `.toml` file, or with `members`: a recipe of
-    those `--member` specs named NAME): extract, evaluate on every split x seed, write scores.csv and
-    predictions.csv; with `save_model`, fit once more on every labelled group and save that.
-    `without` (member names) and `overrides` (recipe fields) make the ablations."""
+def resolve_recipe(name: str, members: list[str] | None = None, without: tuple[str, ...] = (),
+                   overrides: dict | None = None) -> Recipe:
+    """The recipe `pipeline.py recipe NAME` runs: a committed recipe, a `.toml` file, or with
+    `members` a recipe of those `--member` specs named NAME; `without` (member names) and
+    `overrides` (recipe fields) make the ablations, named after their changes."""
     recipe = recipe_from_specs(members, name) if members else get_recipe(name)
     if without:
         recipe = recipe.without(*without)
@@ -83,6 +80,14 @@ def run_recipe(name: str, dataset, cache_dir: str | Path, weights: str | Path | 
     if without or overrides:  # its own row name, so a report over several runs keeps them apart
         changes = [f"-{m}" for m in without] + [f"{k}={v}" for k, v in (overrides or {}).items()]
         recipe = dataclasses.replace(recipe, name=f"{name} {' '.join(changes)}")
+    return recipe
+
+
+def run_recipe(recipe: Recipe, dataset, cache_dir: str | Path, weights: str | Path | None, out: str | Path, *,
+               splits: str | None = None, seeds: int = 5, seed: int = 0, save_model: str | Path | None = None,
+               device: str = "auto", progress: bool = True) -> pd.DataFrame:
+    """`pipeline.py recipe`: extract, evaluate on every split x seed, write scores.csv and
+    predictions.csv; with `save_model`, fit once more on every labelled group and save that."""
     task = Task.from_dataset(dataset, recipe.targets if recipe.targets in dataset.label_schemes else "patient")
     recordings = dataset.recordings()
     annotation_problems: list[Problem] = []

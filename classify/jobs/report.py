@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from embed.atomic import atomic_path, write_text_atomic
 
-from classify.evaluation.probe_protocol import metric_columns, summary_table
+from classify.evaluation.results import metric_columns, summary_table
 from classify.evaluation.metrics import LABEL_METRICS, bootstrap_ci, confusion
 from classify.jobs.outputs import markdown_text, write_spreadsheet_csv
 from classify.jobs.subgroups import Attributes, subgroup_markdown, subgroup_table

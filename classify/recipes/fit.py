@@ -21,14 +21,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import pandas as pd
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from classify.estimators.base import FeatureWidthError, check_width
 from classify.estimators.search import PatientModel, RecordingStage, balanced_log_loss
 from classify.estimators.segmenter import PhaseSegmenter
-from classify.evaluation.probe_protocol import SplitResult, proba_columns
+from classify.evaluation.results import SplitResult, patient_result
 from classify.evaluation.runs import split_runs
 from classify.evaluation.rules import GroupTable, make_rule
 from classify.evaluation.selection import select_best
@@ -261,13 +260,6 @@ def evaluate_recipe(task: Task, recipe: Recipe, sources: dict[str, Source],
         fitted = fit_recipe(task, recipe, sources, fit_ids, seed, segmenters.get(name))
         segmenters[name] = fitted.segmenter
         pred, proba, _ = fitted.predict(task, sources, test_ids)
-        labels = task.labels_of(test_ids)
-        frame = pd.DataFrame(proba, columns=proba_columns(task.classes))
-        frame.insert(0, "patient_id", test_ids)
-        frame.insert(1, "split", run.name)
-        frame.insert(2, "prediction", pred)
-        frame["label"] = labels
-        metrics = {**task.scoring.all(labels, pred, proba), **fitted.cv_metrics}
         first = fitted.parts[0]  # the first bag's choices (the others are in a saved model)
         params = {m: p.describe() + ("" if first.columns[m] is None else f",cols={len(first.columns[m])}")
                   for m, p in first.stage1.items()}
@@ -275,7 +267,7 @@ def evaluate_recipe(task: Task, recipe: Recipe, sources: dict[str, Source],
             params["patient_C"] = f"{first.stage2.C_:g}"
         if recipe.bags > 1:
             params["bags"] = str(recipe.bags)
-        results.append(SplitResult(recipe.name, "recipe", run.name, metrics, frame, params,
-                                   fitted.cv_metrics.get(f"cv_{task.scoring.primary}", float("nan")),
-                                   task.scoring.primary, fitted, fitted.rule))
+        results.append(patient_result(task, recipe.name, "recipe", run.name, test_ids, pred, proba, params,
+                                      fitted.cv_metrics.get(f"cv_{task.scoring.primary}", float("nan")), fitted,
+                                      fitted.rule, fitted.cv_metrics))
     return results
