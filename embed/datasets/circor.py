@@ -19,6 +19,7 @@ from ..audio import CIRCOR_SAMPLE_RATE, audio_duration_s
 from ..intervals import read_intervals_file as read_tsv  # CirCor's .tsv is the interval-file form
 from ..problems import Problem, shorten
 from .base import NOT_GIVEN, Dataset, GroupAttributes, Splits, register_dataset
+from .splits import kfold_over, leave_one_out_over, stratified_split
 
 MURMUR_CLASSES = ("Present", "Unknown", "Absent")  # official PhysioNet 2022 order
 OUTCOME_CLASSES = ("Abnormal", "Normal")
@@ -177,13 +178,55 @@ class CirCor(Dataset):
         return out
 
     def splits(self, scheme: str = "paper", seed: int = 0, folds: int = 5) -> Splits:
-        from . import splits
         self.check_scheme(scheme)
         if scheme == "paper":
-            return splits.paper_splits(self)
+            return paper_splits(self)
         if scheme == "kfold":
-            return splits.kfold_splits(self, folds, seed)
-        return splits.campaign_splits(self, seed)
+            return kfold_splits(self, folds, seed)
+        return campaign_splits(self, seed)
+
+
+# -- split schemes: the paper's three seeded splits, k-fold, leave-one-campaign-out ---------------
+PAPER_SEEDS = (14, 42, 84)
+
+
+def stratify_key(circor: CirCor, pid: str) -> str:
+    """One-hot (Outcome Normal, Abnormal, Murmur Absent, Present, Unknown) as a string, as the paper
+    does. The outcome bits come first: dropped (`splits.COARSE_FROM`), the murmur part is left, which
+    strata too small to split (small subsets only; never on the full CirCor) fall back to."""
+    p = circor.patients[pid]
+    bits = [p.outcome == "Normal", p.outcome == "Abnormal",
+            p.murmur == "Absent", p.murmur == "Present", p.murmur == "Unknown"]
+    return "".join(str(int(b)) for b in bits)
+
+
+def paper_split(circor: CirCor, seed: int) -> dict[str, str]:
+    """75 % train+val / 25 % test, then 10 % of the whole for val (patients sorted by ID)."""
+    pids = circor.patient_ids()
+    keys = {p: stratify_key(circor, p) for p in pids}
+    trainval, test = stratified_split(pids, [keys[p] for p in pids], 0.25, seed)
+    train, val = stratified_split(trainval, [keys[p] for p in trainval], 0.1 / 0.75, seed + 1)
+    out = {p: "train" for p in train}
+    out.update({p: "val" for p in val})
+    out.update({p: "test" for p in test})
+    return out
+
+
+def paper_splits(circor: CirCor) -> Splits:
+    return {f"split{i}": paper_split(circor, seed) for i, seed in enumerate(PAPER_SEEDS, 1)}
+
+
+def kfold_splits(circor: CirCor, k: int = 5, seed: int = 0, val_fraction: float = 0.1) -> Splits:
+    """Stratified k-fold over patients (strata: outcome and murmur)."""
+    pids = circor.patient_ids()
+    return kfold_over(pids, [stratify_key(circor, p) for p in pids], k, seed, val_fraction)
+
+
+def campaign_splits(circor: CirCor, seed: int = 0, val_fraction: float = 0.1) -> Splits:
+    """Leave-one-campaign-out: train on one campaign (minus a val part), test on the other."""
+    pids = circor.patient_ids()
+    return leave_one_out_over(pids, [stratify_key(circor, p) for p in pids],
+                              [circor.patients[p].campaign for p in pids], seed, val_fraction)
 
 
 def _float(value: str) -> float:
