@@ -15,10 +15,11 @@ from scipy.signal import resample_poly
 
 import pipeline
 from classify.store.probe_io import ModelIntegrityError, _canonical_sha256, load_manifest, load_model, select_model
-from classify.jobs.predict import build_encoder, gather_inputs, output_names
+from classify.jobs.predict import build_encoder, output_names
 from classify.estimators.probes import full_proba
 from embed.checksum import file_sha256
 from embed.datasets.circor import MURMUR_CLASSES, load_circor
+from embed.datasets.inputs import gather_inputs
 from embed.datasets.synthetic import make_dataset
 
 

@@ -17,88 +17,18 @@ import hashlib
 import json
 import re
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from embed.atomic import write_text_atomic
-from embed.datasets.circor import RECORDING_NAME, Recording, parse_patient_txt
+from embed.datasets.inputs import InputJob, InputRecording, gather_inputs
 from embed.problems import Problem
 from embed.segments import SegmentConfig
 
 from classify.evaluation.rules import GroupTable
 from classify.store.probe_io import load_manifest, load_model, select_model
 from classify.estimators.probes import FeatureWidthError, full_proba
-
-AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".aiff", ".aif"}
-
-
-@dataclass
-class InputRecording:
-    recording_id: str
-    patient_id: str
-    location: str
-    path: Path
-
-
-@dataclass
-class _Job:
-    """What `extract` needs: an id unique within this run (names may repeat across inputs) and a file."""
-    recording_id: str
-    wav: Path
-    expected_rate: int = Recording.expected_rate  # input comes in CirCor's layout: another rate is noted
-
-
-def _from_folder(folder: Path, problems: list[Problem]) -> dict[str, list[InputRecording]]:
-    out: dict[str, list[InputRecording]] = {}
-    txts = sorted(t for t in folder.glob("*.txt") if t.stem.isdigit())
-    for txt in txts:
-        try:
-            _, entries = parse_patient_txt(txt, problems)
-        except (ValueError, OSError) as err:
-            problems.append(Problem(str(txt), str(err)))
-            continue
-        recs = []
-        for location, stem in entries:
-            wav = folder / f"{stem}.wav"
-            if not wav.exists():
-                problems.append(Problem(str(wav), "listed in the patient's .txt but missing; skipped"))
-                continue
-            recs.append(InputRecording(stem, txt.stem, location, wav))
-        out[txt.stem] = recs
-    if not txts:  # a plain folder of recordings: one patient named after the folder
-        wavs = sorted(p for p in folder.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES)
-        if not wavs:
-            problems.append(Problem(str(folder), f"no recordings ({', '.join(sorted(AUDIO_SUFFIXES))}) "
-                                                 "and no patient .txt in this folder"))
-            return out
-        out[folder.name] = [_loose(w, folder.name) for w in wavs]
-    return out
-
-
-def _loose(path: Path, patient_id: str | None = None) -> InputRecording:
-    match = RECORDING_NAME.match(path.stem)
-    pid = patient_id or (match["pid"] if match else path.stem)
-    return InputRecording(path.stem, pid, match["loc"] if match else "unknown", path)
-
-
-def gather_inputs(inputs: list[str | Path], patient_id: str | None = None
-                  ) -> tuple[dict[str, list[InputRecording]], list[Problem]]:
-    """Patient ID -> recordings, from folders and files; problems for what could not be used."""
-    problems: list[Problem] = []
-    patients: dict[str, list[InputRecording]] = {}
-    for item in map(Path, inputs):
-        if item.is_dir():
-            for pid, recs in _from_folder(item, problems).items():
-                patients.setdefault(patient_id or pid, []).extend(recs)
-        elif item.is_file():
-            rec = _loose(item, patient_id)
-            patients.setdefault(rec.patient_id, []).append(rec)
-        else:
-            problems.append(Problem(str(item), "no such file or folder"))
-    return patients, problems
-
 
 def _segment_config(config: dict) -> SegmentConfig:
     seg = config["segments"]
@@ -144,7 +74,7 @@ def embed_inputs(encoder, segments: SegmentConfig, recordings: list[InputRecordi
     from embed.cache import EmbeddingCache
     from embed.extract import cache_config
 
-    jobs = [_Job(f"r{i}", rec.path) for i, rec in enumerate(recordings)]
+    jobs = [InputJob(f"r{i}", rec.path) for i, rec in enumerate(recordings)]
     plan = eval_only(segments)
     with tempfile.TemporaryDirectory(prefix="heartprobe-predict-") as tmp:
         report = extract(encoder, jobs, tmp, plan, batch_size, progress=progress)

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from embed.cache import layer_slices
+from embed.datasets.inputs import InputJob
 from embed.extract import extract, open_cache
 from embed.frames import FrameConfig
 from embed.problems import Problem
@@ -150,7 +151,6 @@ def predict_recipe(model_dir: str | Path, manifest: dict, patients: dict[str, li
                    device: str = "auto", batch_size: int = 32) -> tuple[dict[str, dict], list[Problem]]:
     """Patient id -> {"class", "probabilities", "recordings"} for new patients (`predict.gather_inputs`),
     through the recipe's own feature path; phases come from the saved segmenter's intervals."""
-    from classify.jobs.predict import _Job
     from classify.recipes.recipe import decide
     fitted, header = load_recipe(model_dir, manifest)
     classes = header["classes"]
@@ -158,7 +158,7 @@ def predict_recipe(model_dir: str | Path, manifest: dict, patients: dict[str, li
         raise ValueError(f"{model_dir}: this recipe pools phases from .tsv files only; new recordings need one "
                          "saved with test_intervals='segmenter'")
     flat = [rec for recs in patients.values() for rec in recs]
-    jobs = [_Job(f"r{i}", rec.path) for i, rec in enumerate(flat)]
+    jobs = [InputJob(f"r{i}", rec.path) for i, rec in enumerate(flat)]
     job_of = {id(rec): job.recording_id for rec, job in zip(flat, jobs)}
     with tempfile.TemporaryDirectory(prefix="heartprobe-recipe-") as tmp:
         sources, _, problems = recipe_sources(fitted.recipe, jobs, tmp, weights, device=device,

@@ -80,6 +80,11 @@ class Recording:
     def group_id(self) -> str:
         return self.patient_id
 
+    @property
+    def segmentation_file(self) -> Path | None:
+        """The file `segmentation()` reads; None where the recording has none."""
+        return self.tsv
+
     def segmentation(self, problems: list[Problem] | None = None) -> np.ndarray:
         """The .tsv as an `(n, 3)` array of (start_s, end_s, label 0-4), checked against the
         recording's length (`embed.intervals`; what was clipped or is out of order is noted in
@@ -283,6 +288,38 @@ def parse_patient_txt(path: Path, problems: list[Problem]) -> tuple[dict[str, st
             key, value = line[1:].split(":", 1)
             fields[key.strip()] = value.strip()
     return fields, entries
+
+
+def read_patient_folder(folder: Path, problems: list[Problem]) -> dict[str, list[Recording]] | None:
+    """New patients in CirCor's layout, for prediction: patient id -> the recordings its `PID.txt`
+    lists (no labels needed; `.hea` and `.tsv` are not looked for). None where the folder holds no
+    patient file. A patient file that cannot be read, or a listed wav that is missing, goes into
+    `problems`; a patient left without recordings is kept (with none)."""
+    txts = sorted(t for t in folder.glob("*.txt") if t.stem.isdigit())
+    if not txts:
+        return None
+    out: dict[str, list[Recording]] = {}
+    for txt in txts:
+        try:
+            _, entries = parse_patient_txt(txt, problems)
+        except (ValueError, OSError) as err:
+            problems.append(Problem(str(txt), str(err)))
+            continue
+        recs = []
+        for location, stem in entries:
+            wav = folder / f"{stem}.wav"
+            if not wav.exists():
+                problems.append(Problem(str(wav), "listed in the patient's .txt but missing; skipped"))
+                continue
+            recs.append(Recording(stem, txt.stem, location, wav))
+        out[txt.stem] = recs
+    return out
+
+
+def recording_name_parts(stem: str) -> tuple[str, str] | None:
+    """(patient id, location) that a `PID_LOC[_N]` file name gives; None for any other name."""
+    match = RECORDING_NAME.match(stem)
+    return (match["pid"], match["loc"]) if match else None
 
 
 CROSS_CHECK_OFF = "labels come from the .txt files alone and the csv/txt cross-check is off"
