@@ -114,7 +114,7 @@ class ExtractReport:
 def s1_onsets(recording: Recording, sample_rate: int, notes: list[str]) -> np.ndarray | None:
     """S1 onsets (samples) from the recording's segmentation, for windows aligned to heart cycles;
     None (fixed windows, with a note) where it has none or it cannot be read."""
-    if getattr(recording, "tsv", None) is None:
+    if getattr(recording, "segmentation_file", None) is None:
         notes.append("no .tsv segmentation: fixed windows instead of windows at S1 onsets")
         return None
     found: list[Problem] = []
