@@ -311,7 +311,7 @@ def decode_windows(recordings: list, encoder: Encoder, segments: SegmentConfig =
                    ) -> tuple[np.ndarray, float]:
     """Every window `extract` would embed from `recordings`, and the decode + resample seconds
     per window (read, resample and cut, one thread)."""
-    from .extract import prepare
+    from .extract_steps import prepare
     start, out = time.perf_counter(), []
     for rec in recordings:
         prep = prepare(rec, encoder.sample_rate, segments)
@@ -339,7 +339,7 @@ class Comparison:
 def naive_baseline(encoder: Encoder, recordings: list, segments: SegmentConfig = SegmentConfig()
                    ) -> tuple[float, int]:
     """The reference implementations' way: decode one recording, embed its windows as one batch."""
-    from .extract import prepare
+    from .extract_steps import prepare
     start, windows = time.perf_counter(), 0
     for rec in recordings:
         prep = prepare(rec, encoder.sample_rate, segments)

@@ -1,13 +1,13 @@
 """`extract --backend ray`: decoding and the encoder on a Ray cluster, the cache written here.
 
 The recordings still to embed become a Ray Dataset. Decoding, resampling and window planning
-(`extract.prepare`) run as CPU tasks; the encoder runs in a pool of actors (`map_batches` with a
-callable class), each built once from the pickled encoder and fed several recordings per call,
-which it embeds with the local backend's `WindowBatcher`. Finished recordings stream back to this
-process, which writes them as cache shards under the cache's lock, exactly as the local backend
-does: the cache stays the one source of truth, so a rerun skips what is cached, an actor that
-dies loses only the call it was running (Ray restarts it and retries that call), and a dead
-driver loses only the recordings not yet flushed.
+(`extract_steps.prepare`) run as CPU tasks; the encoder runs in a pool of actors (`map_batches`
+with a callable class), each built once from the pickled encoder and fed several recordings per
+call, which it embeds with the `WindowBatcher` the local backend uses too (`extract_steps`).
+Finished recordings stream back to this process, which writes them as cache shards under the
+cache's lock, exactly as the local backend does: the cache stays the one source of truth, so a
+rerun skips what is cached, an actor that dies loses only the call it was running (Ray restarts
+it and retries that call), and a dead driver loses only the recordings not yet flushed.
 
 Every node reads the recordings by the paths given here: the data must sit on a filesystem all
 nodes mount at the same path. Ray is imported only in here, so a plain install never needs it.
@@ -23,7 +23,7 @@ import numpy as np
 from .cache import EmbeddingCache
 from .datasets.base import Recording
 from .encoders import Encoder
-from .extract import ExtractReport, Prepared, ShardWriter, WindowBatcher, outcome, prepare, progress_bar
+from .extract_steps import ExtractReport, Prepared, ShardWriter, WindowBatcher, outcome, prepare, progress_bar
 from .segments import Segmentation, SegmentConfig
 
 CODE_ROOT = Path(__file__).resolve().parents[1]
@@ -127,7 +127,7 @@ def _notes_of(batch: dict, i: int) -> list[str]:
 
 
 def _prepared_from(batch: dict, i: int, window: int) -> Prepared:
-    """Row `i` of a batch of prepared recordings, as the local backend's Prepared."""
+    """Row `i` of a batch of prepared recordings, as the Prepared the local backend makes."""
     rec = RowRecording(str(batch["recording_id"][i]), str(batch["group_id"][i]), str(batch["location"][i]),
                        Path(str(batch["wav"][i])), int(batch["expected_rate"][i]))
     error = str(batch["error"][i]) or None

@@ -9,11 +9,10 @@ from classify.evaluation.probe_protocol import RecordingScores, fit_encoder, fit
 from classify.estimators.mlp import MLPProbe
 from classify.estimators.linear import LinearProbe
 from classify.task import Task
-from embed.datasets.circor import load_circor
+from embed.datasets.circor import load_circor, paper_split
 from embed.encoders import create
 from embed.extract import extract, open_cache
 from embed.segments import SegmentConfig
-from embed.datasets.splits import paper_split
 from pipeline import main
 
 

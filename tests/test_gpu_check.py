@@ -83,7 +83,7 @@ class LaunchingEncoder:
 
 def test_batches_are_launched_ahead_and_a_failed_one_blames_only_its_window() -> None:
     from embed.datasets.circor import Recording
-    from embed.extract import BATCHES_IN_FLIGHT, Prepared, WindowBatcher
+    from embed.extract_steps import BATCHES_IN_FLIGHT, Prepared, WindowBatcher
 
     windows = {f"r{i}": np.full((3, 4), i, np.float32) for i in range(4)}
     windows["r2"][1, 0] = -1  # one bad window in recording r2

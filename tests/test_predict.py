@@ -16,10 +16,11 @@ from scipy.signal import resample_poly
 import pipeline
 from classify.store.models import ModelIntegrityError, canonical_sha256, load_manifest, load_model, select_model
 from classify.jobs.encoders import probe_encoder as build_encoder
-from classify.jobs.predict import gather_inputs, output_names
+from classify.jobs.predict import output_names
 from classify.estimators.base import full_proba
 from embed.checksum import file_sha256
 from embed.datasets.circor import MURMUR_CLASSES, load_circor
+from embed.datasets.inputs import gather_inputs
 from embed.datasets.synthetic import make_dataset
 
 

@@ -2,8 +2,8 @@ from collections import Counter
 
 import pytest
 
-from embed.datasets.circor import load_circor
-from embed.datasets.splits import make_splits, paper_split, read_splits, stratify_key, write_splits
+from embed.datasets.circor import load_circor, paper_split, stratify_key
+from embed.datasets.splits import make_splits, read_splits, write_splits
 
 
 @pytest.fixture(scope="module")

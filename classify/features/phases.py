@@ -102,12 +102,12 @@ def tsv_intervals(recordings, problems: list[Problem] | None = None) -> dict[str
     the recording's length), for the recordings that have a usable annotation file."""
     out = {}
     for r in recordings:
-        if getattr(r, "tsv", None) is None:
+        if getattr(r, "segmentation_file", None) is None:
             continue
         try:
             out[r.recording_id] = r.segmentation(problems)
         except (OSError, ValueError) as err:
-            _refused(problems, r.tsv, err)
+            _refused(problems, r.segmentation_file, err)
     return out
 
 

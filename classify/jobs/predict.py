@@ -1,15 +1,12 @@
-"""`predict`: a saved probe + its frozen encoder -> a call per patient (group).
+"""`predict`: a saved model folder (a probe or a recipe) + new recordings -> a call per patient.
 
-Inputs are patient folders in CirCor's layout (`PID.txt` + wavs; a folder of several patients
-works too), folders of wavs without a `.txt`, or loose wav files at any sample rate. A
-recording's location comes from its `.txt` line, else from a `NAME_LOC[_N]` file name, else it
-is "unknown". Loose files are grouped by the NAME part of `NAME_LOC[_N]`; any other file is
-its own patient, unless `patient_id` puts every loose file into one patient.
-
-Recordings go through the same path as in training: `embed.extract.extract` (decoding,
-resampling, window planning, batching) into a temporary cache, then the saved probe scores the
-evaluation windows, recording probabilities are the window means, and the saved (fitted)
-decision rule makes the patient's call.
+The one predict path for both kinds of folder of the model store. Inputs are gathered by
+`embed.datasets.inputs` (patient folders in a dataset's layout, plain folders of recordings, loose
+files). Recordings go through the same path as in training, `embed.extract.extract` (decoding,
+resampling, window planning, batching) into a temporary cache; then a probe scores the
+evaluation windows, recording probabilities are the window means and its saved (fitted) decision
+rule makes the patient's call, or a recipe runs its members, patient model and rule
+(`classify.jobs.recipe.predict_recipe`). Both give the same result per patient.
 """
 from __future__ import annotations
 
@@ -17,13 +14,12 @@ import hashlib
 import json
 import re
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from embed.atomic import write_text_atomic
-from embed.datasets.circor import RECORDING_NAME, Recording, parse_patient_txt
+from embed.datasets.inputs import InputJob, InputRecording, gather_inputs
 from embed.problems import Problem
 from embed.segments import SegmentConfig
 
@@ -31,74 +27,6 @@ from classify.evaluation.rules import GroupTable
 from classify.jobs.encoders import probe_encoder
 from classify.store.models import load_manifest, load_model, select_model
 from classify.estimators.base import FeatureWidthError, full_proba
-
-AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".aiff", ".aif"}
-
-
-@dataclass
-class InputRecording:
-    recording_id: str
-    patient_id: str
-    location: str
-    path: Path
-
-
-@dataclass
-class _Job:
-    """What `extract` needs: an id unique within this run (names may repeat across inputs) and a file."""
-    recording_id: str
-    wav: Path
-    expected_rate: int = Recording.expected_rate  # input comes in CirCor's layout: another rate is noted
-
-
-def _from_folder(folder: Path, problems: list[Problem]) -> dict[str, list[InputRecording]]:
-    out: dict[str, list[InputRecording]] = {}
-    txts = sorted(t for t in folder.glob("*.txt") if t.stem.isdigit())
-    for txt in txts:
-        try:
-            _, entries = parse_patient_txt(txt, problems)
-        except (ValueError, OSError) as err:
-            problems.append(Problem(str(txt), str(err)))
-            continue
-        recs = []
-        for location, stem in entries:
-            wav = folder / f"{stem}.wav"
-            if not wav.exists():
-                problems.append(Problem(str(wav), "listed in the patient's .txt but missing; skipped"))
-                continue
-            recs.append(InputRecording(stem, txt.stem, location, wav))
-        out[txt.stem] = recs
-    if not txts:  # a plain folder of recordings: one patient named after the folder
-        wavs = sorted(p for p in folder.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES)
-        if not wavs:
-            problems.append(Problem(str(folder), f"no recordings ({', '.join(sorted(AUDIO_SUFFIXES))}) "
-                                                 "and no patient .txt in this folder"))
-            return out
-        out[folder.name] = [_loose(w, folder.name) for w in wavs]
-    return out
-
-
-def _loose(path: Path, patient_id: str | None = None) -> InputRecording:
-    match = RECORDING_NAME.match(path.stem)
-    pid = patient_id or (match["pid"] if match else path.stem)
-    return InputRecording(path.stem, pid, match["loc"] if match else "unknown", path)
-
-
-def gather_inputs(inputs: list[str | Path], patient_id: str | None = None
-                  ) -> tuple[dict[str, list[InputRecording]], list[Problem]]:
-    """Patient ID -> recordings, from folders and files; problems for what could not be used."""
-    problems: list[Problem] = []
-    patients: dict[str, list[InputRecording]] = {}
-    for item in map(Path, inputs):
-        if item.is_dir():
-            for pid, recs in _from_folder(item, problems).items():
-                patients.setdefault(patient_id or pid, []).extend(recs)
-        elif item.is_file():
-            rec = _loose(item, patient_id)
-            patients.setdefault(rec.patient_id, []).append(rec)
-        else:
-            problems.append(Problem(str(item), "no such file or folder"))
-    return patients, problems
 
 
 def eval_only(segments: SegmentConfig) -> SegmentConfig:
@@ -116,7 +44,7 @@ def embed_inputs(encoder, segments: SegmentConfig, recordings: list[InputRecordi
     from embed.cache import EmbeddingCache
     from embed.extract import cache_config
 
-    jobs = [_Job(f"r{i}", rec.path) for i, rec in enumerate(recordings)]
+    jobs = [InputJob(f"r{i}", rec.path) for i, rec in enumerate(recordings)]
     plan = eval_only(segments)
     with tempfile.TemporaryDirectory(prefix="heartprobe-predict-") as tmp:
         report = extract(encoder, jobs, tmp, plan, batch_size, progress=progress)

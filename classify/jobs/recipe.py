@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from embed.datasets.inputs import InputJob
 from embed.extract import extract, open_cache
 from embed.frames import FrameConfig
 from embed.problems import Problem
@@ -109,16 +110,15 @@ def run_recipe(recipe: Recipe, dataset, cache_dir: str | Path, weights: str | Pa
 
 def predict_recipe(model_dir: str | Path, manifest: dict, patients: dict[str, list], weights: str | Path | None,
                    device: str = "auto", batch_size: int = 32) -> tuple[dict[str, dict], list[Problem]]:
-    """Patient id -> {"class", "probabilities", "recordings"} for new patients (`predict.gather_inputs`),
+    """Patient id -> {"class", "probabilities", "recordings"} for new patients (`embed.datasets.inputs.gather_inputs`),
     through the recipe's own feature path; phases come from the saved segmenter's intervals."""
-    from classify.jobs.predict import _Job
     fitted, header = load_recipe(model_dir, manifest)
     classes = header["classes"]
     if fitted.segmenter is None and any(kind_of(m).segmented for m in fitted.recipe.members):
         raise ValueError(f"{model_dir}: this recipe pools phases from .tsv files only; new recordings need one "
                          "saved with test_intervals='segmenter'")
     flat = [rec for recs in patients.values() for rec in recs]
-    jobs = [_Job(f"r{i}", rec.path) for i, rec in enumerate(flat)]
+    jobs = [InputJob(f"r{i}", rec.path) for i, rec in enumerate(flat)]
     job_of = {id(rec): job.recording_id for rec, job in zip(flat, jobs)}
     with tempfile.TemporaryDirectory(prefix="heartprobe-recipe-") as tmp:
         sources, _, problems = recipe_sources(fitted.recipe, jobs, tmp, weights, device=device,

@@ -8,7 +8,7 @@ import pkgutil
 
 from .base import Dataset, Recording, available_datasets, load_dataset, register_dataset
 
-_INFRASTRUCTURE = {"base", "splits", "download", "synthetic"}
+_INFRASTRUCTURE = {"base", "splits", "inputs", "download", "synthetic"}
 for _module in pkgutil.iter_modules(__path__):
     if _module.name not in _INFRASTRUCTURE and not _module.name.startswith("_"):
         importlib.import_module(f"{__name__}.{_module.name}")

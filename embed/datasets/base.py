@@ -41,6 +41,21 @@ class Recording(Protocol):
         ...
 
 
+class AnnotatedRecording(Recording, Protocol):
+    """A recording that may carry annotated heart-cycle intervals (CirCor's `.tsv`). Readers of the
+    intervals use these two members, never the dataset's files or format."""
+
+    @property
+    def segmentation_file(self) -> Path | None:
+        """The file `segmentation()` reads (for messages); None where the recording has none."""
+        ...
+
+    def segmentation(self, problems: list[Problem] | None = None) -> np.ndarray:
+        """The intervals as an `(n, 3)` array of (start_s, end_s, label 0-4), checked against the
+        recording's length (notes go to `problems`); raises ValueError for a file that cannot be used."""
+        ...
+
+
 class Dataset(ABC):
     """One parsed corpus. Groups are the unit of evaluation (CirCor: patients)."""
     name: ClassVar[str] = ""

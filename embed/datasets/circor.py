@@ -19,6 +19,7 @@ from ..audio import CIRCOR_SAMPLE_RATE, audio_duration_s
 from ..intervals import read_intervals_file as read_tsv  # CirCor's .tsv is the interval-file form
 from ..problems import Problem, shorten
 from .base import NOT_GIVEN, Dataset, GroupAttributes, Splits, register_dataset
+from .splits import kfold_over, leave_one_out_over, stratified_split
 
 MURMUR_CLASSES = ("Present", "Unknown", "Absent")  # official PhysioNet 2022 order
 OUTCOME_CLASSES = ("Abnormal", "Normal")
@@ -78,6 +79,11 @@ class Recording:
     @property
     def group_id(self) -> str:
         return self.patient_id
+
+    @property
+    def segmentation_file(self) -> Path | None:
+        """The file `segmentation()` reads; None where the recording has none."""
+        return self.tsv
 
     def segmentation(self, problems: list[Problem] | None = None) -> np.ndarray:
         """The .tsv as an `(n, 3)` array of (start_s, end_s, label 0-4), checked against the
@@ -177,13 +183,55 @@ class CirCor(Dataset):
         return out
 
     def splits(self, scheme: str = "paper", seed: int = 0, folds: int = 5) -> Splits:
-        from . import splits
         self.check_scheme(scheme)
         if scheme == "paper":
-            return splits.paper_splits(self)
+            return paper_splits(self)
         if scheme == "kfold":
-            return splits.kfold_splits(self, folds, seed)
-        return splits.campaign_splits(self, seed)
+            return kfold_splits(self, folds, seed)
+        return campaign_splits(self, seed)
+
+
+# -- split schemes: the paper's three seeded splits, k-fold, leave-one-campaign-out ---------------
+PAPER_SEEDS = (14, 42, 84)
+
+
+def stratify_key(circor: CirCor, pid: str) -> str:
+    """One-hot (Outcome Normal, Abnormal, Murmur Absent, Present, Unknown) as a string, as the paper
+    does. The outcome bits come first: dropped (`splits.COARSE_FROM`), the murmur part is left, which
+    strata too small to split (small subsets only; never on the full CirCor) fall back to."""
+    p = circor.patients[pid]
+    bits = [p.outcome == "Normal", p.outcome == "Abnormal",
+            p.murmur == "Absent", p.murmur == "Present", p.murmur == "Unknown"]
+    return "".join(str(int(b)) for b in bits)
+
+
+def paper_split(circor: CirCor, seed: int) -> dict[str, str]:
+    """75 % train+val / 25 % test, then 10 % of the whole for val (patients sorted by ID)."""
+    pids = circor.patient_ids()
+    keys = {p: stratify_key(circor, p) for p in pids}
+    trainval, test = stratified_split(pids, [keys[p] for p in pids], 0.25, seed)
+    train, val = stratified_split(trainval, [keys[p] for p in trainval], 0.1 / 0.75, seed + 1)
+    out = {p: "train" for p in train}
+    out.update({p: "val" for p in val})
+    out.update({p: "test" for p in test})
+    return out
+
+
+def paper_splits(circor: CirCor) -> Splits:
+    return {f"split{i}": paper_split(circor, seed) for i, seed in enumerate(PAPER_SEEDS, 1)}
+
+
+def kfold_splits(circor: CirCor, k: int = 5, seed: int = 0, val_fraction: float = 0.1) -> Splits:
+    """Stratified k-fold over patients (strata: outcome and murmur)."""
+    pids = circor.patient_ids()
+    return kfold_over(pids, [stratify_key(circor, p) for p in pids], k, seed, val_fraction)
+
+
+def campaign_splits(circor: CirCor, seed: int = 0, val_fraction: float = 0.1) -> Splits:
+    """Leave-one-campaign-out: train on one campaign (minus a val part), test on the other."""
+    pids = circor.patient_ids()
+    return leave_one_out_over(pids, [stratify_key(circor, p) for p in pids],
+                              [circor.patients[p].campaign for p in pids], seed, val_fraction)
 
 
 def _float(value: str) -> float:
@@ -240,6 +288,38 @@ def parse_patient_txt(path: Path, problems: list[Problem]) -> tuple[dict[str, st
             key, value = line[1:].split(":", 1)
             fields[key.strip()] = value.strip()
     return fields, entries
+
+
+def read_patient_folder(folder: Path, problems: list[Problem]) -> dict[str, list[Recording]] | None:
+    """New patients in CirCor's layout, for prediction: patient id -> the recordings its `PID.txt`
+    lists (no labels needed; `.hea` and `.tsv` are not looked for). None where the folder holds no
+    patient file. A patient file that cannot be read, or a listed wav that is missing, goes into
+    `problems`; a patient left without recordings is kept (with none)."""
+    txts = sorted(t for t in folder.glob("*.txt") if t.stem.isdigit())
+    if not txts:
+        return None
+    out: dict[str, list[Recording]] = {}
+    for txt in txts:
+        try:
+            _, entries = parse_patient_txt(txt, problems)
+        except (ValueError, OSError) as err:
+            problems.append(Problem(str(txt), str(err)))
+            continue
+        recs = []
+        for location, stem in entries:
+            wav = folder / f"{stem}.wav"
+            if not wav.exists():
+                problems.append(Problem(str(wav), "listed in the patient's .txt but missing; skipped"))
+                continue
+            recs.append(Recording(stem, txt.stem, location, wav))
+        out[txt.stem] = recs
+    return out
+
+
+def recording_name_parts(stem: str) -> tuple[str, str] | None:
+    """(patient id, location) that a `PID_LOC[_N]` file name gives; None for any other name."""
+    match = RECORDING_NAME.match(stem)
+    return (match["pid"], match["loc"]) if match else None
 
 
 CROSS_CHECK_OFF = "labels come from the .txt files alone and the csv/txt cross-check is off"

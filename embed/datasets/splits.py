@@ -1,5 +1,6 @@
-"""Group-level splits: stratified k-fold and leave-one-source-out for any dataset; CirCor's
-paper splits, k-fold and leave-one-campaign-out.
+"""Group-level splits for any dataset: stratified train/test, stratified k-fold and
+leave-one-source-out over group ids, and split tables as CSV. A dataset's own schemes (CirCor's
+paper splits) live in its module and are built from these.
 
 Every split maps group (patient) ID -> "train" | "val" | "test".
 """
@@ -12,29 +13,20 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from ..atomic import atomic_path
 from .base import Dataset, Splits, group_sort_key
-from .circor import CirCor
 
-PAPER_SEEDS = (14, 42, 84)
 SPLIT_VALUES = ("train", "val", "test")
-
-
-def stratify_key(circor: CirCor, pid: str) -> str:
-    """One-hot (Outcome Normal, Abnormal, Murmur Absent, Present, Unknown) as a string, as the paper does."""
-    p = circor.patients[pid]
-    bits = [p.outcome == "Normal", p.outcome == "Abnormal",
-            p.murmur == "Absent", p.murmur == "Present", p.murmur == "Unknown"]
-    return "".join(str(int(b)) for b in bits)
+# a stratum key minus its first COARSE_FROM characters names the coarser stratum that a stratum
+# too small to split falls back to (CirCor: outcome bits dropped, murmur kept)
+COARSE_FROM = 2
 
 
 def mergeable_keys(keys: list[str], minimum: int = 2) -> list[str]:
-    """Strata too small to split (small subsets only) fall back to their murmur part, then merge.
-
-    On the full CirCor every stratum is large enough, so the paper's splits are unchanged.
-    """
+    """Strata too small to split (small subsets only) fall back to their coarser part (`COARSE_FROM`),
+    then merge."""
     def rare(ks: list[str]) -> set[str]:
         return {k for k in set(ks) if ks.count(k) < minimum}
     small = rare(keys)
-    keys = [k[2:] if k in small else k for k in keys]
+    keys = [k[COARSE_FROM:] if k in small else k for k in keys]
     small = rare(keys)
     keys = ["rare" if k in small else k for k in keys]
     if rare(keys):  # a lone leftover joins the largest stratum
@@ -44,29 +36,14 @@ def mergeable_keys(keys: list[str], minimum: int = 2) -> list[str]:
 
 
 def stratified_split(ids: list[str], keys: list[str], test_size: float, seed: int) -> tuple[list, list]:
-    """train_test_split stratified by `keys`; on data too small for that, by murmur alone, then not at all."""
-    for stratify in (mergeable_keys(keys), mergeable_keys([k[2:] for k in keys]), None):
+    """train_test_split stratified by `keys`; on data too small for that, by their coarser part
+    (`COARSE_FROM`), then not at all."""
+    for stratify in (mergeable_keys(keys), mergeable_keys([k[COARSE_FROM:] for k in keys]), None):
         try:
             return train_test_split(ids, test_size=test_size, random_state=seed, stratify=stratify)
         except ValueError:
             continue
     raise ValueError(f"cannot split {len(ids)} patients with test_size={test_size}")
-
-
-def paper_split(circor: CirCor, seed: int) -> dict[str, str]:
-    """75 % train+val / 25 % test, then 10 % of the whole for val (patients sorted by ID)."""
-    pids = circor.patient_ids()
-    keys = {p: stratify_key(circor, p) for p in pids}
-    trainval, test = stratified_split(pids, [keys[p] for p in pids], 0.25, seed)
-    train, val = stratified_split(trainval, [keys[p] for p in trainval], 0.1 / 0.75, seed + 1)
-    out = {p: "train" for p in train}
-    out.update({p: "val" for p in val})
-    out.update({p: "test" for p in test})
-    return out
-
-
-def paper_splits(circor: CirCor) -> dict[str, dict[str, str]]:
-    return {f"split{i}": paper_split(circor, seed) for i, seed in enumerate(PAPER_SEEDS, 1)}
 
 
 def train_in_every_split(splits: dict[str, dict[str, str]]) -> list[str]:
@@ -103,19 +80,6 @@ def leave_one_out_over(ids: list[str], keys: list[str], source: list[str], seed:
         split.update({i: "test" for i, s in zip(ids, source) if s == held_out})
         out[f"{prefix}{held_out}"] = split
     return out
-
-
-def kfold_splits(circor: CirCor, k: int = 5, seed: int = 0, val_fraction: float = 0.1) -> Splits:
-    """Stratified k-fold over patients (strata: outcome and murmur)."""
-    pids = circor.patient_ids()
-    return kfold_over(pids, [stratify_key(circor, p) for p in pids], k, seed, val_fraction)
-
-
-def campaign_splits(circor: CirCor, seed: int = 0, val_fraction: float = 0.1) -> Splits:
-    """Leave-one-campaign-out: train on one campaign (minus a val part), test on the other."""
-    pids = circor.patient_ids()
-    return leave_one_out_over(pids, [stratify_key(circor, p) for p in pids],
-                              [circor.patients[p].campaign for p in pids], seed, val_fraction)
 
 
 def make_splits(dataset: Dataset, scheme: str = "paper", seed: int = 0, folds: int = 5) -> Splits:
