@@ -132,53 +132,16 @@ def cmd_splits(args) -> int:
 
 
 def cmd_extract(args) -> int:
-    from embed.datasets import load_dataset
-    from embed.datasets.splits import train_in_every_split
-    from embed.extract import extract, fit_normalisation
+    from embed.extract_job import run_extract
     from embed.frames import FrameConfig
-    from embed.problems import format_table, problem_rows, write_problems_csv
     from embed.segments import SegmentConfig
-    dataset = load_dataset(args.dataset, args.data)
-    recordings = dataset.recordings()
-    segments = SegmentConfig(args.window, args.train_stride, args.eval_stride, align=args.windows)
-    frames = FrameConfig(args.frame_dtype, args.frame_hop, args.window) if args.frames else None
-    if frames and args.windows != "fixed":
-        raise ValueError("--frames keeps every frame of a recording; --windows cycles does not apply to it")
-    if args.fit_normalisation:
-        train = set(train_in_every_split(dataset.splits(args.fit_normalisation)))
-        train_recordings = [r for r in recordings if r.group_id in train]
-    rows, failed = [], []
-    for name in args.encoder.split(","):
-        encoder = create_encoder(args, name, args.precision)
-        if args.fit_normalisation:
-            fitted = fit_normalisation(encoder, train_recordings)
-            print(f"{name}: input statistics fit on the {len(train)} patients in train of every "
-                  f"{args.fit_normalisation} split: mean {fitted[0]:.4f}, std {fitted[1]:.4f}")
-        layers = ("" if encoder.last_only
-                  else f" (layers {','.join(map(str, encoder.layers))} of 0..{encoder.n_layers - 1})")
-        print(f"{name}: {encoder.embedding_size}-d{layers}, {encoder.sample_rate} Hz, {encoder.precision} on "
-              f"{encoder.device}; {len(recordings)} recordings")
-        report = extract(encoder, recordings, args.cache, segments, args.batch_size,
-                         flush_every=args.flush_every, workers=args.workers, lock_timeout_s=args.lock_timeout,
-                         backend=args.backend, ray=ray_options(args), frames=frames)
-        print(report.summary())
-        rows += problem_rows(report.problems, name)
-        if report.stopped:
-            failed.append(f"{name}: stopped early, disk full")
-            break
-        if report.done == 0 and report.skipped == 0:
-            failed.append(f"{name}: no recording could be embedded")
-    rows = problem_rows(dataset.problems, "dataset") + rows
-    if rows:  # the summary table, last, and as CSV next to the cache
-        print("\n" + format_table(rows), file=sys.stderr)
-        try:
-            print(f"problems table: {write_problems_csv(rows, Path(args.cache) / 'extract-problems.csv')}",
-                  file=sys.stderr)
-        except OSError as err:  # e.g. the disk that just filled up; the table above says it all
-            print(f"problems table not written ({err.strerror or err})", file=sys.stderr)
-    if failed:
-        print(f"error: {'; '.join(failed)} (see above)", file=sys.stderr)
-    return 1 if failed or (args.strict and rows) else 0
+    return run_extract(args.dataset, args.data, args.encoder.split(","),
+                       functools.partial(create_encoder, args, precision=args.precision), args.cache,
+                       SegmentConfig(args.window, args.train_stride, args.eval_stride, align=args.windows),
+                       FrameConfig(args.frame_dtype, args.frame_hop, args.window) if args.frames else None,
+                       normalisation_splits=args.fit_normalisation, batch_size=args.batch_size,
+                       flush_every=args.flush_every, workers=args.workers, lock_timeout_s=args.lock_timeout,
+                       backend=args.backend, ray=ray_options(args), strict=args.strict)
 
 
 def cmd_benchmark(args) -> int:

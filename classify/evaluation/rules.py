@@ -200,13 +200,17 @@ class WeightedRule(_TunedRule):
         return (table.mean * np.append(values, 1.0)).argmax(axis=1)
 
 
-RULES: dict[str, type[DecisionRule]] = {
-    r.name: r for r in (AnyRule, MeanRule, ThresholdRule, WeightedRule, CostRule)}
+RULES: dict[str, type[DecisionRule]] = {}
 
 
 def register_rule(cls: type[DecisionRule]) -> type[DecisionRule]:
+    """Make a rule known by its name everywhere (probe --decision, recipes, saved models)."""
     RULES[cls.name] = cls
     return cls
+
+
+for _rule in (AnyRule, MeanRule, ThresholdRule, WeightedRule, CostRule):
+    register_rule(_rule)
 
 
 def make_rule(name: str, class_weights: tuple[float, ...] | None = None) -> DecisionRule:
