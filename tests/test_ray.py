@@ -167,13 +167,13 @@ def test_probe_scores_on_ray_equal_local(synthetic_data, tmp_path):
 
 
 def test_plain_runs_never_import_ray():
-    code = ("import sys, pipeline, classify.jobs.probe, embed.extract, embed.ray_backend, classify.jobs.backend; "
+    code = ("import sys, pipeline, classify.jobs.probe, embed.extract, embed.ray_backend, classify.evaluation.backend; "
             "pipeline.build_parser(); assert 'ray' not in sys.modules, 'ray imported'")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
 
 
 def test_without_ray_the_ray_backend_says_how_to_install_it(synthetic_data, tmp_path, monkeypatch):
-    from classify.jobs.backend import run_tasks
+    from classify.evaluation.backend import run_tasks
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as on a plain install
     recordings = load_circor(synthetic_data).recordings()[:2]
     with pytest.raises(RuntimeError, match=r"pip install -e '\.\[ray\]'"):

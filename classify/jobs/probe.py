@@ -9,7 +9,7 @@ import pandas as pd
 from embed.datasets.splits import read_splits
 
 from classify.evaluation.rules import RULES, DecisionName
-from classify.jobs.backend import Backend, Shared, run_tasks
+from classify.evaluation.backend import Backend, Shared, run_tasks
 from classify.evaluation.ensemble import mean_scores, stack
 from classify.evaluation.probe_protocol import fit_encoder, split_result, variant_name
 from classify.evaluation.results import SplitResult, proba_columns, summary_table

@@ -22,13 +22,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from threadpoolctl import threadpool_limits
-from tqdm import tqdm
 
 from classify.estimators.base import FeatureWidthError, check_width
 from classify.estimators.search import PatientModel, RecordingStage, balanced_log_loss
 from classify.estimators.segmenter import PhaseSegmenter
 from classify.evaluation.results import SplitResult, patient_result
-from classify.evaluation.runs import split_runs
+from classify.evaluation.runs import Run, split_runs
+from classify.evaluation.backend import run_tasks
 from classify.evaluation.rules import GroupTable, make_rule
 from classify.evaluation.selection import select_best
 from classify.features.patient import MemberScores, patient_features
@@ -250,15 +250,13 @@ def evaluate_recipe(task: Task, recipe: Recipe, sources: dict[str, Source],
                     progress: bool = True) -> list[SplitResult]:
     """Every split x seed: fit on train + val, score the test groups once. The segmenter (when the
     recipe uses one) is fit once per split: it has no seed-dependent part worth refitting."""
-    results = []
     segmenters: dict[str, PhaseSegmenter | None] = {}
-    for run in tqdm(split_runs(splits, seeds, first_seed, seed_major=False, name_seed=True),
-                    desc=f"recipe {recipe.name}", disable=not progress):
-        name, split, seed = run.split_name, run.split, run.seed
-        fit_ids = [g for g in task.group_ids if split.get(g) in ("train", "val")]
-        test_ids = task.ids_in(split, "test")
-        fitted = fit_recipe(task, recipe, sources, fit_ids, seed, segmenters.get(name))
-        segmenters[name] = fitted.segmenter
+
+    def score(run: Run) -> SplitResult:
+        fit_ids = [g for g in task.group_ids if run.split.get(g) in ("train", "val")]
+        test_ids = task.ids_in(run.split, "test")
+        fitted = fit_recipe(task, recipe, sources, fit_ids, run.seed, segmenters.get(run.split_name))
+        segmenters[run.split_name] = fitted.segmenter
         pred, proba, _ = fitted.predict(task, sources, test_ids)
         first = fitted.parts[0]  # the first bag's choices (the others are in a saved model)
         params = {m: p.describe() + ("" if first.columns[m] is None else f",cols={len(first.columns[m])}")
@@ -267,7 +265,10 @@ def evaluate_recipe(task: Task, recipe: Recipe, sources: dict[str, Source],
             params["patient_C"] = f"{first.stage2.C_:g}"
         if recipe.bags > 1:
             params["bags"] = str(recipe.bags)
-        results.append(patient_result(task, recipe.name, "recipe", run.name, test_ids, pred, proba, params,
-                                      fitted.cv_metrics.get(f"cv_{task.scoring.primary}", float("nan")), fitted,
-                                      fitted.rule, fitted.cv_metrics))
-    return results
+        return patient_result(task, recipe.name, "recipe", run.name, test_ids, pred, proba, params,
+                              fitted.cv_metrics.get(f"cv_{task.scoring.primary}", float("nan")), fitted, fitted.rule,
+                              fitted.cv_metrics)
+
+    runs = split_runs(splits, seeds, first_seed, seed_major=False, name_seed=True)
+    # local: the runs of a split share its segmenter (fit for its first seed), held here
+    return run_tasks(score, [((run,), {}) for run in runs], "local", progress=progress, desc=f"recipe {recipe.name}")
