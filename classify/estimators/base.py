@@ -5,8 +5,6 @@ and export their fitted state as plain arrays (`state`, `from_state`), so a save
 """
 from __future__ import annotations
 
-import inspect
-
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
@@ -44,7 +42,7 @@ def full_proba(model: BaseEstimator, X: np.ndarray, n_classes: int) -> np.ndarra
 
 def fit_probe(model: BaseEstimator, X: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None
               ) -> BaseEstimator:
-    """Fit, passing patient groups to estimators that use them (the MLP's early-stopping hold-out)."""
-    if groups is not None and "groups" in inspect.signature(model.fit).parameters:
-        return model.fit(X, y, groups=groups)
-    return model.fit(X, y)
+    """Fit with the patient of each row: every estimator here takes `fit(X, y, groups=None)`; those
+    with an inner split keep patients on one side of it (the MLP's early-stopping hold-out, the
+    grouped search's folds), the others ignore it."""
+    return model.fit(X, y, groups=groups)

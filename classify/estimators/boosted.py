@@ -22,7 +22,9 @@ class XGBoostProbe(ModelProbe):
         self.n_jobs = n_jobs
         self.random_state = random_state
 
-    def fit(self, X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None) -> "XGBoostProbe":
+    def fit(self, X: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None,
+            sample_weight: np.ndarray | None = None) -> "XGBoostProbe":
+        """`groups` is taken for the common signature and not used (no inner hold-out)."""
         from xgboost import XGBClassifier
 
         self.classes_, y_idx = np.unique(y, return_inverse=True)

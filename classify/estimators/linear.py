@@ -18,7 +18,9 @@ class LinearProbe(ModelProbe):
         self.max_iter = max_iter
         self.class_weight = class_weight
 
-    def fit(self, X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None) -> "LinearProbe":
+    def fit(self, X: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None,
+            sample_weight: np.ndarray | None = None) -> "LinearProbe":
+        """`groups` is taken for the common signature and not used (no inner hold-out)."""
         self.model_ = make_pipeline(StandardScaler(), LogisticRegression(
             C=self.C, max_iter=self.max_iter, class_weight=self.class_weight))
         self.model_.fit(X, y, logisticregression__sample_weight=sample_weight)
