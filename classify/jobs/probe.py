@@ -72,20 +72,10 @@ def write_results(results: list[SplitResult], out: str | Path, classes: tuple[st
     return scores, predictions
 
 
-def run_probe(task: Task, encoders: list[str], probes: list[str], splits: dict[str, dict[str, str]],
-              cache_dir: str | Path, out: str | Path, decision: DecisionName = "any", seed: int = 0,
-              progress: bool = True, ensemble: Literal["mean", "stack", "both"] | None = None, demographics: bool = False,
-              oof_folds: int = 5, repeats: int = 1, backend: Backend = "local",
-              ray: "RayOptions | None" = None, layers: str | None = None) -> tuple[pd.DataFrame, list[SplitResult]]:
-    """Every encoder alone, and (with `ensemble`) their mean and/or stacked combination.
-    Returns the summary table and every split's result (fitted probe and rule included).
-
-    `repeats` > 1 reruns every split with probe seeds seed, seed + 1, ... (the paper's 15 runs were
-    5 seeds x 3 splits); the runs are named SPLIT@seedS and the table averages over all of them.
-    `backend="ray"` runs the fits as Ray tasks (`ray`: the cluster), with the same results.
-    `layers` (caches made with `extract --layers`): which cached layers the probes use, or how they
-    are chosen per split (`classify.evaluation.layers`); None: the whole cached vector."""
-    check_probe_inputs(encoders, probes, cache_dir, layers)
+def read_caches(task: Task, encoders: list[str], cache_dir: str | Path, layers: str | None
+                ) -> tuple[dict, dict, object]:
+    """Each encoder's cached recordings (only the `layers` asked for), its layer slices (with
+    `layers`), and the layer choice (`resolve_probe_layers`; None without `layers`)."""
     embeddings, slices, choice = {}, {}, None
     wanted = task.all_recordings()
     for spec in encoders:
@@ -100,6 +90,24 @@ def run_probe(task: Task, encoders: list[str], probes: list[str], splits: dict[s
         if missing:
             print(f"note: {missing} recordings have no {spec} embeddings (failed or not extracted); "
                   "their patients are scored on the rest")
+    return embeddings, slices, choice
+
+
+def run_probe(task: Task, encoders: list[str], probes: list[str], splits: dict[str, dict[str, str]],
+              cache_dir: str | Path, out: str | Path, decision: DecisionName = "any", seed: int = 0,
+              progress: bool = True, ensemble: Literal["mean", "stack", "both"] | None = None, demographics: bool = False,
+              oof_folds: int = 5, repeats: int = 1, backend: Backend = "local",
+              ray: "RayOptions | None" = None, layers: str | None = None) -> tuple[pd.DataFrame, list[SplitResult]]:
+    """Every encoder alone, and (with `ensemble`) their mean and/or stacked combination.
+    Returns the summary table and every split's result (fitted probe and rule included).
+
+    `repeats` > 1 reruns every split with probe seeds seed, seed + 1, ... (the paper's 15 runs were
+    5 seeds x 3 splits); the runs are named SPLIT@seedS and the table averages over all of them.
+    `backend="ray"` runs the fits as Ray tasks (`ray`: the cluster), with the same results.
+    `layers` (caches made with `extract --layers`): which cached layers the probes use, or how they
+    are chosen per split (`classify.evaluation.layers`); None: the whole cached vector."""
+    check_probe_inputs(encoders, probes, cache_dir, layers)
+    embeddings, slices, choice = read_caches(task, encoders, cache_dir, layers)
     combine = ensemble is not None and len(encoders) > 1
     # OOF train scores feed the stacker and steady the tuned decision rules
     need_oof = (combine and ensemble in ("stack", "both")) or RULES[decision].tuned
