@@ -137,3 +137,36 @@ def test_models_of_an_earlier_format_are_refused_naming_the_version(tmp_path):
     with pytest.raises(ModelIntegrityError, match="a model folder of format 2, written by an earlier heartprobe; "
                                                   "this version reads format 3"):
         load_manifest(tmp_path)
+
+
+def test_a_recipe_composed_with_member_runs_saves_and_predicts_through_the_one_path(synthetic_data, tmp_path):
+    """`recipe NAME --member ...`: a windows member of the log-mel cache alone, the strong protocol
+    (patient model, cost rule) over an encoder; saved and applied like any recipe."""
+    import pandas as pd
+
+    from embed.datasets import load_dataset
+    from embed.datasets.splits import write_splits
+    from pipeline import main
+    dataset = load_dataset("circor", synthetic_data)
+    pids = list(dataset.group_ids())
+    split = {p: ("test" if i % 4 == 0 else "val" if i % 4 == 1 else "train") for i, p in enumerate(pids)}
+    write_splits({"one": split}, tmp_path / "splits.csv")
+    out = tmp_path / "out"
+    args = ["recipe", "logmel-windows", "--member", "windows:logmel:stats=mean+std", "--data", str(synthetic_data),
+            "--cache", str(tmp_path / "cache"), "--splits", str(tmp_path / "splits.csv"), "--seeds", "1",
+            "--out", str(out), "--save-model", str(tmp_path / "model"), "--set", "folds=3"]
+    assert main(args) == 0
+    scores = pd.read_csv(out / "scores.csv")
+    assert scores["encoder"].tolist() == ["logmel-windows folds=3"] and scores["probe"].tolist() == ["recipe"]
+    assert "logmel_windows" in scores["params"].iloc[0]
+    manifest = load_manifest(tmp_path / "model")
+    assert manifest["kind"] == "recipe" and manifest["models"][0]["encoder"] == "recipe:logmel-windows folds=3"
+    wav = next((synthetic_data / "training_data").glob(f"{pids[0]}_*.wav"))
+    assert main(["predict", "--model", str(tmp_path / "model"), "--input", str(wav), "--out", str(tmp_path / "p")]) == 0
+    result = json.loads(next((tmp_path / "p").glob("*.json")).read_text())
+    assert result["class"] in ("Present", "Unknown", "Absent")
+    assert set(result["recordings"][0]["members"]) == {"logmel_windows"}
+    # a misspelt member is refused before OUT is touched
+    assert main(["recipe", "x", "--member", "window:logmel", "--data", str(synthetic_data),
+                 "--out", str(tmp_path / "never")]) == 2
+    assert not (tmp_path / "never").exists()
