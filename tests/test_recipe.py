@@ -370,9 +370,10 @@ def test_recipe_with_an_encoders_frames_runs_and_segments_only_the_log_mel_frame
     (cross-fit and test) are those of one frame cache, not one set per phases member."""
     import torch
 
-    from classify.recipes.book import BYOLA_WEIGHTS
+    from classify.recipes.book import RECIPES
     from classify.recipes.members import SEGMENTER_DIR
     from test_encoder_byola import _state as byola_state
+    BYOLA_WEIGHTS = RECIPES["cycle-byola"].extracts[2].checkpoint  # the published name the recipe looks up
     weights = tmp_path / "weights"
     weights.mkdir()
     torch.save(byola_state(1, 512, 0), weights / BYOLA_WEIGHTS)

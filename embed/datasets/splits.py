@@ -9,8 +9,6 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from sklearn.model_selection import StratifiedKFold, train_test_split
-
 from ..atomic import atomic_path
 from .base import Dataset, Splits, group_sort_key
 
@@ -38,6 +36,7 @@ def mergeable_keys(keys: list[str], minimum: int = 2) -> list[str]:
 def stratified_split(ids: list[str], keys: list[str], test_size: float, seed: int) -> tuple[list, list]:
     """train_test_split stratified by `keys`; on data too small for that, by their coarser part
     (`COARSE_FROM`), then not at all."""
+    from sklearn.model_selection import train_test_split  # here: loading a dataset need not load scikit-learn
     for stratify in (mergeable_keys(keys), mergeable_keys([k[COARSE_FROM:] for k in keys]), None):
         try:
             return train_test_split(ids, test_size=test_size, random_state=seed, stratify=stratify)
@@ -56,6 +55,7 @@ def kfold_over(ids: list[str], keys: list[str], k: int = 5, seed: int = 0, val_f
                prefix: str = "fold") -> Splits:
     """Stratified k-fold over `ids`; each fold's training part gives up a stratified val part."""
     keys = mergeable_keys(keys, k)
+    from sklearn.model_selection import StratifiedKFold  # here: loading a dataset need not load scikit-learn
     folds = {}
     for i, (train_idx, test_idx) in enumerate(StratifiedKFold(k, shuffle=True, random_state=seed).split(ids, keys), 1):
         train_ids = [ids[j] for j in train_idx]
