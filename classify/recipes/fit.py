@@ -10,7 +10,7 @@ use their `.tsv` intervals (`train_intervals="tsv"`) or, with `train_intervals="
 intervals of segmenters cross-fitted over the training patients, so stage 1 learns from phases
 with the kind of mistakes it meets at test. Segmenters read the first phases member's frames only;
 every phases member pools those intervals. Fitted segmenters and their decodes are kept in a
-`SegmenterStore` when the source has one (`recipe_job` puts it beside the frame cache).
+`SegmenterStore` when the source has one (the phases member kind puts it beside the frame cache).
 
 With `bags` > 1 the probes (stage 1 and the patient model) are fit `bags` times with consecutive
 seeds, which draw other inner folds and other trees, and the patient probabilities are averaged;
