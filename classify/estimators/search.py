@@ -2,7 +2,7 @@
 
 `cross_fit` is the loop every out-of-fold score comes from (probe OOF scores for stacking and
 tuned rules, layer choice, a recipe's recording members and its patient model): per fold, a clone
-of the estimator fit on the other folds predicts the held-out fold. `GroupedSearchCV` takes a
+of the estimator fit on the other folds, for the caller to apply to the held-out fold. `GroupedSearchCV` takes a
 base estimator and a grid, as scikit-learn's GridSearchCV does, over folds that never split a
 patient; it keeps the chosen candidate's out-of-fold probabilities (`oof_proba_`), which the next
 stage learns from, and refits that candidate on every row.
@@ -18,6 +18,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.utils.class_weight import compute_sample_weight
 
 from classify.estimators.base import check_width, fit_probe, full_proba
+from classify.estimators.linear import LinearProbe
 from classify.estimators.probes import grid_candidates, probe_spec, seeded
 from classify.estimators.state_checks import class_indices, positive
 from classify.evaluation.selection import select_best
@@ -33,13 +34,12 @@ def group_folds(y: np.ndarray, groups: np.ndarray, folds: int, seed: int) -> lis
     return list(splitter.split(np.zeros(len(y)), y, groups=groups))
 
 
-def cross_fit(estimator: BaseEstimator, folds: Iterable[Fold], fit_rows: Callable, held_rows: Callable,
-              n_classes: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(held fold, its probabilities) per fold, from a clone of `estimator` fit on `fit_rows(fit fold)`
-    (X, y, groups) and applied to `held_rows(held fold)` (X): the one out-of-fold loop."""
+def cross_fit(estimator: BaseEstimator, folds: Iterable[Fold], fit_rows: Callable
+              ) -> Iterator[tuple[np.ndarray, BaseEstimator]]:
+    """(held fold, a clone of `estimator` fit on `fit_rows(fit fold)` = (X, y, groups)) per fold: the
+    one out-of-fold loop; the caller applies each model to its own rows of the held fold."""
     for fit_idx, held_idx in folds:
-        model = fit_probe(clone(estimator), *fit_rows(fit_idx))
-        yield held_idx, full_proba(model, held_rows(held_idx), n_classes)
+        yield held_idx, fit_probe(clone(estimator), *fit_rows(fit_idx))
 
 
 def out_of_fold_proba(estimator: BaseEstimator, X: np.ndarray, y: np.ndarray, folds: Iterable[Fold],
@@ -47,8 +47,8 @@ def out_of_fold_proba(estimator: BaseEstimator, X: np.ndarray, y: np.ndarray, fo
     """Probabilities for every row of X from a model that never saw its fold."""
     out = np.zeros((len(X), n_classes))
     rows = (lambda idx: (X[idx], y[idx], None if groups is None else groups[idx]))
-    for held_idx, proba in cross_fit(estimator, folds, rows, lambda idx: X[idx], n_classes):
-        out[held_idx] = proba
+    for held_idx, model in cross_fit(estimator, folds, rows):
+        out[held_idx] = full_proba(model, X[held_idx], n_classes)
     return out
 
 
@@ -178,7 +178,7 @@ class PatientModel(GroupedSearchCV):
         self.n_classes = n_classes
 
     def _base(self) -> BaseEstimator:
-        return probe_spec("linear").cls(max_iter=3000, class_weight=None)
+        return LinearProbe(max_iter=3000, class_weight=None)
 
     def _grid(self) -> dict[str, list]:
         return {"C": list(self.Cs)}

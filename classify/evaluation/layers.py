@@ -18,6 +18,7 @@ from threadpoolctl import threadpool_limits
 
 from embed.cache import CachedRecording, layer_slices
 
+from classify.evaluation.ensemble import stack
 from classify.evaluation.rules import DecisionName, mean_by_group
 from classify.evaluation.probe_protocol import EncoderScores, RecordingScores, fit_encoder, fit_rule
 from classify.features.caches import segment_set
@@ -108,10 +109,10 @@ def cv_layer_scores(X: np.ndarray, y: np.ndarray, groups: np.ndarray, slices: di
     score = score or group_balanced_accuracy(y, groups)
     n_classes = int(y.max()) + 1
     out = {}
+    fold_list = group_folds(y, groups, folds, seed)  # the same folds for every candidate
     with threadpool_limits(limits=1, user_api="blas"):
         for layers in (candidates if candidates is not None else [(i,) for i in sorted(slices)]):
             cols = layer_columns(slices, layers, X.shape[1])
-            fold_list = group_folds(y, groups, folds, seed)
             out[tuple(layers)] = score(out_of_fold_proba(probe, X[:, cols], y, fold_list, n_classes, groups))
     return out
 
@@ -148,7 +149,6 @@ def fit_layer_choice(task: Task, embeddings: dict[str, CachedRecording], split: 
         fitted.params = {"layers": ",".join(map(str, chosen)), **fitted.params}
         return fitted
     if layers == "weighted":
-        from classify.evaluation.ensemble import stack  # ensemble imports evaluate, as this module does: no cycle at import
         per_layer = [fit_encoder(task, take_layers(embeddings, slices, (layer,)), split, probe, decision=decision,
                                  seed=seed, oof_folds=oof_folds or cv_folds) for layer in sorted(slices)]
         val, test, params = stack(task, per_layer, decision=decision, locations=False)

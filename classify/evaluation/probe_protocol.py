@@ -109,8 +109,9 @@ def out_of_fold(task: Task, embeddings: dict[str, CachedRecording], group_ids: l
 
     out = None
     folds = group_folds(task.labels_of(group_ids), np.asarray(group_ids), folds, seed)
-    for held_idx, proba in cross_fit(model, folds, fit_rows, lambda idx: rows(idx, "eval").X, task.n_classes):
-        scores = RecordingScores.from_segments(rows(held_idx, "eval"), proba)
+    for held_idx, fold_model in cross_fit(model, folds, fit_rows):
+        held = rows(held_idx, "eval")
+        scores = RecordingScores.from_segments(held, full_proba(fold_model, held.X, task.n_classes))
         out = scores if out is None else out.concat(scores)
     return out
 

@@ -91,15 +91,18 @@ def build_recipe(fields: dict, members: list[tuple[dict, dict]], where: str) -> 
     return Recipe(extracts=tuple(extracts), members=tuple(built), **fields)
 
 
+def read_toml(path: str | Path) -> dict:
+    """A TOML file's document; a malformed file is refused by name."""
+    with open(path, "rb") as fh:
+        try:
+            return tomllib.load(fh)
+        except tomllib.TOMLDecodeError as err:
+            raise ValueError(f"{path}: not a valid TOML file ({err})") from None
+
+
 def committed_recipes(folder: Path = RECIPE_DIR) -> dict[str, Recipe]:
     """Every recipe file in `folder`, by name; files with a `base` after the recipes they name."""
-    docs = {}
-    for path in sorted(folder.glob("*.toml")):
-        with path.open("rb") as fh:
-            try:
-                docs[path] = tomllib.load(fh)
-            except tomllib.TOMLDecodeError as err:
-                raise ValueError(f"{path}: not a valid TOML file ({err})") from None
+    docs = {path: read_toml(path) for path in sorted(folder.glob("*.toml"))}
     recipes: dict[str, Recipe] = {}
     pending = dict(docs)
     while pending:
@@ -122,11 +125,7 @@ RECIPES: dict[str, Recipe] = committed_recipes()
 def get_recipe(name: str) -> Recipe:
     """A committed recipe by name, or the recipe in a `.toml` file at that path."""
     if name.endswith(".toml") and Path(name).is_file():
-        with open(name, "rb") as fh:
-            try:
-                return recipe_from_toml(tomllib.load(fh), name, RECIPES)
-            except tomllib.TOMLDecodeError as err:
-                raise ValueError(f"{name}: not a valid TOML file ({err})") from None
+        return recipe_from_toml(read_toml(name), name, RECIPES)
     if name not in RECIPES:
         raise KeyError(f"unknown recipe {name!r}; committed recipes: {', '.join(RECIPES)} (or a .toml file's path)")
     return RECIPES[name]
