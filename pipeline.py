@@ -238,6 +238,14 @@ def cmd_recipe(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from classify.jobs.compare import compare_job
+    compare_job(args.dataset, args.data, args.encoders, args.protocols, args.splits, args.seeds, args.cache, args.out,
+                args.weights, seed=args.seed, ensemble=not args.no_ensemble, n_boot=args.bootstrap,
+                device=args.device, command="python pipeline.py " + " ".join(sys.argv[1:]))
+    return 0
+
+
 def cmd_demo(args) -> int:
     from classify.jobs.demo import run_demo
     run_demo(args.workdir, args.patients, args.seed, args.clean)
@@ -564,6 +572,33 @@ def add_recipe_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_recipe)
 
 
+def add_compare_parser(sub: argparse._SubParsersAction) -> None:
+    """The `compare` command and its options."""
+    p = sub.add_parser("compare", epilog=names_epilog,
+                       help="every encoder x protocol on the same splits and seeds: CIs, paired differences "
+                            "to logmel, a patient-level ensemble, compare.md and a forest plot")
+    add_dataset_options(p)
+    p.add_argument("--encoders", default="logmel",
+                   help="comma-separated NAME[:checkpoint=FILE][:precision=P]; FILE (default: the encoder's "
+                        "published weight file name) is looked up in --weights")
+    p.add_argument("--protocols", default="linear-any,linear-mean,cycle,cycle+logmel",
+                   help="comma-separated: linear-any, linear-mean (linear evaluation as probe), cycle, cycle+logmel "
+                        "(heart-cycle recipes over the log-mel segmentation)")
+    p.add_argument("--weights", default=None, help="folder holding the official weight files under their published names")
+    p.add_argument("--splits", default=None, type=splits_spec,
+                   help="a split scheme of the dataset (default: its first) or a CSV written by `splits`")
+    p.add_argument("--seeds", type=int, default=5, help="seeds per split")
+    p.add_argument("--seed", type=int, default=0, help="the first seed (and the bootstrap's)")
+    p.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="bootstrap resamples of the test patients")
+    p.add_argument("--no-ensemble", action="store_true", help="leave out the patient-level ensemble rows")
+    add_cache_option(p)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default="runs/compare",
+                   help="cells/ (one file per encoder x protocol x run: a rerun resumes), compare.csv, compare.md, "
+                        "forest.png")
+    p.set_defaults(func=cmd_compare)
+
+
 def add_segment_parser(sub: argparse._SubParsersAction) -> None:
     """The `segment` command and its options."""
     p = sub.add_parser("segment", epilog=names_epilog, help="heart-cycle segmenter on frame caches: frame accuracy on test groups")
@@ -640,6 +675,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     add_benchmark_ray_parser(sub)
     add_probe_parser(sub)
     add_recipe_parser(sub)
+    add_compare_parser(sub)
     add_segment_parser(sub)
     add_predict_parser(sub)
     add_demo_parser(sub)

@@ -121,13 +121,17 @@ def _hf(tmp: Path, name: str) -> Made:
     return save_tiny("wav2vec2", tmp / "wav2vec2"), {}
 
 
+def _hear(tmp: Path, name: str) -> Made:
+    return None, {"module": "toy_hear_module"}  # tests/toy_hear_module.py
+
+
 def _no_weights(tmp: Path, name: str) -> Made:
     return None, {}
 
 
 MAKERS: dict[str, Callable[[Path, str], Made]] = {
     "aisfx": _aisfx, "ast": _ast, "atst_frame": _atst, "beats": _beats, "byola": _byola, "byola2": _byola, "cnn14": _cnn14,
-    "crepe": _crepe, "hf": _hf, "logmel": _no_weights, "m2d": _m2d, "quality": _no_weights, "yamnet": _yamnet,
+    "crepe": _crepe, "hear": _hear, "hf": _hf, "logmel": _no_weights, "m2d": _m2d, "quality": _no_weights, "yamnet": _yamnet,
     **{n: _efficientat for n in ("mn04", "mn05", "mn10", "mn20", "mn30", "mn40", "dymn04", "dymn10", "dymn20")},
 }
 
@@ -286,7 +290,8 @@ def test_layers_have_their_declared_sizes_and_the_last_is_the_embedding(name: st
     model = make_encoder(name, layers="all")
     n = model.n_layers
     assert n == len(model.layer_modules) + 1 and model.layers == tuple(range(n))
-    assert (n == 1) == (name in ("logmel", "quality"))  # the weight-free feature encoders have no blocks
+    # the weight-free feature encoders have no blocks, and the HEAR API shows a module's none
+    assert (n == 1) == (name in ("logmel", "quality", "hear"))
     x = np.random.default_rng(1).standard_normal((2, model.sample_rate // 2)).astype(np.float32) * 0.1
     frames = model.layer_frames(x, range(n))
     dims = model.block_dims() + (model.feature_dim,)

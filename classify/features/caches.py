@@ -15,11 +15,16 @@ Windows = Literal["train", "eval"]
 
 
 def find_cache(cache_dir: str | Path, spec: str, kind: Literal["", "frames"] = "") -> EmbeddingCache:
-    """`spec` is an encoder name, or NAME@KEY when several caches exist for that encoder; `kind`
-    "frames" finds a frame cache (`extract --frames`) instead of a window cache."""
+    """`spec` is an encoder name (`NAME:TARGET` for one that takes a target, e.g. `hear:MODULE`), or
+    NAME@KEY when several caches exist for that encoder; `kind` "frames" finds a frame cache
+    (`extract --frames`) instead of a window cache."""
     name, _, key = spec.partition("@")
     check_cache_dir(cache_dir, create=False)
-    paths = [p for p in list_caches(cache_dir, name, kind) if not key or p.stem.endswith(key)]
+    family = name.partition(":")[0]
+    paths = [p for p in list_caches(cache_dir, family, kind) if not key or p.stem.endswith(key)]
+    if family != name:  # the caches of this target only (the registry imports torch: only then)
+        from embed.encoders import cache_name_matches
+        paths = [p for p in paths if cache_name_matches(name, read_config(p))]
     if not paths:
         raise FileNotFoundError(f"no {'frame' if kind else 'embedding'} cache for {spec!r} in {cache_dir}; run "
                                 f"`python pipeline.py extract --encoder {name}{' --frames' if kind else ''}` first")
@@ -27,7 +32,7 @@ def find_cache(cache_dir: str | Path, spec: str, kind: Literal["", "frames"] = "
         listing = "\n  ".join(f"{name}@{p.stem.split('-')[-1]}: {_config_line(p)}" for p in paths)
         raise ValueError(f"several {'frame ' if kind else ''}caches for {name!r} in {cache_dir}; pick one as "
                          f"NAME@KEY:\n  {listing}")
-    return (FrameCache if kind else EmbeddingCache)(cache_dir, name, read_config(paths[0]))
+    return (FrameCache if kind else EmbeddingCache)(cache_dir, family, read_config(paths[0]))
 
 
 def _config_line(path: Path) -> str:

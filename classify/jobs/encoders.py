@@ -31,11 +31,11 @@ def segment_config(config: dict) -> SegmentConfig:
 def probe_encoder(entry: dict, checkpoint: str | None = None, device: str = "auto", trust_checkpoint: bool = False):
     """The encoder a saved probe was trained on, and its window plan; refuses one whose embeddings
     would differ."""
-    from embed.encoders import create
+    from embed.encoders import create, spec_of_config
     from embed.extract import cache_config
 
     saved = entry["cache_config"]
-    encoder = create(saved["encoder"], checkpoint or entry.get("checkpoint"), pooling=saved["pooling"], device=device,
+    encoder = create(spec_of_config(saved), checkpoint or entry.get("checkpoint"), pooling=saved["pooling"], device=device,
                      trust_checkpoint=trust_checkpoint, layers=saved.get("layers"))
     segments = segment_config(saved)
     refuse_changed(saved, cache_config(encoder, segments), "the encoder differs from the one the probe was trained on",

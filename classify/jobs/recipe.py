@@ -26,7 +26,7 @@ from classify.features.phases import tsv_intervals
 from classify.estimators.base import FeatureWidthError
 from classify.recipes.fit import evaluate_recipe, fit_recipe
 from classify.recipes.members import kind_of
-from classify.recipes.recipe import Recipe
+from classify.recipes.recipe import SEGMENTATION_SOURCE, ExtractSpec, Member, Recipe
 from classify.recipes.sources import Source
 from classify.recipes.book import get_recipe, recipe_from_specs
 from classify.store.models import load_recipe, save_recipe
@@ -41,21 +41,12 @@ def recipe_sources(recipe: Recipe, recordings: list, cache_dir: str | Path, weig
     """Extract what is not cached, then every member's source. Returns (sources by member name,
     each cache's configuration, problems). `expect`: the configurations a saved recipe was trained
     on; an encoder whose embeddings would differ (other weights, options) is refused."""
-    segments = SegmentConfig()
     caches, configs, problems = [], [], []
     for i, spec in enumerate(recipe.extracts):
-        encoder = recipe_encoder(spec, weights, device)
-        frames = FrameConfig() if spec.frames else None
-        cache = open_cache(encoder, segments, cache_dir, frames)
-        if expect is not None:
-            refuse_changed(expect[i], cache.config, f"the recipe's {spec.encoder} differs from the one it was trained with")
-        cached = cache.recording_ids() if cache.path.exists() or cache.parts_dir.is_dir() else set()
-        if any(r.recording_id not in cached for r in recordings):  # a complete cache is only read
-            report = extract(encoder, recordings, cache_dir, segments, batch_size, progress=progress,
-                             frames=frames, lock_timeout_s=3600)
-            report.raise_if_stopped()  # a recipe fit or predicted on what a full disk let through would be wrong
-            # a file every encoder fails to read is one problem, not one per cache
-            problems += [p for p in report.problems if p not in problems]
+        cache, new = ensure_cache(spec, recordings, cache_dir, weights, device=device, batch_size=batch_size,
+                                  progress=progress, expect=None if expect is None else expect[i])
+        # a file every encoder fails to read is one problem, not one per cache
+        problems += [p for p in new if p not in problems]
         caches.append(cache)
         configs.append(cache.config)
     sources: dict[str, Source] = {}
@@ -65,7 +56,34 @@ def recipe_sources(recipe: Recipe, recordings: list, cache_dir: str | Path, weig
         if key not in built:
             built[key] = kind_of(m).source(m, caches[m.extract], intervals, progress)
         sources[m.name] = built[key]
+    if recipe.segmentation is not None:  # the frames it segments, shared with a phases member of that cache
+        spec = Member(SEGMENTATION_SOURCE, recipe.segmentation, kind="phases")
+        key = kind_of(spec).share_key(spec)
+        if key not in built:
+            built[key] = kind_of(spec).source(spec, caches[spec.extract], intervals, progress)
+        sources[SEGMENTATION_SOURCE] = built[key]
     return sources, configs, problems
+
+
+def ensure_cache(spec: ExtractSpec, recordings: list, cache_dir: str | Path, weights: str | Path | None, *,
+                 device: str = "auto", batch_size: int | None = None, progress: bool = True,
+                 expect: dict | None = None):
+    """The cache of `spec`, with every recording of `recordings` extracted into it that was not
+    yet (a complete cache is only read); returns (cache, the extraction's problems). `expect`: the
+    configuration a saved model was trained on; an encoder that would embed otherwise is refused."""
+    encoder = recipe_encoder(spec, weights, device)
+    frames = FrameConfig() if spec.frames else None
+    segments = SegmentConfig()
+    cache = open_cache(encoder, segments, cache_dir, frames)
+    if expect is not None:
+        refuse_changed(expect, cache.config, f"the recipe's {spec.encoder} differs from the one it was trained with")
+    cached = cache.recording_ids() if cache.path.exists() or cache.parts_dir.is_dir() else set()
+    if not any(r.recording_id not in cached for r in recordings):
+        return cache, []
+    report = extract(encoder, recordings, cache_dir, segments, batch_size, progress=progress,
+                     frames=frames, lock_timeout_s=3600)
+    report.raise_if_stopped()  # a model fit or predicted on what a full disk let through would be wrong
+    return cache, list(report.problems)
 
 
 def resolve_recipe(name: str, members: list[str] | None = None, without: tuple[str, ...] = (),

@@ -333,21 +333,21 @@ def subgroup_section(table: pd.DataFrame, attributes: list[str], summary: pd.Dat
 
 # ---- plots ---------------------------------------------------------------------------------------
 
-def _pyplot():
+def pyplot():
     import matplotlib
     matplotlib.use("Agg")  # files only; never needs a display
     import matplotlib.pyplot as plt
     return plt
 
 
-def _plot(draw):
+def png_plot(draw):
     """A plot function run with matplotlib's mathtext off (ids with `$` are text, and a malformed
     `$\\frac$` in a run folder cannot make drawing fail) that writes its PNG whole or not at all;
     `draw` returns the figure and the path, the plot function the path."""
     @functools.wraps(draw)
     def plot(*args, **kwargs) -> Path:
         import matplotlib
-        _pyplot()
+        pyplot()
         with matplotlib.rc_context({"text.parse_math": False}):
             fig, path = draw(*args, **kwargs)
             path = Path(path)
@@ -355,7 +355,7 @@ def _plot(draw):
                 with atomic_path(path) as tmp:
                     fig.savefig(tmp, dpi=120, format="png")
             finally:
-                _pyplot().close(fig)
+                pyplot().close(fig)
         return path
     return plot
 
@@ -399,9 +399,9 @@ def _figure_height(n: int, per_row: float) -> float:
     return max(2.6, 1.4 + per_row * n)
 
 
-@_plot
+@png_plot
 def plot_scores(summary: pd.DataFrame, path: Path, paper_reference: bool = True) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     colors = ["tab:blue", "tab:orange"]
     fig, ax = plt.subplots(figsize=(9, _figure_height(len(summary), 0.5)), layout="constrained")
     metrics = label_metrics(summary)[:2]
@@ -416,9 +416,9 @@ def plot_scores(summary: pd.DataFrame, path: Path, paper_reference: bool = True)
     return fig, path
 
 
-@_plot
+@png_plot
 def plot_recalls(summary: pd.DataFrame, path: Path, classes: list[str]) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(9, _figure_height(len(summary), 0.65)), layout="constrained")
     _hbars(ax, summary, [f"recall_{c.lower()}" for c in classes], list(classes), CLASS_COLORS[:len(classes)])
     ax.set_xlabel("recall (mean over splits; error bar = std over splits)")
@@ -427,12 +427,12 @@ def plot_recalls(summary: pd.DataFrame, path: Path, classes: list[str]) -> Path:
     return fig, path
 
 
-@_plot
+@png_plot
 def plot_subgroups(table: pd.DataFrame, attributes: list[str], classes: list[str], path: Path,
                    title: str = "") -> Path:
     """One panel per attribute: per value, a bar per true class (its recall), the number of
     predictions of that class above the bar; classes a subgroup does not hold get no bar."""
-    plt = _pyplot()
+    plt = pyplot()
     widths = [max(1, (table["attribute"] == a).sum()) for a in attributes]
     fig, axes = plt.subplots(len(attributes), 1, figsize=(min(16, max(6, 1.3 * max(widths) + 2)), 2.9 * len(attributes)),
                              layout="constrained", squeeze=False)
@@ -470,11 +470,11 @@ def _wrap(text: str, inches: float, fontsize: float) -> str:
     return textwrap.fill(text, max(12, int(inches * 72 / (0.6 * fontsize))))
 
 
-@_plot
+@png_plot
 def plot_confusions(items: list[tuple[tuple[str, str], np.ndarray]], summary: pd.DataFrame, path: Path,
                     classes: list[str]) -> Path:
     """Counts annotated; colour = fraction of the true class, so rare classes stay visible."""
-    plt = _pyplot()
+    plt = pyplot()
     n = max(len(items), 1)
     cols = min(n, 2)
     rows = -(-n // cols)

@@ -45,7 +45,9 @@ def recipe_from_toml(data: dict, where: str, known: dict[str, Recipe] | None = N
         if base is None:
             raise ValueError(f"{where}: base recipe {data['base']!r} is not a committed recipe")
         fields = {f: getattr(base, f) for f in RECIPE_FIELDS}
-        members = [(member_options(m), dataclasses.asdict(base.extracts[m.extract])) for m in base.members]
+        if base.segmentation is not None:  # as a source table, so the extracts are built anew
+            fields["segmentation"] = source_table(base.extracts[base.segmentation])
+        members = [(member_options(m), source_table(base.extracts[m.extract])) for m in base.members]
     fields.update({k: v for k, v in data.items() if k in RECIPE_FIELDS})
     for i, table in enumerate(data.get("members", [])):
         if not isinstance(table, dict):
@@ -63,6 +65,11 @@ def recipe_from_toml(data: dict, where: str, known: dict[str, Recipe] | None = N
     if "name" not in fields or not members:
         raise ValueError(f"{where}: a recipe needs a name and at least one member")
     return build_recipe(fields, members, where)
+
+
+def source_table(spec: ExtractSpec) -> dict:
+    """An extract spec as a recipe file's `source` table."""
+    return {k: v for k, v in dataclasses.asdict(spec).items() if k != "frames"}
 
 
 def member_options(member: Member) -> dict:
@@ -88,6 +95,16 @@ def build_recipe(fields: dict, members: list[tuple[dict, dict]], where: str) -> 
             opts["stats"] = tuple(opts["stats"])
         built.append(Member(extract=extracts.index(spec), kind=kind, **opts))
     fields.setdefault("description", "")
+    segmentation = fields.get("segmentation")
+    if segmentation is not None:  # a frame cache that segments: `{ encoder = ..., precision = ... }`
+        bad = sorted(set(segmentation) - SOURCE_FIELDS) if isinstance(segmentation, dict) else None
+        if bad is None or bad or "encoder" not in segmentation:
+            raise ValueError(f"{where}: segmentation must be a source table with an encoder, taking "
+                             f"{', '.join(sorted(SOURCE_FIELDS))}" + (f" (not {bad})" if bad else ""))
+        spec = ExtractSpec(**{**segmentation, "frames": True})
+        if spec not in extracts:
+            extracts.append(spec)
+        fields["segmentation"] = extracts.index(spec)
     return Recipe(extracts=tuple(extracts), members=tuple(built), **fields)
 
 
@@ -138,13 +155,14 @@ def member_from_spec(spec: str) -> tuple[dict, dict]:
     `--weights`), `precision`."""
     if spec == "quality":
         spec = "windows:quality:stats=mean+std"
-    parts = spec.split(":", 2)
-    if len(parts) < 2 or not parts[1]:
+    from embed.encoders import split_spec
+    kind, _, rest = spec.partition(":")
+    if not rest or rest.startswith(":"):
         raise ValueError(f"--member {spec!r}: expected KIND:ENCODER[:KEY=VALUE,...] (kinds: {', '.join(MEMBER_KINDS)})")
-    kind, encoder = parts[0], parts[1]
+    encoder, more = split_spec(rest)  # ENCODER may be NAME:TARGET (hear:MODULE)
     options: dict = {"kind": kind}
     source: dict = {"encoder": encoder}
-    for pair in filter(None, (parts[2] if len(parts) > 2 else "").split(",")):
+    for pair in filter(None, ":".join(more).split(",")):
         key, sep, value = pair.partition("=")
         if not sep:
             raise ValueError(f"--member {spec!r}: {pair!r} is not KEY=VALUE")
@@ -159,7 +177,7 @@ def member_from_spec(spec: str) -> tuple[dict, dict]:
     if options.get("layers", "all") != "all":
         source["layers"] = "all"  # the member chooses among, or picks, cached layers
     probe = options.get("probe", "linear")
-    options["name"] = f"{encoder}_{kind}" + ("" if probe == "linear" else f"_{probe}")
+    options["name"] = f"{encoder.replace(':', '-')}_{kind}" + ("" if probe == "linear" else f"_{probe}")
     return options, source
 
 

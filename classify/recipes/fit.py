@@ -33,14 +33,17 @@ from classify.evaluation.rules import GroupTable, make_rule
 from classify.evaluation.selection import select_best
 from classify.features.patient import MemberScores, patient_features
 from classify.recipes.members import kind_of
-from classify.recipes.recipe import Member, Recipe
+from classify.recipes.recipe import SEGMENTATION_SOURCE, Member, Recipe
 from classify.recipes.sources import FeatureBlock, PhaseFrames, Source
 from classify.task import Task
 
 
 def segmentation_source(recipe: Recipe, sources: dict[str, Source]) -> PhaseFrames | None:
-    """The phases source whose frames the recipe segments (its first phases member's), in training
-    and at test; every phases member pools those intervals. None without phases members."""
+    """The phases source whose frames the recipe segments (its `segmentation` cache's, else its first
+    phases member's), in training and at test; every phases member pools those intervals. None
+    without either."""
+    if recipe.segmentation is not None:
+        return sources[SEGMENTATION_SOURCE]
     return next((sources[m.name] for m in recipe.members if kind_of(m).segmented), None)
 
 
@@ -80,6 +83,10 @@ class FittedRecipe:
     rule: object
     segmenter: PhaseSegmenter | None = None
     cv_metrics: dict = field(default_factory=dict)  # inner CV (fit groups only) of the whole recipe
+    # the out-of-fold patient probabilities behind cv_metrics, rows in `cv_groups` order (what a
+    # patient-level ensemble of recipes is selected on); not saved with a model
+    cv_groups: list[str] = field(default_factory=list)
+    cv_proba: np.ndarray | None = None
 
     def blocks_for(self, sources: dict[str, Source], recording_ids) -> dict[str, FeatureBlock]:
         """Feature blocks of recordings being predicted (phases from the segmenter when the recipe
@@ -203,7 +210,7 @@ def _fit_recipe(task, recipe, sources, group_ids, seed, segmenter) -> FittedReci
         segmenter = segmentation.fit_segmenter(recs, seed=0)
     if recipe.test_intervals != "segmenter" or segmentation is None:
         segmenter = None
-    return FittedRecipe(recipe, parts, rule, segmenter, cv_metrics)
+    return FittedRecipe(recipe, parts, rule, segmenter, cv_metrics, list(group_ids), cv_proba)
 
 
 @dataclass

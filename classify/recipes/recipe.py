@@ -14,6 +14,7 @@ from classify.evaluation.rules import RULES, DecisionName
 from classify.recipes.members import MEMBER_KINDS
 
 Intervals = Literal["tsv", "segmenter"]
+SEGMENTATION_SOURCE = "@segmentation"  # the recipe's segmentation frames among its sources, when set apart
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,10 @@ class Recipe:
     train_intervals: Intervals = "tsv"
     folds: int = 5
     bags: int = 1  # fits of the probes averaged, each with its own seed
+    # the frame cache (an index into `extracts`) the recipe segments; None: its first phases
+    # member's. Set, it lets phases members of any encoder pool the intervals of one segmentation
+    # (e.g. log-mel's) without that cache being a feature member itself
+    segmentation: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.bags, int) or self.bags < 1:
@@ -79,6 +84,13 @@ class Recipe:
             raise ValueError(f"recipe {self.name}: the {self.decision} rule calls a patient from its recordings, and "
                              "a patient model gives patient probabilities: use mean, weighted or cost, or set "
                              "patient_model=False")
+        if self.segmentation is not None and not (
+                isinstance(self.segmentation, int) and 0 <= self.segmentation < len(self.extracts)
+                and self.extracts[self.segmentation].frames):
+            raise ValueError(f"recipe {self.name}: segmentation must name one of its frame caches "
+                             f"(an index into extracts), got {self.segmentation!r}")
+        if SEGMENTATION_SOURCE in {m.name for m in self.members}:
+            raise ValueError(f"recipe {self.name}: {SEGMENTATION_SOURCE!r} is not a member name")
         for name in ("test_intervals", "train_intervals"):
             if getattr(self, name) not in get_args(Intervals):
                 raise ValueError(f"recipe {self.name}: {name} must be one of {', '.join(get_args(Intervals))}, "

@@ -105,6 +105,7 @@ class AiSfxEncoder(Encoder):
     frame_offset_s = 3.5 * HOP / SAMPLE_RATE
     default_pooling = "max"
     needs_checkpoint = True
+    weight_file = "checkpoint.pth"  # as the aisfx wheel ships it (aisfx/models/checkpoint.pth)
     front_end = ("model.front_end",)
     layer_modules = ("conv_block1", "conv_block2", "conv_block3")
 

@@ -117,6 +117,7 @@ class ASTEncoder(Encoder):
     chunk_frames = True  # one frame per chunk
     default_pooling = "mean"
     needs_checkpoint = True
+    weight_file = "audioset_10_10_0.4593.pth"
     front_end = ("model.fbank",)
 
     def __init__(self, checkpoint=None, *, target_length: int = 1024, **kwargs) -> None:

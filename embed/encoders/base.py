@@ -173,6 +173,10 @@ class Encoder:
     default_pooling: ClassVar[str] = "mean"
     needs_checkpoint: ClassVar[bool] = True
     takes_checkpoint: ClassVar[bool] = True  # False: no weights at all, so --checkpoint is refused
+    # the official weight file's published name, which a weights folder holds it under (`compare --weights`)
+    weight_file: ClassVar[str | None] = None
+    # the option a registry name `NAME:TARGET` sets (`hear:MODULE` sets `module`); None: none
+    name_option: ClassVar[str | None] = None
     # submodules of `model` (qualified names) that run in fp32 when the precision is bf16: layers
     # whose bf16 rounding (8-bit mantissa) the rest of the network amplifies past the 0.999 cosine
     # to fp32 that reduced precision must keep (fp16's 11 bits need none of this)

@@ -177,6 +177,7 @@ class _BYOLA(Encoder):
 class BYOLA(_BYOLA):
     version = 1
     feature_dim = 2048  # set from the checkpoint (512, 1024 or 2048)
+    weight_file = "AudioNTT2020-BYOLA-64x96d512.pth"  # the d512 release (the d1024 and d2048 files load too)
     frame_hop_s = 8 * HOP / SAMPLE_RATE
 
 

@@ -179,6 +179,7 @@ class Cnn14Encoder(Encoder):
     frame_offset_s = 15.5 * 0.01  # frame j pools centred STFT frames 32 j .. 32 j + 31
     default_pooling = "meanmax"
     needs_checkpoint = True
+    weight_file = "Cnn14_16k_mAP=0.438.pth"  # the 16 kHz release (the 8 and 32 kHz files load too)
     front_end = ("model.spectrogram_extractor", "model.logmel_extractor")
     # layers: conv blocks 1-5; block 6 is the embedding (layer 5, through fc1 unless layer='conv')
     layer_modules = tuple(f"conv_block{i}" for i in range(1, 6))

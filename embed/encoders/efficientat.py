@@ -362,9 +362,14 @@ _LAYERS = {False: tuple(f"net.features.{i}" for i in range(16)),
            True: ("net.in_c",) + tuple(f"net.layers.{i}" for i in range(15))}
 
 
+# the released AudioSet weights' mAP, part of their published file names (efficientat_mn04_as_mAP_432.pt)
+_MAP = {"mn04": 432}
+
+
 def _variant(name: str, width: float, dynamic: bool, bf16_safe: bool = False) -> type[Encoder]:
     cls = type(f"EfficientAT_{name}", (_EfficientAT,),
                {"width": width, "dynamic": dynamic, "feature_dim": embedding_dim(width),
+                "weight_file": f"efficientat_{name}_as_mAP_{_MAP[name]}.pt" if name in _MAP else None,
                 "bf16_fp32_modules": _BF16_FP32[dynamic], "layer_modules": _LAYERS[dynamic], "bf16_safe": bf16_safe,
                 "__doc__": f"EfficientAT {name}: width {width}, {embedding_dim(width)}-d embedding."})
     return register(name)(cls)

@@ -275,6 +275,7 @@ class YamnetEncoder(Encoder):
     frame_offset_s = 0.4875  # patch j spans 0.48 j .. 0.48 j + 0.975 s
     default_pooling = "mean"
     needs_checkpoint = True
+    weight_file = "yamnet.tflite"
     # docs/speed.md, "bf16 safety": cosine 0.99982 to fp32 on real CirCor windows, probe scores within noise
     bf16_safe = True
     # layers: the first conv and the 12 separable convs before the last one (layer 13, the embedding)
