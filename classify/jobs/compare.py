@@ -297,7 +297,7 @@ def ensemble_cells(cells: dict[tuple[str, str, str], Cell], runs: list[Run], sco
         test = RunPredictions(run.name, run.split_name, ids, first.labels, np.asarray(calls, int), proba)
         inner = dict(zip(scoring.label_metrics, key))
         out[(ENSEMBLE, "forward", run.name)] = Cell(ENSEMBLE, "forward", run.name, run.split_name, "", test, inner,
-                                                    {"members": "+".join(chosen)})
+                                                    {"members": " & ".join(chosen)})
         best = max(members, key=lambda n: tuple(members[n].inner_cv.get(m, float("-inf"))
                                                 for m in scoring.label_metrics))
         c = members[best]

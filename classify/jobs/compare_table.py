@@ -4,7 +4,7 @@ difference to log-mel under the same protocol; `compare.csv`, `compare.md` and a
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -12,8 +12,8 @@ import pandas as pd
 from embed.atomic import write_text_atomic
 
 from classify.evaluation.metrics import Scoring
-from classify.evaluation.paired import (CI_METRICS, RowBootstrap, bootstrap_draws, class_recalls, interval,
-                                        paired_difference, row_bootstrap)
+from classify.evaluation.paired import (CI_METRICS, RowBootstrap, RunPredictions, bootstrap_draws, class_recalls,
+                                        interval, paired_difference, row_bootstrap)
 from classify.jobs.outputs import markdown_text, write_spreadsheet_csv
 from classify.jobs.report import png_plot, pyplot
 
@@ -21,22 +21,30 @@ from classify.jobs.report import png_plot, pyplot
 # for wav2vec 2.0) and the 2022 challenge's best hidden-test score: (W.acc, UAR)
 CIRCOR_REFERENCES = {"fine-tuned M2D": (0.832, 0.713), "M2D+M2D": (0.837, 0.716), "AST+M2D": (0.832, 0.733),
                      "fine-tuned wav2vec 2.0": (0.80, 0.70), "challenge best (hidden test)": (0.780, None)}
-if TYPE_CHECKING:
-    from classify.jobs.compare import Cell
+
+
+class Cell(Protocol):
+    """What the table reads of a cell (`classify.jobs.compare.Cell`)."""
+    split: str
+    test: RunPredictions
+    inner_cv: dict[str, float]
+    params: dict[str, str]
+    seconds: float
+
 
 REFERENCE_ENCODER = "logmel"  # every row's paired difference is taken to this encoder under the same protocol
 ENSEMBLE = "ensemble"  # the ensemble rows' encoder name
 SHORT = {"weighted_accuracy": "W.acc", "uar": "UAR", "auroc": "AUROC", "macc": "MAcc"}
 
 
-def rows_of(cells: "dict[tuple[str, str, str], Cell]") -> "dict[tuple[str, str], list[Cell]]":
-    rows: "dict[tuple[str, str], list[Cell]]" = {}
+def rows_of(cells: dict[tuple[str, str, str], Cell]) -> dict[tuple[str, str], list[Cell]]:
+    rows: dict[tuple[str, str], list[Cell]] = {}
     for (encoder, protocol, _), cell in cells.items():
         rows.setdefault((encoder, protocol), []).append(cell)
     return rows
 
 
-def compare_table(cells: "dict[tuple[str, str, str], Cell]", scoring: Scoring, n_boot: int = 1000,
+def compare_table(cells: dict[tuple[str, str, str], Cell], scoring: Scoring, n_boot: int = 1000,
                   seed: int = 0) -> pd.DataFrame:
     """One row per encoder x protocol (and the ensemble rows), in the order first seen."""
     rows = rows_of(cells)
