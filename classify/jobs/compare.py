@@ -28,6 +28,7 @@ from classify.evaluation.metrics import Scoring
 from classify.evaluation.paired import RunPredictions
 from classify.evaluation.patient_ensemble import ensemble_predict, forward_select
 from classify.evaluation.probe_protocol import fit_encoder, split_result
+from classify.evaluation.results import proba_columns
 from classify.evaluation.rules import make_rule
 from classify.evaluation.runs import Run, split_runs
 from classify.features.phases import tsv_intervals
@@ -170,7 +171,7 @@ def signature(dataset_name: str, encoder: EncoderChoice, protocol: str, run: Run
 def run_predictions(task: Task, result, run: Run) -> RunPredictions:
     """A run's test predictions (`SplitResult.predictions`) as the paired bootstrap takes them."""
     frame = result.predictions
-    proba = frame[[c for c in frame.columns if c.startswith("p_")]].to_numpy(float)
+    proba = frame[proba_columns(task.classes)].to_numpy(float)
     return RunPredictions(run.name, run.split_name, frame["patient_id"].to_numpy(str), frame["label"].to_numpy(int),
                           frame["prediction"].to_numpy(int), proba)
 
