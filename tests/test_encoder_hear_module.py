@@ -1,19 +1,13 @@
 """`--encoder hear:MODULE`: an installed HEAR 2021 module (here `tests/toy_hear_module.py`) run
 through its own three functions, end to end: extract, --frames, probe, a recipe with a phase member
 on its frames, predict."""
-import json
-
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
 import toy_hear_module
-from embed.cache import FrameCache, list_caches, read_config
-from embed.datasets import load_dataset
-from embed.datasets.splits import write_splits
 from embed.encoders import create
-from pipeline import main
+from end_to_end import run_every_job
 
 MODULE = "hear:toy_hear_module"
 
@@ -47,31 +41,6 @@ def test_the_modules_own_functions_give_frames_times_and_the_clip_embedding(tmp_
 
 
 def test_a_hear_module_runs_end_to_end_extract_frames_probe_recipe_predict(synthetic_data, tmp_path):
-    cache = tmp_path / "cache"
-    data = ["--data", str(synthetic_data), "--cache", str(cache)]
-    assert main(["extract", *data, "--encoder", MODULE]) == 0
-    assert main(["extract", *data, "--encoder", MODULE, "--frames"]) == 0
-    (frames_path,) = list_caches(cache, "hear", "frames")
-    config = read_config(frames_path)
-    frames = FrameCache(cache, "hear", config).read()
-    first = next(iter(frames.values()))
+    first = run_every_job(synthetic_data, tmp_path, MODULE, f"phases:{MODULE}", "hear",
+                          "hear-toy_hear_module_phases")
     assert first.embeddings.shape[1] == 16 and np.allclose(np.diff(first.times)[:5], 0.05)
-    dataset = load_dataset("circor", synthetic_data)
-    pids = list(dataset.group_ids())
-    split = {p: ("test" if i % 4 == 0 else "val" if i % 4 == 1 else "train") for i, p in enumerate(pids)}
-    write_splits({"one": split}, tmp_path / "splits.csv")
-    splits = ["--splits", str(tmp_path / "splits.csv")]
-    assert main(["probe", *data, *splits, "--encoder", MODULE, "--probe", "linear", "--decision", "mean",
-                 "--out", str(tmp_path / "probe"), "--save-model", str(tmp_path / "probe-model")]) == 0
-    scores = pd.read_csv(tmp_path / "probe" / "scores.csv")
-    assert scores["encoder"].tolist() == [MODULE] and 0 <= scores["uar"].iloc[0] <= 1
-    assert main(["recipe", "toy-cycle", "--member", f"phases:{MODULE}", "--member", "quality", *data, *splits,
-                 "--seeds", "1", "--set", "folds=3", "--out", str(tmp_path / "recipe"),
-                 "--save-model", str(tmp_path / "recipe-model")]) == 0
-    assert "hear-toy_hear_module_phases" in pd.read_csv(tmp_path / "recipe" / "scores.csv")["params"].iloc[0]
-    wav = next((synthetic_data / "training_data").glob(f"{pids[0]}_*.wav"))
-    for model in ("probe-model", "recipe-model"):
-        out = tmp_path / f"pred-{model}"
-        assert main(["predict", "--model", str(tmp_path / model), "--input", str(wav), "--out", str(out)]) == 0
-        result = json.loads(next(out.glob("*.json")).read_text())
-        assert abs(sum(result["probabilities"].values()) - 1) < 1e-6

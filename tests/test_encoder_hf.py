@@ -12,6 +12,7 @@ transformers = pytest.importorskip("transformers", reason='the hf extra is not i
 
 from embed.encoders import create  # noqa: E402
 from embed.encoders.checkpoint import CheckpointError  # noqa: E402
+from end_to_end import run_every_job  # noqa: E402
 from official import clips, relative_error  # noqa: E402
 
 TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
@@ -37,10 +38,16 @@ def _configs() -> dict:
                     t.WhisperModel, lambda: t.WhisperFeatureExtractor(feature_size=80)),
         "ast": (lambda: t.ASTConfig(**TINY, max_length=128, num_mel_bins=128), t.ASTModel,
                 lambda: t.ASTFeatureExtractor(max_length=128)),
+        # a LAION-style ClapModel with a two-stage HTSAT tower (the text tower is not run)
+        "clap": (lambda: t.ClapConfig(audio_config=dict(hidden_size=32, patch_embeds_hidden_size=16, depths=(1, 1),
+                                                        num_attention_heads=(1, 2), projection_dim=16),
+                                      text_config=dict(**TINY, vocab_size=50), projection_dim=16),
+                 t.ClapModel, lambda: t.ClapFeatureExtractor(truncation="rand_trunc")),
     }
 
 
 FAMILIES = tuple(_configs())
+RATE = {"clap": 48000}  # the others run at 16 kHz
 
 
 def save_tiny(family: str, folder: Path, safe: bool = True) -> Path:
@@ -64,14 +71,27 @@ def folders(tmp_path_factory) -> dict[str, Path]:
     return {f: save_tiny(f, tmp_path_factory.mktemp(f.replace("-", "_"))) for f in FAMILIES}
 
 
+def unfold_htsat(grid: np.ndarray, chunks: int = 4) -> np.ndarray:
+    """An HTSAT map (B, C, chunks * F, W), whose rows are time chunks stacked along frequency, as
+    frames (B, chunks * W, C): each chunk's rows averaged, the chunks one after another in time."""
+    rows = grid.shape[2] // chunks
+    return np.concatenate([grid[:, :, c * rows:(c + 1) * rows].mean(axis=2) for c in range(chunks)],
+                          axis=2).transpose(0, 2, 1)
+
+
 def reference_hidden(folder: Path, family: str, audio: np.ndarray) -> list[np.ndarray]:
     """transformers' own hidden states, as frames (B, T, D)."""
     extractor = transformers.AutoFeatureExtractor.from_pretrained(folder, local_files_only=True)
     model = transformers.AutoModel.from_pretrained(folder, local_files_only=True).eval()
-    inputs = extractor(list(audio), sampling_rate=16000, return_tensors="pt")
+    inputs = extractor(list(audio), sampling_rate=RATE.get(family, 16000), return_tensors="pt")
     with torch.no_grad():
         if family == "whisper":
             out = model.get_encoder()(inputs["input_features"], output_hidden_states=True)
+        elif family == "clap":
+            out = model.audio_model(inputs["input_features"], output_hidden_states=True)
+            # the blocks' maps, then last_hidden_state (normalised, unfolded by the tower already)
+            return ([unfold_htsat(h.numpy()) for h in out.hidden_states[:-1]]
+                    + [out.last_hidden_state.numpy().mean(axis=2).transpose(0, 2, 1)])
         else:
             out = model(inputs["input_values"], output_hidden_states=True)
     hidden = [h.numpy() for h in out.hidden_states]
@@ -83,16 +103,17 @@ def reference_hidden(folder: Path, family: str, audio: np.ndarray) -> list[np.nd
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_frames_and_clip_match_transformers(family: str, folders) -> None:
-    audio = clips(16000, seconds=1.0)
+    audio = clips(RATE.get(family, 16000), seconds=1.0)
     enc = create("hf", folders[family], layers="all")
     ours = enc.layer_frames(audio, range(enc.n_layers))
     ref = reference_hidden(folders[family], family, audio)
     assert len(ours) == len(ref) == 3
     n = ours[-1].shape[1]
-    # Whisper (30 s) and AST (max_length) pad the input: the frames centred in the 1 s are kept
-    expected_n = {"whisper": 51, "ast": 10}.get(family, ref[-1].shape[1])
+    # Whisper (30 s), AST (max_length) and CLAP (10 s) pad the input: the frames centred in the
+    # 1 s are kept (CLAP's last layer: 128 frames over 10 s stretched to 1024 mel columns)
+    expected_n = {"whisper": 51, "ast": 10, "clap": 13}.get(family, ref[-1].shape[1])
     assert n == expected_n
-    errors = [relative_error(o.numpy(), r[:, :n]) for o, r in zip(ours, ref)]
+    errors = [relative_error(o.numpy(), r[:, :o.shape[1]]) for o, r in zip(ours, ref)]
     clip = relative_error(create("hf", folders[family]).embed(audio), ref[-1][:, :n].mean(axis=1))
     print(f"\n{family:15s} hidden-state errors {['%.1e' % e for e in errors]}, clip {clip:.1e}", end="")
     assert max(errors) <= 1e-5 and clip <= 1e-5, (errors, clip)
@@ -104,7 +125,7 @@ def test_frames_and_clip_match_transformers(family: str, folders) -> None:
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_bf16_points_like_fp32(family: str, folders) -> None:
-    audio = clips(16000, seconds=1.0)
+    audio = clips(RATE.get(family, 16000), seconds=1.0)
     fp32 = create("hf", folders[family]).embed(audio)
     bf16 = create("hf", folders[family], precision="bf16").embed(audio)
     cos = (fp32 * bf16).sum(1) / np.linalg.norm(fp32, axis=1) / np.linalg.norm(bf16, axis=1)
@@ -133,3 +154,32 @@ def test_pickled_weights_need_trust_and_others_are_refused(tmp_path: Path) -> No
     transformers.BertModel(transformers.BertConfig(**TINY, vocab_size=50)).save_pretrained(other)
     with pytest.raises(CheckpointError, match="model type 'bert' is not one heartprobe runs"):
         create("hf", other)
+
+
+def test_a_model_folder_runs_end_to_end_extract_frames_probe_recipe_predict(synthetic_data, tmp_path: Path) -> None:
+    # the recipe names its weights by a plain name inside --weights: here the model's folder
+    folder = save_tiny("wav2vec2", tmp_path / "weights" / "tiny-w2v")
+    first = run_every_job(synthetic_data, tmp_path, "hf", "phases:hf:checkpoint=tiny-w2v", "hf", "hf_phases",
+                          checkpoint=["--checkpoint", str(folder)], weights=["--weights", str(tmp_path / "weights")])
+    steps = np.diff(first.times)
+    # 20 ms apart; a 5 s window holds 249 of them (the convolutions' field), so windows meet 40 ms apart
+    assert first.embeddings.shape[1] == 32 and np.isclose(np.median(steps), 0.02, atol=1e-5)
+    assert steps.min() > 0.02 - 1e-5 and steps.max() < 0.04 + 1e-5
+
+
+def test_clap_frames_of_a_full_clip_average_to_its_pooler_output(folders) -> None:
+    """Over a whole 10 s clip no frame is dropped, so the clip embedding is the tower's own
+    `pooler_output`; a longer window is refused (the extractor would crop a random part of it)."""
+    audio = clips(48000, seconds=10.0)
+    model = transformers.ClapModel.from_pretrained(folders["clap"], local_files_only=True).eval()
+    inputs = transformers.ClapFeatureExtractor.from_pretrained(folders["clap"])(list(audio), sampling_rate=48000,
+                                                                               return_tensors="pt")
+    with torch.no_grad():
+        pooled = model.audio_model(inputs["input_features"]).pooler_output.numpy()
+    enc = create("hf", folders["clap"])
+    assert enc.frame_embeddings(audio).shape[1] == 128
+    assert relative_error(enc.embed(audio), pooled) <= 1e-5
+    times = enc.frame_times(128, audio.shape[1])
+    assert 0 < times[0] < times[-1] < 10.0 and np.allclose(np.diff(times), 10.0 / 1023 * 8)
+    with pytest.raises(ValueError, match="at most 10 s"):
+        enc.embed(clips(48000, seconds=10.5))

@@ -51,7 +51,7 @@ def recipe_encoder(spec: ExtractSpec, weights: str | Path | None, device: str = 
         if weights is None:
             raise ValueError(f"the recipe's {spec.encoder} needs its weight file {spec.checkpoint}: pass --weights FOLDER")
         checkpoint = Path(weights) / spec.checkpoint
-        if not checkpoint.is_file():
+        if not checkpoint.exists():  # a file, or a model folder (hf: what save_pretrained writes)
             raise FileNotFoundError(f"{checkpoint}: the recipe's {spec.encoder} weight file is not in --weights "
                                     f"{weights} (expected under its published name {spec.checkpoint})")
     return create(spec.encoder, checkpoint, device=device, precision=spec.precision, layers=spec.layers)
