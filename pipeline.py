@@ -579,8 +579,9 @@ def add_compare_parser(sub: argparse._SubParsersAction) -> None:
                             "to logmel, a patient-level ensemble, compare.md and a forest plot")
     add_dataset_options(p)
     p.add_argument("--encoders", default="logmel",
-                   help="comma-separated NAME[:checkpoint=FILE][:precision=P]; FILE (default: the encoder's "
-                        "published weight file name) is looked up in --weights")
+                   help="comma-separated NAME[:checkpoint=FILE][:precision=P][:layers=I|I+J+...]; FILE (default: "
+                        "the encoder's published weight file name) is looked up in --weights; layers=I: one layer's "
+                        "windows and frames; I+J+...: in each run the layer with the best inner score")
     p.add_argument("--protocols", default="linear-any,linear-mean,cycle,cycle+logmel",
                    help="comma-separated: linear-any, linear-mean (linear evaluation as probe), cycle, cycle+logmel "
                         "(heart-cycle recipes over the log-mel segmentation)")

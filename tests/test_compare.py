@@ -8,7 +8,7 @@ from classify.evaluation.metrics import Scoring, class_aurocs
 from classify.evaluation.paired import RunPredictions, paired_difference, rank_aurocs, row_bootstrap
 from classify.evaluation.patient_ensemble import forward_select
 from classify.evaluation.runs import Run
-from classify.jobs.compare import Cell, compare_job, ensemble_cells, parse_encoders
+from classify.jobs.compare import Cell, CellStore, compare_job, compute_cells, ensemble_cells, parse_encoders, signature
 from classify.recipes.protocols import cycle_recipe
 from classify.recipes.recipe import SEGMENTATION_SOURCE
 
@@ -65,6 +65,39 @@ def test_encoders_name_their_published_weight_file_and_are_refused_by_name():
     (block,) = parse_encoders("mn04:layers=6")  # a block's frames: its own row, its own caches
     assert block.label == "mn04:layers=6" and block.source["layers"] == "6"
     assert cycle_recipe("cycle", block.label, block.source).extracts[0].layers == "6"
+
+
+def test_a_choice_of_layers_takes_in_each_run_the_layer_with_the_best_inner_score(tmp_path):
+    """`mn04:layers=6+12`: each layer's cells are the one-layer rows' cells (read here from the store,
+    nothing computed); per run the row is the layer whose inner score is best, whatever the test
+    patients say (the other layer is given perfect test calls)."""
+    from types import SimpleNamespace
+    (choice,) = parse_encoders("mn04:layers=6+12")
+    assert [c.label for c in choice.candidates] == ["mn04:layers=6", "mn04:layers=12"]
+    assert choice.label == "mn04:layers=6+12" and not parse_encoders("mn04:layers=6")[0].candidates
+    for bad in ("mn04:layers=6+6", "mn04:layers=6+all"):
+        with pytest.raises(ValueError, match="twice|one layer index"):
+            parse_encoders(bad)
+    dataset = SimpleNamespace(name="circor")
+    runs = [Run("a@seed0", "a", {"p1": "test"}, 0), Run("b@seed0", "b", {"p1": "test"}, 0)]
+    inner = {("6", "a@seed0"): (0.70, 0.6), ("12", "a@seed0"): (0.80, 0.5),
+             ("6", "b@seed0"): (0.75, 0.7), ("12", "b@seed0"): (0.75, 0.6)}  # b: a tie on W.acc, UAR decides
+    store = CellStore(tmp_path)
+    for candidate in choice.candidates:
+        for r in runs:
+            wacc, uar = inner[(candidate.layers, r.name)]
+            chosen = {"a@seed0": "12", "b@seed0": "6"}[r.name] == candidate.layers
+            test = run(r.name, [0, 1, 2, 2] if not chosen else [2, 2, 0, 0], split=r.split_name)
+            store.save(Cell(candidate.label, "cycle", r.name, r.split_name,
+                            signature(dataset.name, candidate, "cycle", r), test,
+                            {"weighted_accuracy": wacc, "uar": uar}, {"C": "1"}))
+    cells = compute_cells(dataset, [choice], ["cycle"], runs, None, None, tmp_path, SCORING, progress=False)
+    assert set(cells) == {("mn04:layers=6+12", "cycle", r.name) for r in runs}
+    for r, layer in (("a@seed0", "12"), ("b@seed0", "6")):
+        cell = cells[("mn04:layers=6+12", "cycle", r)]
+        assert cell.params == {"C": "1", "layer": layer}
+        assert cell.test.predictions.tolist() == [2, 2, 0, 0]  # the chosen layer's (worse) test calls
+        assert cell.inner_cv["weighted_accuracy"] == inner[(layer, r)][0]
 
 
 def test_an_encoders_cycle_recipe_pools_its_own_frames_over_the_log_mel_segmentation(synthetic_data, tmp_path):

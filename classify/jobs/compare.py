@@ -6,7 +6,11 @@ C chosen on val, the paper's *any* rule or the mean); `cycle` and `cycle+logmel`
 (`classify.recipes.protocols`). Each encoder x protocol x run is a cell, written to
 `OUT/cells/ENCODER/PROTOCOL/RUN.json` as soon as it is scored: a rerun reads the finished cells and
 computes only the others, so an interrupted comparison resumes where it stopped. A cell made from
-other inputs (another encoder configuration, other split membership) is recomputed.
+other inputs (another encoder configuration, other split membership) is recomputed. An encoder named
+with several layers (`mn04:layers=6+12+14`) is a choice: each layer is scored as its own encoder
+(the same cells as `mn04:layers=6` would have), and in each run the row takes the layer with the
+best inner score (val for the linear protocols, inner CV for the recipes); test patients never
+enter the choice.
 """
 from __future__ import annotations
 
@@ -46,9 +50,10 @@ CELL_FORMAT = 1
 
 @dataclass(frozen=True)
 class EncoderChoice:
-    """An encoder as `--encoders` names it: NAME[:checkpoint=FILE][:precision=P][:layers=I]; FILE is
-    looked up in --weights (default: the encoder's published weight file name); `layers`: the one
-    layer its windows and frames come from (default: the embedding)."""
+    """An encoder as `--encoders` names it: NAME[:checkpoint=FILE][:precision=P][:layers=I|I+J+...];
+    FILE is looked up in --weights (default: the encoder's published weight file name); `layers`: the
+    one layer its windows and frames come from (default: the embedding), or several joined by `+`,
+    of which each run takes the one with the best inner score."""
     name: str
     checkpoint: str | None = None
     precision: str | None = None
@@ -65,6 +70,13 @@ class EncoderChoice:
         return {k: v for k, v in (("encoder", self.name), ("checkpoint", self.checkpoint),
                                   ("precision", self.precision), ("layers", self.layers)) if v is not None}
 
+    @property
+    def candidates(self) -> list["EncoderChoice"]:
+        """The one-layer encoders a choice of layers picks from; none for one layer or the embedding."""
+        if not self.layers or "+" not in self.layers:
+            return []
+        return [EncoderChoice(self.name, self.checkpoint, self.precision, layer) for layer in self.layers.split("+")]
+
 
 def parse_encoders(text: str) -> list[EncoderChoice]:
     from embed.encoders import get_class, split_spec
@@ -77,9 +89,12 @@ def parse_encoders(text: str) -> list[EncoderChoice]:
         for pair in filter(None, options):
             key, sep, value = pair.partition("=")
             if not sep or key not in ("checkpoint", "precision", "layers"):
-                raise ValueError(f"{raise_on}: expected NAME[:checkpoint=FILE][:precision=P][:layers=I]")
-            if key == "layers" and not value.lstrip("-").isdigit():
-                raise ValueError(f"{raise_on}: layers takes one layer index (the frames of one layer)")
+                raise ValueError(f"{raise_on}: expected NAME[:checkpoint=FILE][:precision=P][:layers=I|I+J+...]")
+            if key == "layers" and not all(v.lstrip("-").isdigit() for v in value.split("+")):
+                raise ValueError(f"{raise_on}: layers takes one layer index (the frames of one layer), "
+                                 "or several joined by + for a choice by inner score")
+            if key == "layers" and len(set(value.split("+"))) != len(value.split("+")):
+                raise ValueError(f"{raise_on}: a layer named twice in {value!r}")
             opts[key] = value
         checkpoint = opts.get("checkpoint") or (cls.weight_file if cls.needs_checkpoint else None)
         if cls.needs_checkpoint and not checkpoint:
@@ -237,10 +252,36 @@ def aliased(encoder: EncoderChoice, protocol: str) -> str:
 
 
 def compute_cells(dataset, encoders: list[EncoderChoice], protocols: list[str], runs: list[Run], cache_dir, weights,
-                  out: Path, device: str = "auto", progress: bool = True,
+                  out: Path, scoring: Scoring, device: str = "auto", progress: bool = True,
                   on_cell: Callable[[Cell], None] | None = None) -> dict[tuple[str, str, str], Cell]:
     """(encoder, protocol, run) -> cell, for every one asked for: finished cells are read, the others
-    scored and written at once. `on_cell` is called after each new cell is written."""
+    scored and written at once. `on_cell` is called after each new cell is written. An encoder with a
+    choice of layers gets, in each run, its candidate cell with the best inner score (`scoring`)."""
+    scored = list({e.label: e for choice in encoders for e in (choice.candidates or [choice])}.values())
+    cells = _scored_cells(dataset, scored, protocols, runs, cache_dir, weights, out, device, progress, on_cell)
+    out_cells = {}
+    for encoder in encoders:
+        for protocol in protocols:
+            for run in runs:
+                key = (encoder.label, protocol, run.name)
+                if not encoder.candidates:
+                    out_cells[key] = cells[key]
+                    continue
+                options = {c.layers: cells[(c.label, protocol, run.name)] for c in encoder.candidates}
+                layer = best_by_inner_score(options, scoring)
+                c = options[layer]
+                out_cells[key] = Cell(encoder.label, protocol, run.name, c.split, c.signature, c.test, c.inner_cv,
+                                      {**c.params, "layer": layer}, c.oof_ids, c.oof_proba, c.seconds)
+    return out_cells
+
+
+def best_by_inner_score(cells: dict[str, Cell], scoring: Scoring) -> str:
+    """The name of the cell with the best inner scores (the primary metric first, ties to the next),
+    never its test scores: the one rule for choosing a layer and an ensemble's best single member."""
+    return max(cells, key=lambda n: tuple(cells[n].inner_cv.get(m, float("-inf")) for m in scoring.label_metrics))
+
+
+def _scored_cells(dataset, encoders, protocols, runs, cache_dir, weights, out, device, progress, on_cell):
     store = CellStore(out)
     cells, todo = {}, []
     for encoder in encoders:
@@ -299,8 +340,7 @@ def ensemble_cells(cells: dict[tuple[str, str, str], Cell], runs: list[Run], sco
         inner = dict(zip(scoring.label_metrics, key))
         out[(ENSEMBLE, "forward", run.name)] = Cell(ENSEMBLE, "forward", run.name, run.split_name, "", test, inner,
                                                     {"members": " & ".join(chosen)})
-        best = max(members, key=lambda n: tuple(members[n].inner_cv.get(m, float("-inf"))
-                                                for m in scoring.label_metrics))
+        best = best_by_inner_score(members, scoring)
         c = members[best]
         out[(ENSEMBLE, "best-single", run.name)] = Cell(ENSEMBLE, "best-single", run.name, run.split_name, "",
                                                         c.test, c.inner_cv, {"members": best})
@@ -331,7 +371,8 @@ def compare_job(dataset_name: str, data: str | Path, encoders: str, protocols: s
     runs = split_runs(split_sets, seeds, seed, seed_major=False, name_seed=True)
     task = Task.from_dataset(dataset, "patient")
     with OutputFolder(out):
-        cells = compute_cells(dataset, chosen, wanted, runs, cache_dir, weights, Path(out), device, progress, on_cell)
+        cells = compute_cells(dataset, chosen, wanted, runs, cache_dir, weights, Path(out), task.scoring, device,
+                              progress, on_cell)
         if ensemble:
             extra, _ = ensemble_cells(cells, runs, task.scoring, task.group_labels)
             cells.update(extra)
