@@ -90,7 +90,7 @@ def test_a_choice_of_layers_takes_in_each_run_the_layer_with_the_best_inner_scor
             test = run(r.name, [0, 1, 2, 2] if not chosen else [2, 2, 0, 0], split=r.split_name)
             store.save(Cell(candidate.label, "cycle", r.name, r.split_name,
                             signature(dataset.name, candidate, "cycle", r), test,
-                            {"weighted_accuracy": wacc, "uar": uar}, {"C": "1"}))
+                            {"weighted_accuracy": wacc, "uar": uar}, {"C": "1"}, seconds=10.0))
     cells = compute_cells(dataset, [choice], ["cycle"], runs, None, None, tmp_path, SCORING, progress=False)
     assert set(cells) == {("mn04:layers=6+12", "cycle", r.name) for r in runs}
     for r, layer in (("a@seed0", "12"), ("b@seed0", "6")):
@@ -98,6 +98,7 @@ def test_a_choice_of_layers_takes_in_each_run_the_layer_with_the_best_inner_scor
         assert cell.params == {"C": "1", "layer": layer}
         assert cell.test.predictions.tolist() == [2, 2, 0, 0]  # the chosen layer's (worse) test calls
         assert cell.inner_cv["weighted_accuracy"] == inner[(layer, r)][0]
+        assert cell.seconds == 20.0  # both layers were scored
 
 
 def test_an_encoders_cycle_recipe_pools_its_own_frames_over_the_log_mel_segmentation(synthetic_data, tmp_path):

@@ -271,7 +271,8 @@ def compute_cells(dataset, encoders: list[EncoderChoice], protocols: list[str], 
                 layer = best_by_inner_score(options, scoring)
                 c = options[layer]
                 out_cells[key] = Cell(encoder.label, protocol, run.name, c.split, c.signature, c.test, c.inner_cv,
-                                      {**c.params, "layer": layer}, c.oof_ids, c.oof_proba, c.seconds)
+                                      {**c.params, "layer": layer}, c.oof_ids, c.oof_proba,
+                                      sum(o.seconds for o in options.values()))  # the choice costs every layer
     return out_cells
 
 
