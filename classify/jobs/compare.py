@@ -35,7 +35,6 @@ from classify.evaluation.probe_protocol import fit_encoder, split_result
 from classify.evaluation.results import proba_columns
 from classify.evaluation.rules import make_rule
 from classify.evaluation.runs import Run, split_runs
-from classify.features.phases import tsv_intervals
 from classify.jobs.compare_table import CIRCOR_REFERENCES, ENSEMBLE, compare_table, write_comparison
 from classify.jobs.outputs import OutputFolder
 from classify.recipes.fit import evaluate_recipe
@@ -201,22 +200,17 @@ class ProtocolRunner:
         self._ready = None
 
     def _prepare(self):
-        from classify.jobs.recipe import ensure_cache, recipe_sources
-        recordings = self.dataset.recordings()
+        from classify.jobs.recipe import ensure_cache, recipe_inputs
         if self.protocol.startswith("linear-"):
             spec = ExtractSpec(self.encoder.name, self.encoder.checkpoint, layers=self.encoder.layers or "last",
                                precision=self.encoder.precision)
-            cache, problems = ensure_cache(spec, recordings, self.cache_dir, self.weights, device=self.device,
-                                           progress=self.progress)
+            cache, problems = ensure_cache(spec, self.dataset.recordings(), self.cache_dir, self.weights,
+                                           device=self.device, progress=self.progress)
             return Task.from_dataset(self.dataset, "patient"), cache.read(), problems
         recipe = cycle_recipe(self.protocol, self.encoder.label, self.encoder.source)
-        task = Task.from_dataset(self.dataset, recipe.targets if recipe.targets in self.dataset.label_schemes
-                                 else "patient")
-        annotation_problems: list = []
-        intervals = tsv_intervals(recordings, annotation_problems)
-        sources, _, problems = recipe_sources(recipe, recordings, self.cache_dir, self.weights, intervals=intervals,
-                                              device=self.device, progress=self.progress)
-        return task, (recipe, sources), annotation_problems + problems
+        task, sources, _, problems = recipe_inputs(recipe, self.dataset, self.cache_dir, self.weights, self.device,
+                                                   self.progress)
+        return task, (recipe, sources), problems
 
     def score(self, run: Run) -> tuple[RunPredictions, dict, dict, np.ndarray | None, np.ndarray | None]:
         """(test predictions, inner-CV scores, chosen parameters, OOF patient ids, OOF probabilities)."""

@@ -102,18 +102,27 @@ def resolve_recipe(name: str, members: list[str] | None = None, without: tuple[s
     return recipe
 
 
-def run_recipe(recipe: Recipe, dataset, cache_dir: str | Path, weights: str | Path | None, out: str | Path, *,
-               splits: str | None = None, seeds: int = 5, seed: int = 0, save_model: str | Path | None = None,
-               device: str = "auto", progress: bool = True) -> pd.DataFrame:
-    """`pipeline.py recipe`: extract, evaluate on every split x seed, write scores.csv and
-    predictions.csv; with `save_model`, fit once more on every labelled group and save that."""
+def recipe_inputs(recipe: Recipe, dataset, cache_dir: str | Path, weights: str | Path | None,
+                  device: str = "auto", progress: bool = True) -> tuple[Task, dict, dict, list[Problem]]:
+    """What evaluating `recipe` on `dataset` needs: the task of its targets, its feature sources
+    (caches extracted where missing, phases over the `.tsv` intervals), the caches' configurations,
+    and the problems to show (unusable annotations, recordings that failed)."""
     task = Task.from_dataset(dataset, recipe.targets if recipe.targets in dataset.label_schemes else "patient")
     recordings = dataset.recordings()
     annotation_problems: list[Problem] = []
     intervals = tsv_intervals(recordings, annotation_problems)
     sources, configs, problems = recipe_sources(recipe, recordings, cache_dir, weights,
                                                 intervals=intervals, device=device, progress=progress)
-    for p in annotation_problems + [p for p in problems if p.severity == "error"]:
+    return task, sources, configs, annotation_problems + [p for p in problems if p.severity == "error"]
+
+
+def run_recipe(recipe: Recipe, dataset, cache_dir: str | Path, weights: str | Path | None, out: str | Path, *,
+               splits: str | None = None, seeds: int = 5, seed: int = 0, save_model: str | Path | None = None,
+               device: str = "auto", progress: bool = True) -> pd.DataFrame:
+    """`pipeline.py recipe`: extract, evaluate on every split x seed, write scores.csv and
+    predictions.csv; with `save_model`, fit once more on every labelled group and save that."""
+    task, sources, configs, problems = recipe_inputs(recipe, dataset, cache_dir, weights, device, progress)
+    for p in problems:
         print(f"  {p}")
     split_sets = load_splits(dataset, splits or dataset.split_schemes[0], seed)
     results = evaluate_recipe(task, recipe, sources, split_sets, seeds=seeds, first_seed=seed, progress=progress)
