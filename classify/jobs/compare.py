@@ -7,7 +7,7 @@ C chosen on val, the paper's *any* rule or the mean); `cycle` and `cycle+logmel`
 `OUT/cells/ENCODER/PROTOCOL/RUN.json` as soon as it is scored: a rerun reads the finished cells and
 computes only the others, so an interrupted comparison resumes where it stopped. A cell made from
 other inputs (another encoder configuration, other split membership) is recomputed. An encoder named
-with several layers (`mn04:layers=6+12+14`) is a choice: each layer is scored as its own encoder
+with several layers (`mn04:layers=6+12`) is a choice: each layer is scored as its own encoder
 (the same cells as `mn04:layers=6` would have), and in each run the row takes the layer with the
 best inner score (val for the linear protocols, inner CV for the recipes); test patients never
 enter the choice.
@@ -277,6 +277,7 @@ def best_by_inner_score(cells: dict[str, Cell], scoring: Scoring) -> str:
 
 
 def _scored_cells(dataset, encoders, protocols, runs, cache_dir, weights, out, device, progress, on_cell):
+    """Every (encoder, protocol, run) cell of these one-layer encoders: read where finished, else scored."""
     store = CellStore(out)
     cells, todo = {}, []
     for encoder in encoders:
