@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -16,7 +17,7 @@ from pipeline import main
 
 
 def run_every_job(data: Path, tmp_path: Path, encoder: str, member: str, cache_name: str, member_name: str,
-                  checkpoint: list[str] = (), weights: list[str] = ()):
+                  checkpoint: Sequence[str] = (), weights: Sequence[str] = ()):
     """Runs the jobs on `encoder` (`checkpoint`: its extract/probe options; `member`: the recipe's
     phase member naming it, its weights found through `weights`, which the recipe's parameters list as
     `member_name`); returns its first recording's frames."""

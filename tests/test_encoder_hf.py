@@ -113,6 +113,9 @@ def test_frames_and_clip_match_transformers(family: str, folders) -> None:
     # 1 s are kept (CLAP's last layer: 128 frames over 10 s stretched to 1024 mel columns)
     expected_n = {"whisper": 51, "ast": 10, "clap": 13}.get(family, ref[-1].shape[1])
     assert n == expected_n
+    # every layer keeps the frames centred in the 1 s; CLAP's patch embedding runs at twice its
+    # stages' rate (4 stretched mel columns a frame, 39 ms apart, against 8)
+    assert [o.shape[1] for o in ours] == {"clap": [26, 13, 13]}.get(family, [n] * len(ours))
     errors = [relative_error(o.numpy(), r[:, :o.shape[1]]) for o, r in zip(ours, ref)]
     clip = relative_error(create("hf", folders[family]).embed(audio), ref[-1][:, :n].mean(axis=1))
     print(f"\n{family:15s} hidden-state errors {['%.1e' % e for e in errors]}, clip {clip:.1e}", end="")

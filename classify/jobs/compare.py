@@ -89,10 +89,11 @@ def parse_encoders(text: str) -> list[EncoderChoice]:
             key, sep, value = pair.partition("=")
             if not sep or key not in ("checkpoint", "precision", "layers"):
                 raise ValueError(f"{raise_on}: expected NAME[:checkpoint=FILE][:precision=P][:layers=I|I+J+...]")
-            if key == "layers" and not all(v.lstrip("-").isdigit() for v in value.split("+")):
+            layers = value.split("+") if key == "layers" else []
+            if not all(v.lstrip("-").isdigit() for v in layers):
                 raise ValueError(f"{raise_on}: layers takes one layer index (the frames of one layer), "
                                  "or several joined by + for a choice by inner score")
-            if key == "layers" and len(set(value.split("+"))) != len(value.split("+")):
+            if len(set(layers)) != len(layers):
                 raise ValueError(f"{raise_on}: a layer named twice in {value!r}")
             opts[key] = value
         checkpoint = opts.get("checkpoint") or (cls.weight_file if cls.needs_checkpoint else None)
