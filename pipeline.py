@@ -11,21 +11,9 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
-import time
 from pathlib import Path
 
 DEFAULT_CACHE = Path(__file__).resolve().parent / "cache"
-
-
-def _print_problems(problems, limit: int = 30) -> None:
-    if not problems:
-        return
-    errors = sum(p.severity == "error" for p in problems)
-    print(f"\n{len(problems)} problems ({errors} errors, {len(problems) - errors} warnings):", file=sys.stderr)
-    for p in problems[:limit]:
-        print(f"  {p}", file=sys.stderr)
-    if len(problems) > limit:
-        print(f"  ... {len(problems) - limit} more", file=sys.stderr)
 
 
 def parse_options(pairs: list[str] | None, flag: str = "--encoder-opt") -> dict:
@@ -97,18 +85,8 @@ def ray_options(args):
 
 
 def cmd_verify(args) -> int:
-    from embed.datasets import load_dataset
-    from embed.datasets.download import verify_checksums
-    if not Path(args.data).is_dir():
-        raise FileNotFoundError(f"{args.data}: data folder not found")
-    bad, n = verify_checksums(args.data)
-    print(f"{n - len(bad)}/{n} files match SHA256SUMS.txt")
-    for line in bad[:50]:
-        print(f"  {line}", file=sys.stderr)
-    dataset = load_dataset(args.dataset, args.data)
-    print(f"{len(dataset.group_ids())} patients, {len(dataset.recordings())} recordings parsed")
-    _print_problems(dataset.problems)
-    return 1 if bad or dataset.errors() else 0
+    from embed.dataset_jobs import verify_job
+    return verify_job(args.dataset, args.data)
 
 
 def cmd_download(args) -> int:
@@ -119,15 +97,8 @@ def cmd_download(args) -> int:
 
 
 def cmd_splits(args) -> int:
-    from embed.datasets import load_dataset
-    from embed.datasets.splits import write_splits
-    dataset = load_dataset(args.dataset, args.data)
-    splits = dataset.splits(args.scheme or dataset.split_schemes[0], args.seed, args.folds)
-    write_splits(splits, args.out)
-    for name, split in splits.items():
-        counts = {v: list(split.values()).count(v) for v in ("train", "val", "test")}
-        print(f"{name}: {counts}")
-    print(f"wrote {args.out}")
+    from embed.dataset_jobs import splits_job
+    splits_job(args.dataset, args.data, args.out, args.scheme, args.seed, args.folds)
     return 0
 
 
@@ -164,14 +135,9 @@ def cmd_gpu_check(args) -> int:
 
 
 def cmd_benchmark_ray(args) -> int:
-    from embed.datasets import load_dataset
-    from embed.ray_benchmark import compare
-    recordings = load_dataset(args.dataset, args.data).recordings()[:args.recordings]
-    encoder = create_encoder(args, args.encoder, args.precision)
-    print(f"{args.encoder} ({encoder.precision} on {encoder.device}), batch {args.batch_size}, "
-          f"{len(recordings)} recordings of {args.data}")
-    compare(encoder, recordings, len(recordings), [int(a) for a in args.actors.split(",")], args.batch_size,
-            args.ray_address, print_row=lambda row: print(row, flush=True))
+    from embed.ray_benchmark import benchmark_job
+    benchmark_job(args.dataset, args.data, functools.partial(create_encoder, args, args.encoder, args.precision),
+                  args.recordings, [int(a) for a in args.actors.split(",")], args.batch_size, args.ray_address)
     return 0
 
 
@@ -186,55 +152,24 @@ def cmd_probe(args) -> int:
 
 
 def cmd_segment(args) -> int:
-    from classify.features.caches import find_cache
-    from classify.jobs.outputs import OutputFolder
-    from classify.jobs.probe import load_splits
-    from classify.jobs.segment import run_segmenter
-    from embed.datasets import load_dataset
-    with OutputFolder(args.out):
-        dataset = load_dataset(args.dataset, args.data)
-        splits = load_splits(dataset, args.splits or dataset.split_schemes[0], args.seed)
-        cache = find_cache(args.cache, args.encoder, "frames")
-        recordings = dataset.recordings()
-        table = run_segmenter(recordings, {r.recording_id: r.group_id for r in recordings}, splits, cache,
-                              args.out, every_recording=args.every_recording, seed=args.seed,
-                              heart_rate=args.heart_rate)
-    print(table.to_string(index=False))
-    print(f"\nwrote {Path(args.out) / 'segment-scores.csv'} and {Path(args.out) / 'intervals'}/SPLIT/RID.tsv")
+    from classify.jobs.segment import segment_job
+    segment_job(args.dataset, args.data, args.encoder, args.cache, args.out, splits=args.splits, seed=args.seed,
+                every_recording=args.every_recording, heart_rate=args.heart_rate)
     return 0
 
 
 def cmd_predict(args) -> int:
-    import json
-    from classify.jobs.predict import predict, predict_summary
-    from embed.problems import format_table, problem_rows
-    results, problems = predict(args.model, args.input, args.out, checkpoint=args.checkpoint,
-                                encoder_name=args.encoder, probe=args.probe, patient_id=args.patient_id,
-                                device=args.device, trust_checkpoint=args.trust_checkpoint, weights=args.weights)
-    for result in results:
-        print(json.dumps(result, indent=2))
-    if problems:
-        print("\n" + format_table(problem_rows(problems, "predict")), file=sys.stderr)
-    print(predict_summary(results, Path(args.out)), file=sys.stderr)
-    failed = any(r["class"] is None for r in results) or any(p.severity == "error" for p in problems)
-    return 1 if failed or (args.strict and problems) else 0
+    from classify.jobs.predict import predict_job
+    return predict_job(args.model, args.input, args.out, checkpoint=args.checkpoint, encoder_name=args.encoder,
+                       probe=args.probe, patient_id=args.patient_id, device=args.device,
+                       trust_checkpoint=args.trust_checkpoint, weights=args.weights, strict=args.strict)
 
 
 def cmd_recipe(args) -> int:
-    from classify.jobs.outputs import OutputFolder
-    from classify.jobs.recipe import resolve_recipe, run_recipe
-    from embed.datasets import load_dataset
-    started = time.time()
-    # a misspelt recipe, member or field is refused before OUT is touched
-    recipe = resolve_recipe(args.name, args.member, tuple(filter(None, (args.without or "").split(","))),
-                            parse_options(args.set, "--set"))
-    with OutputFolder(args.out):
-        dataset = load_dataset(args.dataset, args.data)
-        table = run_recipe(recipe, dataset, args.cache, args.weights, args.out, splits=args.splits,
-                           seeds=args.seeds, seed=args.seed, save_model=args.save_model, device=args.device)
-    print(table.to_string(index=False))
-    print(f"\nwrote {Path(args.out) / 'scores.csv'} and {Path(args.out) / 'predictions.csv'} "
-          f"in {time.time() - started:.0f} s" + (f"; saved the recipe to {args.save_model}" if args.save_model else ""))
+    from classify.jobs.recipe import recipe_job
+    recipe_job(args.name, args.dataset, args.data, args.cache, args.weights, args.out, members=args.member,
+               without=tuple(filter(None, (args.without or "").split(","))), overrides=parse_options(args.set, "--set"),
+               splits=args.splits, seeds=args.seeds, seed=args.seed, save_model=args.save_model, device=args.device)
     return 0
 
 
@@ -253,22 +188,8 @@ def cmd_demo(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from classify.jobs.outputs import unfinished_note
-    from classify.jobs.report import write_report
-    for run in args.runs:
-        if note := unfinished_note(run):
-            print(f"warning: {note}", file=sys.stderr)
-    attributes = None
-    if args.by:
-        if not args.data:
-            raise ValueError("--by needs --data: the dataset the runs were made on, to read the patients' attributes")
-        from classify.jobs.subgroups import select_attributes
-        from embed.datasets import load_dataset
-        dataset = load_dataset(args.dataset, args.data)
-        attributes = select_attributes(dataset.group_attributes(), args.by, dataset.name)
-    report = write_report([Path(r) for r in args.runs], Path(args.out or args.runs[0]), not args.no_paper, attributes)
-    print(report.table)
-    print(f"\nwrote {report.path} and its PNGs")
+    from classify.jobs.report import report_job
+    report_job(args.runs, args.out, paper=not args.no_paper, by=args.by, dataset_name=args.dataset, data=args.data)
     return 0
 
 

@@ -94,3 +94,16 @@ def compare(encoder: Encoder, recordings: list[Recording], n: int, actors: list[
             import ray
             ray.shutdown()
     return timings
+
+
+def benchmark_job(dataset_name: str, data: str | Path, make_encoder, n_recordings: int, actors: list[int],
+                  batch_size: int = 32, address: str | None = None) -> list[Timing]:
+    """`pipeline.py benchmark-ray`: the first `n_recordings` of the dataset, the encoder from
+    `make_encoder()`, then `compare`, each row printed as it is timed."""
+    from .datasets import load_dataset
+    recordings = load_dataset(dataset_name, data).recordings()[:n_recordings]
+    encoder = make_encoder()
+    print(f"{encoder.name} ({encoder.precision} on {encoder.device}), batch {batch_size}, "
+          f"{len(recordings)} recordings of {data}")
+    return compare(encoder, recordings, len(recordings), actors, batch_size, address,
+                   print_row=lambda row: print(row, flush=True))

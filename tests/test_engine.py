@@ -170,3 +170,85 @@ def test_a_recipe_composed_with_member_runs_saves_and_predicts_through_the_one_p
     assert main(["recipe", "x", "--member", "window:logmel", "--data", str(synthetic_data),
                  "--out", str(tmp_path / "never")]) == 2
     assert not (tmp_path / "never").exists()
+
+
+# -- a probe is a one-member recipe ---------------------------------------------------------------
+
+def test_a_probe_is_a_one_member_val_recipe_and_ensembles_are_recipes_of_every_member():
+    from classify.jobs.probe import probe_recipes
+    single, = probe_recipes(["logmel"], "xgboost", "location", "weighted", None)
+    assert (single.selection, single.patient_model, single.decision, single.label) == ("val", False, "weighted",
+                                                                                       "xgboost+loc+wgt")
+    assert [(m.name, m.kind, m.probe) for m in single.members] == [("logmel", "segments", "xgboost")]
+    recipes = probe_recipes(["a", "b"], "linear", "patient", "any", "cv", "cv", "both", demographics=True)
+    assert [r.name for r in recipes] == ["a", "b", "ens:mean(a+b)", "ens:stack(a+b)"]
+    assert [r.combine for r in recipes] == ["mean", "mean", "mean", "stack"]
+    assert [r.label for r in recipes] == ["linear+any+layers=cv"] * 3 + ["linear+any+layers=cv+demo"]
+    assert [m.name for m in recipes[3].members] == ["a", "b"] and {m.layers for m in recipes[3].members} == {"cv"}
+    assert [r.demographics for r in recipes] == [False, False, False, True]
+
+
+def test_recipes_refuse_a_member_of_the_other_selection_and_a_val_recipe_is_not_fit_on_groups():
+    with pytest.raises(ValueError, match="fit by the linear evaluation; set selection='val'"):
+        Recipe("r", "", (), (Member("m", 0, kind="segments"),), patient_model=False, decision="mean")
+    with pytest.raises(ValueError, match="fits members of kind segments only"):
+        Recipe("r", "", (), (Member("m", 0),), patient_model=False, decision="mean", selection="val")
+    with pytest.raises(ValueError, match="has no patient model; set patient_model=False"):
+        Recipe("r", "", (), (Member("m", 0, kind="segments"),), decision="mean", selection="val")
+    with pytest.raises(ValueError, match="combine and demographics belong to selection='val'"):
+        Recipe("r", "", (), (Member("m", 0),), combine="stack")
+    val = Recipe("r", "", (), (Member("m", 0, kind="segments"),), patient_model=False, decision="mean",
+                 selection="val")
+    task, blocks = toy_task()
+    with pytest.raises(ValueError, match="is fit split by split"):
+        fit_recipe(task, val, blocks, task.group_ids)
+    composed = recipe_from_specs(["segments:logmel:probe=xgboost"])
+    assert (composed.selection, composed.patient_model, composed.decision) == ("val", False, "any")
+
+
+def _one_split(synthetic_data, path):
+    from embed.datasets import load_dataset
+    from embed.datasets.splits import write_splits
+    pids = list(load_dataset("circor", synthetic_data).group_ids())
+    write_splits({"one": {p: ("test" if i % 4 == 0 else "val" if i % 4 == 1 else "train") for i, p in enumerate(pids)},
+                  "two": {p: ("test" if i % 4 == 1 else "val" if i % 4 == 2 else "train") for i, p in enumerate(pids)}},
+                 path)
+    return path
+
+
+def test_probe_fits_each_member_once_however_many_recipes_hold_it(synthetic_data, tmp_path, monkeypatch):
+    from pipeline import main
+    from classify.jobs.probe import load_splits, run_probe
+    from classify.recipes import linear
+    from classify.task import Task
+    from embed.datasets import load_dataset
+    cache = tmp_path / "cache"
+    assert main(["extract", "--data", str(synthetic_data), "--cache", str(cache), "--encoder", "logmel"]) == 0
+    key = next(cache.glob("logmel-*.h5")).stem.split("-")[1]
+    specs = ["logmel", f"logmel@{key}"]
+    dataset = load_dataset("circor", synthetic_data)
+    fits = []
+    real = linear.fit_member
+    monkeypatch.setattr(linear, "fit_member", lambda *a, **k: fits.append(a[1].name) or real(*a, **k))
+    splits = load_splits(dataset, str(_one_split(synthetic_data, tmp_path / "splits.csv")))
+    _, results = run_probe(Task.from_dataset(dataset, "patient"), specs, ["linear"], splits, cache, tmp_path / "out",
+                           progress=False, ensemble="both", oof_folds=3)
+    assert sorted(fits) == sorted(specs * 2)  # 2 runs; the ensembles reuse the encoders' fits
+    names = [*specs, f"ens:mean({'+'.join(specs)})", f"ens:stack({'+'.join(specs)})"]
+    assert [(r.encoder, r.split) for r in results] == [(n, s) for s in ("one", "two") for n in names]
+
+
+def test_a_segments_recipe_scores_as_the_probe_does_and_is_not_saved_by_recipe(synthetic_data, tmp_path):
+    import pandas as pd
+    from pipeline import main
+    _one_split(synthetic_data, tmp_path / "splits.csv")
+    common = ["--data", str(synthetic_data), "--cache", str(tmp_path / "cache"), "--splits", str(tmp_path / "splits.csv")]
+    assert main(["recipe", "as-probe", "--member", "segments:logmel", "--seeds", "1", "--out", str(tmp_path / "r"),
+                 *common]) == 0
+    assert main(["probe", "--encoder", "logmel", "--probe", "linear", "--out", str(tmp_path / "p"), *common]) == 0
+    recipe, probe = (pd.read_csv(tmp_path / d / "predictions.csv") for d in ("r", "p"))
+    keep = ["patient_id", "label", "prediction", "p_present", "p_unknown", "p_absent"]
+    pd.testing.assert_frame_equal(recipe[keep], probe[keep])
+    assert main(["recipe", "as-probe", "--member", "segments:logmel", "--save-model", str(tmp_path / "m"),
+                 "--out", str(tmp_path / "never"), *common]) == 2
+    assert not (tmp_path / "never").exists()

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import pipeline
-from classify.jobs import probe as run_module
+from classify.recipes import linear as linear_module
 from classify.jobs.outputs import UNFINISHED, OutputFolder, write_csv_atomic
 from embed.datasets.synthetic import make_dataset
 
@@ -141,7 +141,7 @@ def test_rule_any_is_labelled_and_no_lock_stays(data, cached, tmp_path):
 
 
 def test_unusable_out_is_refused_before_any_fitting(data, cached, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(run_module, "fit_encoder", lambda *a, **k: pytest.fail("fitted before checking --out"))
+    monkeypatch.setattr(linear_module, "fit_encoder", lambda *a, **k: pytest.fail("fitted before checking --out"))
     blocker = tmp_path / "file"
     blocker.write_text("x")
     assert _probe(data, cached, blocker) == 2
@@ -155,7 +155,7 @@ def test_unwritable_out_is_named(data, cached, tmp_path, capsys, monkeypatch):
 
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
-    monkeypatch.setattr(run_module, "fit_encoder", lambda *a, **k: pytest.fail("fitted before checking --out"))
+    monkeypatch.setattr(linear_module, "fit_encoder", lambda *a, **k: pytest.fail("fitted before checking --out"))
     monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
     assert _probe(data, cached, tmp_path / "ro") == 2
     assert f"{tmp_path / 'ro'}: output folder is not writable (Permission denied)" in _err(capsys)
@@ -177,7 +177,7 @@ def test_interrupted_probe_keeps_old_results_whole_and_marked(data, cached, tmp_
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr(run_module, "fit_encoder", interrupted)
+    monkeypatch.setattr(linear_module, "fit_encoder", interrupted)
     with pytest.raises(KeyboardInterrupt):
         _probe(data, cached, out, "--overwrite")
     assert (out / "scores.csv").read_bytes() == before
@@ -238,7 +238,7 @@ def _listing(folder: Path) -> dict[str, bytes]:
 ])
 def test_a_probe_refused_by_its_checks_leaves_out_as_it_was(data, cached, tmp_path, capsys, monkeypatch,
                                                             damage, message):
-    monkeypatch.setattr(run_module, "fit_encoder", lambda *a, **k: pytest.fail("fitted before the checks"))
+    monkeypatch.setattr(linear_module, "fit_encoder", lambda *a, **k: pytest.fail("fitted before the checks"))
     (tmp_path / "empty-cache").mkdir()
     data_dir, cache, extra = damage(data, cached, tmp_path)
     fresh, earlier = tmp_path / "fresh", tmp_path / "earlier"
@@ -261,7 +261,7 @@ def test_a_second_probe_into_the_same_out_is_refused_as_the_readme_says(data, ca
     before = _listing(out)
     capsys.readouterr()
     with monkeypatch.context() as patched:
-        patched.setattr(run_module, "fit_encoder", lambda *a, **k: pytest.fail("fitted into a refused OUT"))
+        patched.setattr(linear_module, "fit_encoder", lambda *a, **k: pytest.fail("fitted into a refused OUT"))
         assert _probe(data, cached, out, "--probe", "xgboost") == 2
     assert _err(capsys).strip() == (f"error: {out}: holds scores.csv and predictions.csv of an earlier run; pass "
                                     "--overwrite to replace them, or pick another --out")

@@ -31,13 +31,14 @@ from embed.atomic import write_text_atomic
 from classify.evaluation.metrics import Scoring
 from classify.evaluation.paired import RunPredictions
 from classify.evaluation.patient_ensemble import ensemble_predict, forward_select
-from classify.evaluation.probe_protocol import fit_encoder, split_result
 from classify.evaluation.results import proba_columns
 from classify.evaluation.rules import make_rule
 from classify.evaluation.runs import Run, split_runs
 from classify.jobs.compare_table import CIRCOR_REFERENCES, ENSEMBLE, compare_table, write_comparison
 from classify.jobs.outputs import OutputFolder
-from classify.recipes.fit import evaluate_recipe
+from classify.jobs.probe import probe_recipes
+from classify.recipes.fit import evaluate
+from classify.recipes.members import kind_of
 from classify.recipes.protocols import SEGMENTATION, cycle_recipe
 from classify.recipes.recipe import ExtractSpec
 from classify.task import Task
@@ -207,7 +208,11 @@ class ProtocolRunner:
                                precision=self.encoder.precision)
             cache, problems = ensure_cache(spec, self.dataset.recordings(), self.cache_dir, self.weights,
                                            device=self.device, progress=self.progress)
-            return Task.from_dataset(self.dataset, "patient"), cache.read(), problems
+            # the linear evaluation of `probe`: a one-member "val" recipe over the whole cached vector
+            recipe, = probe_recipes([self.encoder.label], "linear", "patient", self.protocol.split("-", 1)[1], None)
+            member = recipe.members[0]
+            sources = {member.name: kind_of(member).source(member, cache, None, False)}
+            return Task.from_dataset(self.dataset, "patient"), (recipe, sources), problems
         recipe = cycle_recipe(self.protocol, self.encoder.label, self.encoder.source)
         task, sources, _, problems = recipe_inputs(recipe, self.dataset, self.cache_dir, self.weights, self.device,
                                                    self.progress)
@@ -220,17 +225,11 @@ class ProtocolRunner:
             for p in self._ready[2]:
                 if getattr(p, "severity", "error") == "error":
                     print(f"  {p}")
-        task, inputs, _ = self._ready
-        if self.protocol.startswith("linear-"):
-            decision = self.protocol.split("-", 1)[1]
-            fitted = fit_encoder(task, inputs, run.split, "linear", decision=decision, seed=run.seed)
-            result = split_result(task, self.encoder.label, "linear", run.name, fitted.val, fitted.test, decision,
-                                  fitted.params)
+        task, (recipe, sources), _ = self._ready
+        result = evaluate(task, [recipe], sources, [run], progress=False)[0][0]
+        if recipe.selection == "val":
             inner = {task.scoring.primary: result.val_score}  # linear evaluation chooses on the val groups
             return run_predictions(task, result, run), inner, _strings(result.params), None, None
-        recipe, sources = inputs
-        result = evaluate_recipe(task, recipe, sources, {run.split_name: run.split}, seeds=1, first_seed=run.seed,
-                                 progress=False)[0]
         fitted = result.model
         inner = {m: fitted.cv_metrics[f"cv_{m}"] for m in task.scoring.label_metrics if f"cv_{m}" in fitted.cv_metrics}
         return (run_predictions(task, result, run), inner, _strings(result.params),

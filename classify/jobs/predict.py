@@ -13,8 +13,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import sys
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -169,3 +171,21 @@ def predict_summary(results: list[dict], out: Path, shown: int = 10) -> str:
     more = f"\n  ... {len(written) - shown} more in {out}" if len(written) > shown else ""
     return (f"wrote {len(written)} patient file{'s' * (len(written) != 1)}"
             f"{f' ({no_call} without a call: no usable recording)' if no_call else ''}:\n{listing}{more}")
+
+
+def predict_job(model: str | Path, inputs: list[str], out: str | Path, *, strict: bool = False,
+                say: Callable[[str], None] = print, **options) -> int:
+    """`pipeline.py predict`: `predict` (`options` are its keywords), each patient's result as JSON
+    to `say`, the problems and a summary to stderr; 1 when a patient got no call, a recording
+    failed, or (`strict`) anything was wrong."""
+    import json
+
+    from embed.problems import format_table, problem_rows
+    results, problems = predict(model, inputs, out, **options)
+    for result in results:
+        say(json.dumps(result, indent=2))
+    if problems:
+        print("\n" + format_table(problem_rows(problems, "predict")), file=sys.stderr)
+    print(predict_summary(results, Path(out)), file=sys.stderr)
+    failed = any(r["class"] is None for r in results) or any(p.severity == "error" for p in problems)
+    return 1 if failed or (strict and problems) else 0

@@ -1,6 +1,7 @@
 """The `probe` job: caches + splits -> scores.csv, predictions.csv and a printed table."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Literal
 
@@ -8,14 +9,17 @@ import pandas as pd
 
 from embed.datasets.splits import read_splits
 
-from classify.evaluation.rules import RULES, DecisionName
-from classify.evaluation.backend import Backend, Shared, run_tasks
-from classify.evaluation.ensemble import mean_scores, stack
-from classify.evaluation.probe_protocol import fit_encoder, split_result, variant_name
+from classify.evaluation.rules import DecisionName
+from classify.evaluation.backend import Backend
+from classify.evaluation.probe_protocol import variant_name
 from classify.evaluation.results import SplitResult, proba_columns, summary_table
 from classify.features.caches import find_cache
 from classify.evaluation.runs import split_runs
-from classify.evaluation.layers import fit_layer_choice, layer_slices, resolve_probe_layers, take_layers
+from classify.evaluation.layers import layer_slices, resolve_probe_layers
+from classify.recipes.fit import evaluate
+from classify.recipes.members import MEMBER_KINDS
+from classify.recipes.recipe import ExtractSpec, Member, Recipe
+from classify.recipes.sources import WindowEmbeddings
 from classify.jobs.outputs import write_csv_atomic
 from classify.estimators.probes import PROBES
 from classify.task import Task
@@ -72,25 +76,55 @@ def write_results(results: list[SplitResult], out: str | Path, classes: tuple[st
     return scores, predictions
 
 
-def read_caches(task: Task, encoders: list[str], cache_dir: str | Path, layers: str | None
-                ) -> tuple[dict, dict, object]:
-    """Each encoder's cached recordings (only the `layers` asked for), its layer slices (with
-    `layers`), and the layer choice (`resolve_probe_layers`; None without `layers`)."""
-    embeddings, slices, choice = {}, {}, None
+def member_layers(choice) -> str:
+    """A segments member's `layers` for a resolved `--layers` choice (None: the whole cached vector)."""
+    if choice is None:
+        return "all"
+    return choice if isinstance(choice, str) else ",".join(map(str, choice))
+
+
+def read_sources(task: Task, encoders: list[str], cache_dir: str | Path, layers: str | None
+                 ) -> tuple[dict[str, WindowEmbeddings], str]:
+    """Each encoder's cached windows as a segments member's source (only the `layers` asked for),
+    and the members' `layers` (from `resolve_probe_layers`: "all" without `layers`)."""
+    sources, chosen = {}, "all"
     wanted = task.all_recordings()
-    for spec in encoders:
+    kind = MEMBER_KINDS["segments"]
+    for i, spec in enumerate(encoders):
         cache = find_cache(cache_dir, spec)
-        embeddings[spec] = cache.read()
         if layers is not None:
-            slices[spec] = layer_slices(cache.config)
-            choice = resolve_probe_layers(layers, slices[spec], cache.config.get("n_layers"))
-            if isinstance(choice, tuple):
-                embeddings[spec] = take_layers(embeddings[spec], slices[spec], choice)
-        missing = sum(r not in embeddings[spec] for r in wanted)
+            chosen = member_layers(resolve_probe_layers(layers, layer_slices(cache.config), cache.config.get("n_layers")))
+        sources[spec] = kind.source(Member(spec, i, kind="segments", layers=chosen), cache, None, False)
+        missing = sum(r not in sources[spec].recordings for r in wanted)
         if missing:
             print(f"note: {missing} recordings have no {spec} embeddings (failed or not extracted); "
                   "their patients are scored on the rest")
-    return embeddings, slices, choice
+    return sources, chosen
+
+
+def probe_recipes(encoders: list[str], probe: str, targets: str, decision: DecisionName, layers: str | None,
+                  chosen_layers: str = "all", ensemble: Literal["mean", "stack", "both"] | None = None,
+                  demographics: bool = False, oof_folds: int = 5) -> list[Recipe]:
+    """What `probe` evaluates for one probe: a one-member "val" recipe per encoder (a probe), and with
+    `ensemble` (several encoders) their mean and/or stacked combination, recipes of every member."""
+    label = probe + variant_name("", targets, decision) + (f"+layers={layers}" if layers else "")
+    members = tuple(Member(spec, i, kind="segments", layers=chosen_layers, probe=probe)
+                    for i, spec in enumerate(encoders))
+
+    def recipe(name: str, held: tuple[Member, ...], combine: Literal["mean", "stack"] = "mean",
+               row_label: str = label) -> Recipe:
+        return Recipe(name, f"the linear evaluation of {probe} over {name}", tuple(ExtractSpec(m.name) for m in held),
+                      tuple(replace(m, extract=i) for i, m in enumerate(held)), targets=targets,
+                      patient_model=False, decision=decision, selection="val", combine=combine,
+                      demographics=demographics and combine == "stack", folds=oof_folds, label=row_label)
+    out = [recipe(m.name, (m,)) for m in members]
+    if ensemble is not None and len(encoders) > 1:
+        names = "+".join(encoders)
+        if ensemble in ("mean", "both"):
+            out.append(recipe(f"ens:mean({names})", members))
+        if ensemble in ("stack", "both"):
+            out.append(recipe(f"ens:stack({names})", members, "stack", label + ("+demo" if demographics else "")))
+    return out
 
 
 def run_probe(task: Task, encoders: list[str], probes: list[str], splits: dict[str, dict[str, str]],
@@ -98,8 +132,10 @@ def run_probe(task: Task, encoders: list[str], probes: list[str], splits: dict[s
               progress: bool = True, ensemble: Literal["mean", "stack", "both"] | None = None, demographics: bool = False,
               oof_folds: int = 5, repeats: int = 1, backend: Backend = "local",
               ray: "RayOptions | None" = None, layers: str | None = None) -> tuple[pd.DataFrame, list[SplitResult]]:
-    """Every encoder alone, and (with `ensemble`) their mean and/or stacked combination.
-    Returns the summary table and every split's result (fitted probe and rule included).
+    """Every encoder alone, and (with `ensemble`) their mean and/or stacked combination: one-member
+    and several-member recipes of selection "val" (`probe_recipes`), through the one evaluation loop
+    (`classify.recipes.fit.evaluate`). Returns the summary table and every split's result (fitted
+    probe and rule included).
 
     `repeats` > 1 reruns every split with probe seeds seed, seed + 1, ... (the paper's 15 runs were
     5 seeds x 3 splits); the runs are named SPLIT@seedS and the table averages over all of them.
@@ -107,45 +143,18 @@ def run_probe(task: Task, encoders: list[str], probes: list[str], splits: dict[s
     `layers` (caches made with `extract --layers`): which cached layers the probes use, or how they
     are chosen per split (`classify.evaluation.layers`); None: the whole cached vector."""
     check_probe_inputs(encoders, probes, cache_dir, layers)
-    embeddings, slices, choice = read_caches(task, encoders, cache_dir, layers)
-    combine = ensemble is not None and len(encoders) > 1
-    # OOF train scores feed the stacker and steady the tuned decision rules
-    need_oof = (combine and ensemble in ("stack", "both")) or RULES[decision].tuned
-    variant = variant_name("", task.target_scheme, decision) + (f"+layers={layers}" if layers else "")
-    choose_layers = choice in ("cv", "weighted")
-    results: list[SplitResult] = []
-    runs = [(run.name, run.split, run.seed) for run in split_runs(splits, repeats, seed)]
-    # every encoder x probe x split x seed is an independent fit: run them all first (here or on Ray)
-    jobs = [(probe, split_name, spec) for probe in probes for split_name, _, _ in runs for spec in encoders]
-    shared_task, shared_embeddings = Shared(task), {spec: Shared(embeddings[spec]) for spec in encoders}
-    split_of = {name: (split, run_seed) for name, split, run_seed in runs}
-    fits = run_tasks(fit_layer_choice if choose_layers else fit_encoder,
-                     [((shared_task, shared_embeddings[spec], split_of[name][0], probe),
-                       dict(decision=decision, seed=split_of[name][1], oof_folds=oof_folds if need_oof else 0,
-                            **(dict(layers=choice, slices=slices[spec]) if choose_layers else {})))
-                      for probe, name, spec in jobs], backend, ray, progress, desc="probe")
-    fitted_by = dict(zip(jobs, fits))
-    for probe in probes:
-        for split_name, split, run_seed in runs:
-            fitted = []
-            for spec in encoders:
-                f = fitted_by[(probe, split_name, spec)]
-                fitted.append(f)
-                results.append(split_result(task, spec, probe + variant, split_name, f.val, f.test, decision,
-                                           f.params, f.oof, model=f.model))
-            if not combine:
-                continue
-            names = "+".join(encoders)
-            if ensemble in ("mean", "both"):
-                results.append(split_result(task, f"ens:mean({names})", probe + variant, split_name,
-                                           mean_scores([f.val for f in fitted]),
-                                           mean_scores([f.test for f in fitted]), decision,
-                                           oof=mean_scores([f.oof for f in fitted]) if need_oof else None))
-            if ensemble in ("stack", "both"):
-                val, test, params = stack(task, fitted, decision=decision, demographics=demographics)
-                results.append(split_result(task, f"ens:stack({names})",
-                                           probe + variant + ("+demo" if demographics else ""), split_name,
-                                           val, test, decision, params))
+    sources, chosen = read_sources(task, encoders, cache_dir, layers)
+    by_probe = [probe_recipes(encoders, probe, task.target_scheme, decision, layers, chosen, ensemble, demographics,
+                              oof_folds) for probe in probes]
+    runs = split_runs(splits, repeats, seed)
+    flat = evaluate(task, [r for recipes in by_probe for r in recipes], sources, runs, backend=backend, ray=ray,
+                    progress=progress, desc="probe")
+    # rows as scores.csv has always had them: per probe, per run, the encoders then the ensembles
+    results, first = [], 0
+    for recipes in by_probe:
+        per_recipe = flat[first:first + len(recipes)]
+        first += len(recipes)
+        results += [per_recipe[i][j] for j in range(len(runs)) for i in range(len(recipes))]
     scores, _ = write_results(results, out, task.classes)
     return summary_table(scores), results
 

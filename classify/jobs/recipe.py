@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
+import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -114,6 +116,29 @@ def recipe_inputs(recipe: Recipe, dataset, cache_dir: str | Path, weights: str |
     sources, configs, problems = recipe_sources(recipe, recordings, cache_dir, weights,
                                                 intervals=intervals, device=device, progress=progress)
     return task, sources, configs, annotation_problems + [p for p in problems if p.severity == "error"]
+
+
+def recipe_job(name: str, dataset_name: str, data: str | Path, cache_dir: str | Path, weights: str | Path | None,
+               out: str | Path, *, members: list[str] | None = None, without: tuple[str, ...] = (),
+               overrides: dict | None = None, splits: str | None = None, seeds: int = 5, seed: int = 0,
+               save_model: str | Path | None = None, device: str = "auto", say: Callable[[str], None] = print) -> None:
+    """`pipeline.py recipe`: `resolve_recipe`, then `run_recipe` into `out`; the table and what was
+    written go to `say`. A misspelt recipe, member or field is refused before OUT is touched."""
+    from embed.datasets import load_dataset
+
+    from classify.jobs.outputs import OutputFolder
+    started = time.time()
+    recipe = resolve_recipe(name, members, without, overrides)
+    if save_model and recipe.selection == "val":
+        raise ValueError(f"recipe {recipe.name}: a selection='val' recipe chooses on each split's val patients, "
+                         "so there is no one fit on every patient to save; save it with `probe --save-model`")
+    with OutputFolder(out):
+        dataset = load_dataset(dataset_name, data)
+        table = run_recipe(recipe, dataset, cache_dir, weights, out, splits=splits, seeds=seeds, seed=seed,
+                           save_model=save_model, device=device)
+    say(table.to_string(index=False))
+    say(f"\nwrote {Path(out) / 'scores.csv'} and {Path(out) / 'predictions.csv'} in {time.time() - started:.0f} s"
+        + (f"; saved the recipe to {save_model}" if save_model else ""))
 
 
 def run_recipe(recipe: Recipe, dataset, cache_dir: str | Path, weights: str | Path | None, out: str | Path, *,

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
+import sys
 import textwrap
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -513,3 +515,25 @@ def _cell(text: str) -> str:
 def _ci(low: float, high: float) -> str:
     return "—" if not (np.isfinite(low) and np.isfinite(high)) else f"[{low:.3f}, {high:.3f}]"
 
+
+
+def report_job(runs: list[str], out: str | None = None, *, paper: bool = True, by: list[str] | None = None,
+               dataset_name: str = "circor", data: str | None = None, say: Callable[[str], None] = print) -> None:
+    """`pipeline.py report`: warns of unfinished run folders, reads the patients' attributes for
+    `by` (from the dataset at `data`), then `write_report` into `out` (default the first run's folder)."""
+    from classify.jobs.outputs import unfinished_note
+    for run in runs:
+        if note := unfinished_note(run):
+            print(f"warning: {note}", file=sys.stderr)
+    attributes = None
+    if by:
+        if not data:
+            raise ValueError("--by needs --data: the dataset the runs were made on, to read the patients' attributes")
+        from embed.datasets import load_dataset
+
+        from classify.jobs.subgroups import select_attributes
+        dataset = load_dataset(dataset_name, data)
+        attributes = select_attributes(dataset.group_attributes(), by, dataset.name)
+    report = write_report([Path(r) for r in runs], Path(out or runs[0]), paper, attributes)
+    say(report.table)
+    say(f"\nwrote {report.path} and its PNGs")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -85,3 +86,24 @@ def run_segmenter(recordings, groups_of: dict[str, str], splits: dict[str, dict[
               f"{row['frame_accuracy_without_duration_model']:.3f}) on {len(test_ids)} test recordings",
               file=sys.stderr)
     return pd.DataFrame(rows)
+
+
+def segment_job(dataset_name: str, data: str | Path, encoder: str, cache_dir: str | Path, out: str | Path, *,
+                splits: str | None = None, seed: int = 0, every_recording: bool = False, heart_rate: float = 0.8,
+                say: Callable[[str], None] = print) -> None:
+    """`pipeline.py segment`: the dataset's recordings, `splits` and `encoder`'s frame cache ->
+    `run_segmenter` into `out`; the table and what was written go to `say`."""
+    from embed.datasets import load_dataset
+
+    from classify.features.caches import find_cache
+    from classify.jobs.outputs import OutputFolder
+    from classify.jobs.probe import load_splits
+    with OutputFolder(out):
+        dataset = load_dataset(dataset_name, data)
+        split_sets = load_splits(dataset, splits or dataset.split_schemes[0], seed)
+        cache = find_cache(cache_dir, encoder, "frames")
+        recordings = dataset.recordings()
+        table = run_segmenter(recordings, {r.recording_id: r.group_id for r in recordings}, split_sets, cache,
+                              out, every_recording=every_recording, seed=seed, heart_rate=heart_rate)
+    say(table.to_string(index=False))
+    say(f"\nwrote {Path(out) / 'segment-scores.csv'} and {Path(out) / 'intervals'}/SPLIT/RID.tsv")

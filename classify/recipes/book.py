@@ -183,10 +183,15 @@ def member_from_spec(spec: str) -> tuple[dict, dict]:
 
 def recipe_from_specs(specs: list[str], name: str | None = None) -> Recipe:
     """A recipe composed on the command line from `--member` specs (`member_from_spec`), with the
-    recipe defaults otherwise (`--set` changes them)."""
+    recipe defaults otherwise (`--set` changes them); of segments members only, a recipe of the
+    linear evaluation (selection "val", no patient model, the *any* rule, patient targets), as `probe`
+    runs."""
     members = [member_from_spec(s) for s in specs]
     names = [options["name"] for options, _ in members]
     if len(set(names)) != len(names):
         raise ValueError(f"--member: two members named alike ({', '.join(names)}); give one another probe or kind")
-    return build_recipe({"name": name or "+".join(names), "description": "composed with --member"}, members,
-                        "--member")
+    fields = {"name": name or "+".join(names), "description": "composed with --member"}
+    if all(MEMBER_KINDS[options["kind"]].selection == "val" for options, _ in members if options["kind"] in MEMBER_KINDS):
+        # members of the linear evaluation: the recipe is a probe's (`probe`'s defaults; --set changes them)
+        fields.update(selection="val", patient_model=False, decision="any", targets="patient")
+    return build_recipe(fields, members, "--member")

@@ -1,7 +1,8 @@
-"""Fitting and evaluating a recipe. `fit_recipe` fits it on the
-groups it is given (train + val of a split: every choice inside, C values and layer groups, is
-made by patient-grouped cross-validation there); `evaluate_recipe` runs it on every split x seed
-and scores the test groups, which nothing in the fit has seen.
+"""Fitting and evaluating recipes. `fit_recipe` fits a recipe of selection "cv" on the groups it
+is given (train + val of a split: every choice inside, C values and layer groups, is made by
+patient-grouped cross-validation there); `evaluate` runs recipes of either selection ("val": the
+linear evaluation, `classify.recipes.linear`) on every split x seed and scores the test groups,
+which nothing in the fit has seen. It is the one evaluation loop: `probe` and `recipe` both run it.
 
 Members of kind "phases" pool frame embeddings by heart-cycle phase. With `test_intervals="segmenter"`
 the recordings being predicted get intervals from a `PhaseSegmenter` trained on the training
@@ -19,6 +20,7 @@ the segmentation and the decision rule are shared.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -28,14 +30,18 @@ from classify.estimators.search import PatientModel, RecordingStage, balanced_lo
 from classify.estimators.segmenter import PhaseSegmenter
 from classify.evaluation.results import SplitResult, patient_result
 from classify.evaluation.runs import Run, split_runs
-from classify.evaluation.backend import run_tasks
+from classify.evaluation.backend import Backend, Shared, run_tasks
 from classify.evaluation.rules import GroupTable, make_rule
 from classify.evaluation.selection import select_best
 from classify.features.patient import MemberScores, patient_features
+from classify.recipes import linear
 from classify.recipes.members import kind_of
 from classify.recipes.recipe import SEGMENTATION_SOURCE, Member, Recipe
 from classify.recipes.sources import FeatureBlock, PhaseFrames, Source
 from classify.task import Task
+
+if TYPE_CHECKING:
+    from embed.ray_backend import RayOptions
 
 
 def segmentation_source(recipe: Recipe, sources: dict[str, Source]) -> PhaseFrames | None:
@@ -173,6 +179,10 @@ def fit_recipe(task: Task, recipe: Recipe, sources: dict[str, Source], group_ids
                seed: int = 0, segmenter: PhaseSegmenter | None = None) -> FittedRecipe:
     """Fit every stage on `group_ids` only (the caller's train + val). `segmenter`: one already
     fit on these groups (the evaluation reuses it across seeds); else fit here when needed."""
+    if recipe.selection != "cv":
+        raise ValueError(f"recipe {recipe.name}: a selection='val' recipe is fit split by split (train, then "
+                         "val for its choices) by `evaluate`, not on a set of groups; save one with "
+                         "`probe --save-model`")
     # one BLAS thread: small lbfgs problems run many times slower when BLAS threads oversubscribe
     with threadpool_limits(limits=1, user_api="blas"):
         return _fit_recipe(task, recipe, sources, group_ids, seed, segmenter)
@@ -252,30 +262,77 @@ def _fit_part(task, recipe, training: list[_TrainingRows], group_ids, y_groups: 
     return RecipePart(stage1, columns, stage2), stage2.oof_proba_, oof
 
 
+def evaluate(task: Task, recipes: list[Recipe], sources: dict[str, Source], runs: list[Run], *,
+             backend: Backend = "local", ray: "RayOptions | None" = None, progress: bool = True,
+             desc: str = "fit") -> list[list[SplitResult]]:
+    """The one evaluation loop: every recipe on every run, `[recipe][run]`; each run fits on its
+    train + val groups and scores its test groups once.
+
+    "val" recipes (the linear evaluation, `classify.recipes.linear`): their members' fits are
+    independent tasks, run first, here or on Ray (`backend`), each once however many recipes hold
+    it. "cv" recipes fit run by run, here: the runs of a split share its segmenter (fit for its
+    first run: it has no seed-dependent part worth refitting)."""
+    member_fits = _fit_val_members(task, [r for r in recipes if r.selection == "val"], sources, runs,
+                                   backend, ray, progress, desc)
+    segmenters: dict[str, PhaseSegmenter | None] = {}
+    out = []
+    for recipe in recipes:
+        if recipe.selection == "val":
+            out.append([linear.score_run(task, recipe, [member_fits[linear.member_key(m, recipe, run)]
+                                                        for m in recipe.members], run) for run in runs])
+            continue
+
+        def score(run: Run, recipe=recipe) -> SplitResult:
+            return _score_cv_run(task, recipe, sources, run, segmenters)
+        # local: the runs of a split share its segmenter, held here
+        out.append(run_tasks(score, [((run,), {}) for run in runs], "local", progress=progress,
+                             desc=f"recipe {recipe.name}"))
+    return out
+
+
+def _fit_val_members(task, recipes, sources, runs, backend, ray, progress, desc) -> dict[tuple, object]:
+    """member key -> its fit, for every member of the "val" recipes on every run (with the most
+    out-of-fold folds any of its recipes asks for)."""
+    wanted: dict[tuple, tuple] = {}
+    for run in runs:
+        for recipe in recipes:
+            for m in recipe.members:
+                key = linear.member_key(m, recipe, run)
+                folds = max(linear.oof_folds(recipe), wanted[key][3] if key in wanted else 0)
+                wanted[key] = (m, recipe, run, folds)
+    if not wanted:
+        return {}
+    shared_task = Shared(task)
+    shared_sources = {name: Shared(source) for name, source in sources.items()}
+    fits = run_tasks(linear.fit_member,
+                     [((shared_task, m, shared_sources[m.name], run.split),
+                       dict(decision=recipe.decision, seed=run.seed, folds=folds))
+                      for m, recipe, run, folds in wanted.values()], backend, ray, progress, desc=desc)
+    return dict(zip(wanted, fits))
+
+
+def _score_cv_run(task: Task, recipe: Recipe, sources: dict[str, Source], run: Run,
+                  segmenters: dict[str, PhaseSegmenter | None]) -> SplitResult:
+    fit_ids = [g for g in task.group_ids if run.split.get(g) in ("train", "val")]
+    test_ids = task.ids_in(run.split, "test")
+    fitted = fit_recipe(task, recipe, sources, fit_ids, run.seed, segmenters.get(run.split_name))
+    segmenters[run.split_name] = fitted.segmenter
+    pred, proba, _ = fitted.predict(task, sources, test_ids)
+    first = fitted.parts[0]  # the first bag's choices (the others are in a saved model)
+    params = {m: p.describe() + ("" if first.columns[m] is None else f",cols={len(first.columns[m])}")
+              for m, p in first.stage1.items()}
+    if first.stage2 is not None:
+        params["patient_C"] = f"{first.stage2.C_:g}"
+    if recipe.bags > 1:
+        params["bags"] = str(recipe.bags)
+    return patient_result(task, recipe.name, recipe.label, run.name, test_ids, pred, proba, params,
+                          fitted.cv_metrics.get(f"cv_{task.scoring.primary}", float("nan")), fitted, fitted.rule,
+                          fitted.cv_metrics)
+
+
 def evaluate_recipe(task: Task, recipe: Recipe, sources: dict[str, Source],
                     splits: dict[str, dict[str, str]], seeds: int = 5, first_seed: int = 0,
                     progress: bool = True) -> list[SplitResult]:
-    """Every split x seed: fit on train + val, score the test groups once. The segmenter (when the
-    recipe uses one) is fit once per split: it has no seed-dependent part worth refitting."""
-    segmenters: dict[str, PhaseSegmenter | None] = {}
-
-    def score(run: Run) -> SplitResult:
-        fit_ids = [g for g in task.group_ids if run.split.get(g) in ("train", "val")]
-        test_ids = task.ids_in(run.split, "test")
-        fitted = fit_recipe(task, recipe, sources, fit_ids, run.seed, segmenters.get(run.split_name))
-        segmenters[run.split_name] = fitted.segmenter
-        pred, proba, _ = fitted.predict(task, sources, test_ids)
-        first = fitted.parts[0]  # the first bag's choices (the others are in a saved model)
-        params = {m: p.describe() + ("" if first.columns[m] is None else f",cols={len(first.columns[m])}")
-                  for m, p in first.stage1.items()}
-        if first.stage2 is not None:
-            params["patient_C"] = f"{first.stage2.C_:g}"
-        if recipe.bags > 1:
-            params["bags"] = str(recipe.bags)
-        return patient_result(task, recipe.name, "recipe", run.name, test_ids, pred, proba, params,
-                              fitted.cv_metrics.get(f"cv_{task.scoring.primary}", float("nan")), fitted, fitted.rule,
-                              fitted.cv_metrics)
-
+    """One recipe on every split x seed (all seeds of a split together, runs named SPLIT@seedS)."""
     runs = split_runs(splits, seeds, first_seed, seed_major=False, name_seed=True)
-    # local: the runs of a split share its segmenter (fit for its first seed), held here
-    return run_tasks(score, [((run,), {}) for run in runs], "local", progress=progress, desc=f"recipe {recipe.name}")
+    return evaluate(task, [recipe], sources, runs, progress=progress)[0]

@@ -11,7 +11,7 @@ import numpy as np
 from embed.cache import layer_slices
 
 from classify.evaluation.layers import layer_columns
-from classify.recipes.sources import FeatureBlock, PhaseFrames, Source, window_block
+from classify.recipes.sources import FeatureBlock, PhaseFrames, Source, WindowEmbeddings, window_block
 from classify.store.segmenters import SegmenterStore
 
 SEGMENTER_DIR = "segmenters"  # under the cache folder
@@ -30,6 +30,7 @@ class MemberKind(Protocol):
     name: ClassVar[str]
     frames: ClassVar[bool]  # reads a frame cache (`extract --frames`), not a window cache
     segmented: ClassVar[bool]  # pools the intervals of the recipe's segmentation
+    selection: ClassVar[str]  # the recipe selection that fits it ("cv" or "val": `Recipe.selection`)
 
     def share_key(self, member: Member) -> tuple:
         """Members with the same key read one source (they differ only in their probe)."""
@@ -50,7 +51,7 @@ class MemberKind(Protocol):
 
 class WindowsKind:
     """Statistics (`stats`) of a recording's window embeddings; `layers` picks cached layers."""
-    name, frames, segmented = "windows", False, False
+    name, frames, segmented, selection = "windows", False, False, "cv"
 
     def share_key(self, member):
         return (member.extract, member.kind, member.stats, member.layers)
@@ -77,7 +78,7 @@ class WindowsKind:
 
 class PhasesKind:
     """Frame embeddings pooled per heart-cycle phase (`classify.features.phases`)."""
-    name, frames, segmented = "phases", True, True
+    name, frames, segmented, selection = "phases", True, True, "cv"
 
     def share_key(self, member):
         return (member.extract, member.kind)
@@ -99,6 +100,27 @@ class PhasesKind:
         return source.frames
 
 
+class SegmentsKind:
+    """Every cached window a row of its own, a recording's probabilities the mean over its windows:
+    the linear evaluation's member (`classify.recipes.linear`, fit by `selection="val"`). `layers`:
+    "all", "I,J" (those cached layers), "cv" or "weighted" (`classify.evaluation.layers`)."""
+    name, frames, segmented, selection = "segments", False, False, "val"
+
+    def share_key(self, member):
+        return (member.extract, member.kind, member.layers)
+
+    def source(self, member, cache, intervals, progress) -> WindowEmbeddings:
+        return WindowEmbeddings.of(cache.read(), layer_slices(cache.config), member.layers)
+
+    def training_block(self, source, recording_ids, patient_of, intervals, segmentation):
+        raise TypeError("a segments member is fit by the linear evaluation (selection='val'), not by rows")
+
+    predict_block = training_block
+
+    def recording_ids(self, source):
+        return set(source.recordings)
+
+
 MEMBER_KINDS: dict[str, MemberKind] = {}
 
 
@@ -109,6 +131,7 @@ def register_member_kind(kind: MemberKind) -> MemberKind:
 
 register_member_kind(WindowsKind())
 register_member_kind(PhasesKind())
+register_member_kind(SegmentsKind())
 
 
 def kind_of(member: Member) -> MemberKind:

@@ -14,6 +14,11 @@ from classify.evaluation.rules import RULES, DecisionName
 from classify.recipes.members import MEMBER_KINDS
 
 Intervals = Literal["tsv", "segmenter"]
+# how a recipe makes its choices: "cv" by patient-grouped CV inside train + val (the recipe
+# protocol); "val" the linear evaluation, each member's grid fit on train and the candidate and
+# the rule chosen on val (what `probe` runs: a probe is a one-member "val" recipe)
+Selection = Literal["cv", "val"]
+Combine = Literal["mean", "stack"]
 SEGMENTATION_SOURCE = "@segmentation"  # the recipe's segmentation frames among its sources, when set apart
 
 
@@ -74,8 +79,15 @@ class Recipe:
     # member's. Set, it lets phases members of any encoder pool the intervals of one segmentation
     # (e.g. log-mel's) without that cache being a feature member itself
     segmentation: int | None = None
+    selection: Selection = "cv"
+    # "val" recipes of several members: the mean of their recording probabilities, or a stacker
+    # fit on their out-of-fold train scores (`demographics`: it also sees the dataset's covariates)
+    combine: Combine = "mean"
+    demographics: bool = False
+    label: str = "recipe"  # the recipe's `probe` column in scores.csv
 
     def __post_init__(self) -> None:
+        self._check_selection()
         if not isinstance(self.bags, int) or self.bags < 1:
             raise ValueError(f"recipe {self.name}: bags must be a whole number >= 1, got {self.bags!r}")
         if self.decision not in RULES:
@@ -95,6 +107,28 @@ class Recipe:
             if getattr(self, name) not in get_args(Intervals):
                 raise ValueError(f"recipe {self.name}: {name} must be one of {', '.join(get_args(Intervals))}, "
                                  f"got {getattr(self, name)!r}")
+
+    def _check_selection(self) -> None:
+        if self.selection not in get_args(Selection):
+            raise ValueError(f"recipe {self.name}: selection must be one of {', '.join(get_args(Selection))}, "
+                             f"got {self.selection!r}")
+        if self.combine not in get_args(Combine):
+            raise ValueError(f"recipe {self.name}: combine must be one of {', '.join(get_args(Combine))}, "
+                             f"got {self.combine!r}")
+        by_val = {m.name for m in self.members if MEMBER_KINDS[m.kind].selection == "val"}
+        if self.selection == "val":
+            if self.patient_model:
+                raise ValueError(f"recipe {self.name}: selection='val' chooses on the val patients and has no "
+                                 "patient model; set patient_model=False")
+            if len(by_val) < len(self.members):
+                raise ValueError(f"recipe {self.name}: selection='val' fits members of kind "
+                                 f"{', '.join(k for k, v in MEMBER_KINDS.items() if v.selection == 'val')} only")
+        elif by_val:
+            raise ValueError(f"recipe {self.name}: member(s) {', '.join(sorted(by_val))} are fit by the linear "
+                             "evaluation; set selection='val' (and patient_model=False)")
+        elif self.combine != "mean" or self.demographics:
+            raise ValueError(f"recipe {self.name}: combine and demographics belong to selection='val' recipes; "
+                             "a 'cv' recipe combines its members with its patient model")
 
     def with_fields(self, **fields) -> "Recipe":
         """The recipe with some fields changed (ablations); unknown fields are refused by name."""

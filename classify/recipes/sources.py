@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from classify.estimators.search import group_folds
 from classify.estimators.segmenter import PhaseSegmenter
-from classify.evaluation.layers import layer_columns
+from classify.evaluation.layers import layer_columns, take_layers
 from classify.features.phases import phase_features
 from classify.store.segmenters import Entry, SegmenterStore, frames_fingerprint, inputs_key, key_inputs
 
@@ -164,7 +164,22 @@ class PhaseFrames:
         return cached[1]
 
 
-Source = FeatureBlock | PhaseFrames
+@dataclass
+class WindowEmbeddings:
+    """A segments member's source: every cached recording's windows (`{rid: CachedRecording}`),
+    with the cache's layer slices (a member with layers "cv" or "weighted" chooses among them)."""
+    recordings: dict
+    slices: dict[int, slice]
+
+    @classmethod
+    def of(cls, recordings: dict, slices: dict[int, slice], layers: str = "all") -> "WindowEmbeddings":
+        """`layers` "I,J": only those cached layers' columns; "all", "cv", "weighted": every column."""
+        if layers in ("all", "cv", "weighted"):
+            return cls(recordings, slices)
+        return cls(take_layers(recordings, slices, [int(i) for i in layers.split(",")]), slices)
+
+
+Source = FeatureBlock | PhaseFrames | WindowEmbeddings
 
 
 def window_block(embeddings: dict, stats: tuple[str, ...], slices: dict[int, slice]) -> FeatureBlock:
