@@ -180,7 +180,8 @@ def test_a_probe_is_a_one_member_val_recipe_and_ensembles_are_recipes_of_every_m
     assert (single.selection, single.patient_model, single.decision, single.label) == ("val", False, "weighted",
                                                                                        "xgboost+loc+wgt")
     assert [(m.name, m.kind, m.probe) for m in single.members] == [("logmel", "segments", "xgboost")]
-    recipes = probe_recipes(["a", "b"], "linear", "patient", "any", "cv", "cv", "both", demographics=True)
+    recipes = probe_recipes(["a", "b"], "linear", "patient", "any", "cv", {"a": "cv", "b": "cv"}, "both",
+                             demographics=True)
     assert [r.name for r in recipes] == ["a", "b", "ens:mean(a+b)", "ens:stack(a+b)"]
     assert [r.combine for r in recipes] == ["mean", "mean", "mean", "stack"]
     assert [r.label for r in recipes] == ["linear+any+layers=cv"] * 3 + ["linear+any+layers=cv+demo"]

@@ -178,8 +178,6 @@ def predict_job(model: str | Path, inputs: list[str], out: str | Path, *, strict
     """`pipeline.py predict`: `predict` (`options` are its keywords), each patient's result as JSON
     to `say`, the problems and a summary to stderr; 1 when a patient got no call, a recording
     failed, or (`strict`) anything was wrong."""
-    import json
-
     from embed.problems import format_table, problem_rows
     results, problems = predict(model, inputs, out, **options)
     for result in results:

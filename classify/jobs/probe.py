@@ -84,17 +84,17 @@ def member_layers(choice) -> str:
 
 
 def read_sources(task: Task, encoders: list[str], cache_dir: str | Path, layers: str | None
-                 ) -> tuple[dict[str, WindowEmbeddings], str]:
+                 ) -> tuple[dict[str, WindowEmbeddings], dict[str, str]]:
     """Each encoder's cached windows as a segments member's source (only the `layers` asked for),
-    and the members' `layers` (from `resolve_probe_layers`: "all" without `layers`)."""
-    sources, chosen = {}, "all"
+    and each encoder's member `layers` (its cache's `resolve_probe_layers`: "all" without `layers`)."""
+    sources, chosen = {}, {}
     wanted = task.all_recordings()
     kind = MEMBER_KINDS["segments"]
     for i, spec in enumerate(encoders):
         cache = find_cache(cache_dir, spec)
-        if layers is not None:
-            chosen = member_layers(resolve_probe_layers(layers, layer_slices(cache.config), cache.config.get("n_layers")))
-        sources[spec] = kind.source(Member(spec, i, kind="segments", layers=chosen), cache, None, False)
+        chosen[spec] = "all" if layers is None else member_layers(
+            resolve_probe_layers(layers, layer_slices(cache.config), cache.config.get("n_layers")))
+        sources[spec] = kind.source(Member(spec, i, kind="segments", layers=chosen[spec]), cache, None, False)
         missing = sum(r not in sources[spec].recordings for r in wanted)
         if missing:
             print(f"note: {missing} recordings have no {spec} embeddings (failed or not extracted); "
@@ -103,12 +103,13 @@ def read_sources(task: Task, encoders: list[str], cache_dir: str | Path, layers:
 
 
 def probe_recipes(encoders: list[str], probe: str, targets: str, decision: DecisionName, layers: str | None,
-                  chosen_layers: str = "all", ensemble: Literal["mean", "stack", "both"] | None = None,
+                  chosen_layers: dict[str, str] | None = None, ensemble: Literal["mean", "stack", "both"] | None = None,
                   demographics: bool = False, oof_folds: int = 5) -> list[Recipe]:
     """What `probe` evaluates for one probe: a one-member "val" recipe per encoder (a probe), and with
-    `ensemble` (several encoders) their mean and/or stacked combination, recipes of every member."""
+    `ensemble` (several encoders) their mean and/or stacked combination, recipes of every member.
+    `chosen_layers`: each encoder's member `layers` (`read_sources`; default "all")."""
     label = probe + variant_name("", targets, decision) + (f"+layers={layers}" if layers else "")
-    members = tuple(Member(spec, i, kind="segments", layers=chosen_layers, probe=probe)
+    members = tuple(Member(spec, i, kind="segments", layers=(chosen_layers or {}).get(spec, "all"), probe=probe)
                     for i, spec in enumerate(encoders))
 
     def recipe(name: str, held: tuple[Member, ...], combine: Literal["mean", "stack"] = "mean",

@@ -516,7 +516,6 @@ def _ci(low: float, high: float) -> str:
     return "—" if not (np.isfinite(low) and np.isfinite(high)) else f"[{low:.3f}, {high:.3f}]"
 
 
-
 def report_job(runs: list[str], out: str | None = None, *, paper: bool = True, by: list[str] | None = None,
                dataset_name: str = "circor", data: str | None = None, say: Callable[[str], None] = print) -> None:
     """`pipeline.py report`: warns of unfinished run folders, reads the patients' attributes for
